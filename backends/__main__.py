@@ -1,0 +1,7 @@
+"""Entry point for `python -m backends`."""
+
+import sys
+
+from backends.cli import main
+
+sys.exit(main())

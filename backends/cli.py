@@ -1,0 +1,158 @@
+"""The command line, `python -m backends ...` (a public contract: see docs/ARCHITECTURE.md).
+
+Exit codes: 0 on success, 2 on bad input with a one-line reason on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from backends.config import DATA_DIR, load_settings
+from backends.errors import DuetError
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _duet(args):
+    from backends.service import get_duet
+
+    return get_duet(load_settings(store_dir=getattr(args, "store", None)), _progress)
+
+
+def cmd_ingest(args) -> int:
+    from backends.index import expand_paths
+
+    index = _duet(args).index
+    results = []
+    for path in expand_paths(args.paths):
+        result = index.ingest_file(path)
+        results.append(result)
+        print(f"{path}: {result.describe()}", flush=True)
+    rejected = [r for r in results if r.status == "rejected"]
+    if rejected or not results:
+        print(f"duet: {len(rejected)} of {len(results)} files rejected" if results else "duet: no files found", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_docs(args) -> int:
+    index = _duet(args).index
+    if args.action == "delete":
+        if not args.doc_id:
+            raise_bad("docs delete needs a DOC_ID (see `docs list`)")
+        record = index.delete(args.doc_id)
+        print(f"deleted {record.doc_id} ({record.name}, {record.chunks} chunks)")
+        return 0
+    documents = index.documents()
+    if args.json:
+        print(json.dumps([d.__dict__ for d in documents], indent=2))
+        return 0
+    if not documents:
+        print("no documents; add some with `python -m backends ingest PATH`")
+    for d in documents:
+        print(f"{d.doc_id}\t{d.name}\t{d.chunks} chunks\t{d.added_at}")
+    return 0
+
+
+def cmd_ask(args) -> int:
+    duet = _duet(args)
+    names = ["rag", "ft"] if args.backend == "both" else [args.backend]
+    answers = {}
+    for name in names:
+        backend = duet.backend(name, adapter=args.adapter)
+        if not args.json:
+            print(f"── {name.upper()} ──", flush=True)
+        for item in backend.stream(args.question):
+            if isinstance(item, str):
+                if not args.json:
+                    print(item, end="", flush=True)
+            else:
+                answers[name] = item
+        if not args.json:
+            _print_answer_footer(answers[name])
+    if args.json:
+        payload = answers[names[0]].to_dict() if len(names) == 1 else {n: a.to_dict() for n, a in answers.items()}
+        print(json.dumps(payload, indent=2, ensure_ascii=False))
+    return 0
+
+
+def _print_answer_footer(answer) -> None:
+    t = answer.timings
+    print(f"\n[{answer.model}{' + ' + answer.adapter if answer.adapter else ''}] "
+          f"first token {t.first_token:.2f}s, total {t.total:.2f}s, {answer.tokens_per_s:.1f} tokens/s")
+    for number, source in enumerate(answer.sources, 1):
+        print(f"  [{number}] {source.file_name} {source.location} (score {source.score:.2f})")
+
+
+def cmd_setup(args) -> int:
+    """Prepare the models and index the demo corpus when the store is empty (used by `make run`)."""
+    duet = _duet(args)
+    duet.llm  # converts and caches the bundled GGUF the first time
+    index = duet.index
+    if not index.documents():
+        _progress("Indexing the demo corpus…")
+        for result in index.ingest_paths([DATA_DIR / "corpus"]):
+            _progress(f"  {result.name}: {result.describe()}")
+    stats = index.stats()
+    print(f"ready: {stats['documents']} documents, {stats['chunks']} chunks in {duet.settings.store_dir}")
+    return 0
+
+
+def raise_bad(message: str):
+    from backends.errors import BadInput
+
+    raise BadInput(message)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr and exit code 2, like every other bad input."""
+
+    def error(self, message):
+        self.exit(2, f"duet: {message} (see `{self.prog} --help`)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m backends", description="Duet: RAG and fine-tuning side by side.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_store(p):
+        p.add_argument("--store", help="folder for the index, manifest and runs (default data/store, or DUET_STORE)")
+        return p
+
+    p = with_store(sub.add_parser("ingest", help="add documents to the index"))
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.set_defaults(func=cmd_ingest)
+
+    p = with_store(sub.add_parser("docs", help="list or delete documents"))
+    p.add_argument("action", choices=["list", "delete"])
+    p.add_argument("doc_id", nargs="?", metavar="DOC_ID")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_docs)
+
+    p = with_store(sub.add_parser("ask", help="ask a question"))
+    p.add_argument("question", metavar="QUESTION")
+    p.add_argument("--backend", choices=["rag", "ft", "both"], default="both")
+    p.add_argument("--adapter", help="adapter name for the fine-tuned backend (default: the active one)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_ask)
+
+    p = with_store(sub.add_parser("setup", help="prepare models and index the demo corpus if the store is empty"))
+    p.set_defaults(func=cmd_setup)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except DuetError as error:
+        print(f"duet: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("duet: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,101 @@
+"""Typed settings for Duet, in one place.
+
+Every field can be set by an environment variable `DUET_<FIELD NAME IN CAPITALS>`
+(for example `DUET_TOP_K=6`, `DUET_LLM=HuggingFaceTB/SmolLM2-360M-Instruct`).
+The CLI's `--store` overrides `store_dir`. Paths default to folders of this checkout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from backends.errors import BadInput
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = REPO_ROOT / "data"
+BUNDLED = "bundled"
+
+
+def _help(text: str, default):
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a user may want to change, with a sentence on what each field does."""
+
+    store_dir: Path = _help("Folder for everything Duet writes: index, manifest, runs.", DATA_DIR / "store")
+    model_cache_dir: Path = _help("Folder for converted models (shared by all stores).", DATA_DIR / "store" / "models")
+    adapters_dir: Path = _help("Adapter registry: one folder per LoRA adapter.", DATA_DIR / "adapters")
+    llm: str = _help("Base LLM: 'bundled' (SmolLM2-135M GGUF), a Hugging Face id, a local folder or a .gguf file.", BUNDLED)
+    embedding_model: str = _help("Embedding model: 'bundled' (all-MiniLM-L6-v2), a Hugging Face id or a local folder.", BUNDLED)
+    device: str = _help("'auto' (cuda when available), 'cpu' or 'cuda'.", "auto")
+    chunk_size: int = _help("Characters per chunk when splitting documents.", 700)
+    chunk_overlap: int = _help("Characters shared by neighbouring chunks.", 100)
+    csv_rows_per_chunk: int = _help("Maximum CSV rows grouped into one chunk.", 8)
+    top_k: int = _help("Chunks retrieved per question.", 3)
+    max_new_tokens: int = _help("Longest answer, in tokens.", 64)
+    max_question_chars: int = _help("Longest question accepted, in characters.", 1000)
+    max_upload_mb: int = _help("Largest document accepted, in megabytes.", 50)
+    active_adapter: str = _help("Adapter used by the fine-tuned backend.", "demo")
+
+    def with_store(self, store_dir: str | Path | None) -> "Settings":
+        """The same settings writing to another store folder (None keeps the current one)."""
+        return self if store_dir is None else dataclasses.replace(self, store_dir=Path(store_dir))
+
+    @property
+    def chroma_dir(self) -> Path:
+        return self.store_dir / "chroma"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.store_dir / "manifest.json"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.store_dir / "runs"
+
+    @property
+    def files_dir(self) -> Path:
+        return self.store_dir / "files"
+
+
+def _convert(name: str, kind: type | str, raw: str):
+    kind_name = kind if isinstance(kind, str) else kind.__name__
+    try:
+        if "int" in kind_name:
+            return int(raw)
+        if "Path" in kind_name:
+            return Path(raw).expanduser()
+        return raw
+    except ValueError:
+        raise BadInput(f"environment variable DUET_{name.upper()}={raw!r} is not a valid {kind_name}") from None
+
+
+def load_settings(**overrides) -> Settings:
+    """Settings from the defaults, then `DUET_*` environment variables, then keyword overrides."""
+    values = {}
+    for f in dataclasses.fields(Settings):
+        raw = os.environ.get(f"DUET_{f.name.upper()}")
+        if raw not in (None, ""):
+            values[f.name] = _convert(f.name, f.type, raw)
+    # DUET_STORE is the short name the CLI contract documents.
+    if os.environ.get("DUET_STORE"):
+        values["store_dir"] = Path(os.environ["DUET_STORE"]).expanduser()
+    types = {f.name: f.type for f in dataclasses.fields(Settings)}
+    values.update({k: _convert(k, types[k], str(v)) if isinstance(v, str) else v for k, v in overrides.items() if v is not None})
+    settings = Settings(**values)
+    _validate(settings)
+    return settings
+
+
+def _validate(settings: Settings) -> None:
+    if settings.chunk_overlap >= settings.chunk_size:
+        raise BadInput("chunk_overlap must be smaller than chunk_size")
+    if not 1 <= settings.top_k <= 50:
+        raise BadInput("top_k must be between 1 and 50")
+    if settings.device not in ("auto", "cpu", "cuda"):
+        raise BadInput("device must be 'auto', 'cpu' or 'cuda'")

