@@ -59,14 +59,17 @@ def cmd_docs(args) -> int:
 
 
 def cmd_ask(args) -> int:
+    from backends.rag import check_question
+
+    check_question(args.question, load_settings())  # before any model loads
     duet = _duet(args)
     names = ["rag", "ft"] if args.backend == "both" else [args.backend]
     answers = {}
     for name in names:
-        backend = duet.backend(name, adapter=args.adapter)
+        stream = duet.stream(name, args.question, args.adapter)
         if not args.json:
             print(f"── {name.upper()} ──", flush=True)
-        for item in backend.stream(args.question):
+        for item in stream:
             if isinstance(item, str):
                 if not args.json:
                     print(item, end="", flush=True)
@@ -86,6 +89,34 @@ def _print_answer_footer(answer) -> None:
           f"first token {t.first_token:.2f}s, total {t.total:.2f}s, {answer.tokens_per_s:.1f} tokens/s")
     for number, source in enumerate(answer.sources, 1):
         print(f"  [{number}] {source.file_name} {source.location} (score {source.score:.2f})")
+
+
+def cmd_train(args) -> int:
+    from dataclasses import fields
+
+    from backends.finetuned import check_adapter_name
+    from backends.training import TrainConfig, read_qa_file, train_adapter
+
+    values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
+    if "target_modules" in values:
+        values["target_modules"] = tuple(m.strip() for m in values["target_modules"].split(",") if m.strip())
+    config = TrainConfig(**values)
+    config.check()
+    check_adapter_name(args.name)
+    read_qa_file(args.data)  # every line validated before any model loads
+    duet = _duet(args)
+    path = train_adapter(duet.settings, args.data, args.name, config, on_progress=_progress_bar,
+                         index_snapshot=duet.index.snapshot(), overwrite=args.overwrite)
+    metadata = json.loads((path / "metadata.json").read_text())
+    print(f"\nsaved adapter {args.name!r} to {path}: {metadata['dataset']['examples']} examples, "
+          f"final loss {metadata['final_loss']:.4f}, {metadata['training_seconds']:.0f} s")
+    return 0
+
+
+def _progress_bar(p) -> None:
+    filled = int(30 * p.step / p.total_steps)
+    print(f"\r[{'#' * filled}{'.' * (30 - filled)}] step {p.step}/{p.total_steps} epoch {p.epoch:.2f} "
+          f"loss {p.loss:.4f} {p.tokens_per_s:.0f} tok/s ETA {p.eta_s:.0f}s ", end="", file=sys.stderr, flush=True)
 
 
 def cmd_setup(args) -> int:
@@ -140,9 +171,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_ask)
 
+    p = with_store(sub.add_parser("train", help="train a LoRA adapter on question/answer pairs"))
+    p.add_argument("--data", required=True, metavar="FILE.jsonl", help='JSONL lines of {"question": ..., "answer": ...}')
+    p.add_argument("--name", required=True, help="adapter name (folder under data/adapters)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing adapter of that name")
+    _add_train_options(p)
+    p.set_defaults(func=cmd_train)
+
     p = with_store(sub.add_parser("setup", help="prepare models and index the demo corpus if the store is empty"))
     p.set_defaults(func=cmd_setup)
     return parser
+
+
+def _add_train_options(parser) -> None:
+    """One option per TrainConfig field, with the field's help and default."""
+    from dataclasses import MISSING, fields
+
+    from backends.training import TrainConfig
+
+    for f in fields(TrainConfig):
+        kind = {"int": int, "float": float}.get(str(f.type), str)
+        default = f.default if f.default is not MISSING else None
+        shown = ",".join(default) if isinstance(default, tuple) else default
+        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=None,
+                            help=f"{f.metadata.get('help', '')} (default {shown})")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,6 +37,9 @@ class Settings:
     chunk_overlap: int = _help("Characters shared by neighbouring chunks.", 100)
     csv_rows_per_chunk: int = _help("Maximum CSV rows grouped into one chunk.", 8)
     top_k: int = _help("Chunks retrieved per question.", 3)
+    rag_mode: str = _help("'extractive': the model copies its answer from the best evidence sentences (right for the "
+                          "bundled 135M model); 'free': the model writes freely from the numbered sources.", "extractive")
+    evidence_sentences: int = _help("Best-matching sentences given to the model in extractive mode.", 2)
     max_new_tokens: int = _help("Longest answer, in tokens.", 64)
     max_question_chars: int = _help("Longest question accepted, in characters.", 1000)
     max_upload_mb: int = _help("Largest document accepted, in megabytes.", 50)
@@ -97,5 +100,7 @@ def _validate(settings: Settings) -> None:
         raise BadInput("chunk_overlap must be smaller than chunk_size")
     if not 1 <= settings.top_k <= 50:
         raise BadInput("top_k must be between 1 and 50")
+    if settings.rag_mode not in ("extractive", "free"):
+        raise BadInput("rag_mode must be 'extractive' or 'free'")
     if settings.device not in ("auto", "cpu", "cuda"):
         raise BadInput("device must be 'auto', 'cpu' or 'cuda'")

@@ -160,15 +160,22 @@ class DocumentIndex:
         except BadInput as error:
             return IngestResult(name=name, status="rejected", reason=str(error))
         doc_id = make_doc_id(name)
+        duplicate_of = self._duplicate_of(sha)
+        if duplicate_of:  # checked before the costly embedding, and again under the lock
+            return IngestResult(name=name, status="duplicate", doc_id=duplicate_of)
         vectors = self.embeddings.embed_documents([embedding_text(c["text"], name, c["location"]) for c in chunks])
         with self._writing():
             manifest = self._read_manifest()
-            if any(record["sha256"] == sha for record in manifest.values()):
-                duplicate_of = next(d for d, r in manifest.items() if r["sha256"] == sha)
+            duplicate_of = self._duplicate_of(sha, manifest)
+            if duplicate_of:
                 return IngestResult(name=name, status="duplicate", doc_id=duplicate_of)
             status = "updated" if doc_id in manifest else "added"
             self._commit(doc_id, name, sha, data, chunks, vectors, manifest)
         return IngestResult(name=name, status=status, chunks=len(chunks), doc_id=doc_id)
+
+    def _duplicate_of(self, sha: str, manifest: dict | None = None) -> str:
+        manifest = self._read_manifest() if manifest is None else manifest
+        return next((doc_id for doc_id, record in manifest.items() if record["sha256"] == sha), "")
 
     def _prepare(self, name: str, data: bytes) -> tuple[list[dict], str]:
         if len(data) > self.settings.max_upload_mb * 1024 * 1024:

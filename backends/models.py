@@ -140,6 +140,14 @@ def prepare_llm(settings: Settings, progress: Progress = _quiet) -> str:
     return str(target)
 
 
+def base_model_identity(settings: Settings) -> dict:
+    """What an adapter records about its base model, to refuse it on another one."""
+    source = llm_source(settings)
+    if source.endswith(".gguf"):
+        return {"id": llm_display_name(settings), "sha256": _file_sha256(Path(source))}
+    return {"id": source, "sha256": ""}
+
+
 @dataclass
 class LoadedLLM:
     """The one base model of the process, its tokenizer, and the lock that guards generation."""
@@ -170,6 +178,7 @@ def _load_llm_uncached(settings: Settings, progress: Progress) -> LoadedLLM:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = prepare_llm(settings, progress)
+    _quiet_loading()
     device = resolve_device(settings.device)
     local = Path(path).is_dir()
     progress(f"Loading {llm_display_name(settings)} on {device}…")
@@ -183,6 +192,13 @@ def _load_llm_uncached(settings: Settings, progress: Progress) -> LoadedLLM:
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return LoadedLLM(model=model, tokenizer=tokenizer, name=llm_display_name(settings), device=device)
+
+
+def _quiet_loading() -> None:
+    """No per-tensor progress bars when loading cached weights (conversion keeps its own)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
 
 def embedding_source(settings: Settings) -> str:
@@ -203,6 +219,7 @@ def _load_embeddings_uncached(settings: Settings):
 
     source = embedding_source(settings)
     local = Path(source).is_dir()
+    _quiet_loading()
     try:
         return HuggingFaceEmbeddings(
             model_name=source,

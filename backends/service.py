@@ -6,6 +6,7 @@ and shared, so both backends answer from one copy of the base weights.
 
 from __future__ import annotations
 
+import queue
 import threading
 from functools import cached_property
 
@@ -35,16 +36,64 @@ class Duet:
         return DocumentIndex(self.settings)
 
     @cached_property
+    def host(self):
+        from backends.finetuned import AdapterHost
+
+        return AdapterHost(self.llm)
+
+    @cached_property
+    def registry(self):
+        from backends.finetuned import AdapterRegistry
+
+        return AdapterRegistry(self.settings)
+
+    @cached_property
     def rag(self):
         from backends.rag import RAGBackend
 
-        return RAGBackend(self.index, self.llm, self.settings)
+        return RAGBackend(self.index, self.llm, self.settings, self.host.base)
 
-    def backend(self, name: str, adapter: str | None = None):
-        """The backend called `name` ("rag" or "ft")."""
-        if name == "rag":
-            return self.rag
-        raise ValueError(f"unknown backend {name!r}")
+    @cached_property
+    def ft(self):
+        from backends.finetuned import FineTunedBackend
+
+        return FineTunedBackend(self.host, self.registry, self.settings, self.index)
+
+    def stream(self, backend: str, question: str, adapter: str | None = None):
+        """A streaming answer from backend "rag" or "ft" (with `adapter`, default the active one)."""
+        if backend == "rag":
+            return self.rag.stream(question)
+        if backend == "ft":
+            return self.ft.stream(question, adapter)
+        raise ValueError(f"unknown backend {backend!r}")
+
+    def stream_both(self, question: str, adapter: str | None = None, backends=("rag", "ft")):
+        """Run the backends at the same time; yield (backend, text piece or final Answer) as they come.
+
+        An error in one backend is yielded as (backend, exception) and does not stop the other.
+        """
+        events: queue.Queue = queue.Queue()
+        done = object()
+
+        def run(name: str) -> None:
+            try:
+                for item in self.stream(name, question, adapter):
+                    events.put((name, item))
+            except Exception as error:  # reported to the caller, per backend
+                events.put((name, error))
+            finally:
+                events.put((name, done))
+
+        workers = [threading.Thread(target=run, args=(name,), daemon=True, name=f"duet-{name}") for name in backends]
+        for worker in workers:
+            worker.start()
+        remaining = len(workers)
+        while remaining:
+            name, item = events.get()
+            if item is done:
+                remaining -= 1
+            else:
+                yield name, item
 
 
 _instances: dict[tuple, Duet] = {}

@@ -67,6 +67,15 @@ def final_answer(stream: AnswerStream) -> Answer:
 
 
 @dataclass(frozen=True)
+class QAItem:
+    """A question with its gold answer and, when known, the document that holds it."""
+
+    question: str
+    answer: str
+    source: str = ""
+
+
+@dataclass(frozen=True)
 class DocumentRecord:
     """A document in the index manifest."""
 

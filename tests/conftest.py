@@ -1,0 +1,65 @@
+"""Shared fixtures: real models, a real Chroma store in a temporary folder, a tiny real adapter.
+
+Heavy fixtures are session-scoped so the suite loads each model once. Model conversion
+uses the project's normal cache (data/store/models), which `make test` prepares.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from backends.config import DATA_DIR, load_settings
+from backends.service import Duet
+
+CORPUS = DATA_DIR / "corpus"
+SMALL_CORPUS = ["travel_policy.pdf", "glossary.html", "product_catalog.csv", "support_escalation.txt", "company_overview.md"]
+
+
+@pytest.fixture(scope="session")
+def settings(tmp_path_factory):
+    root = tmp_path_factory.mktemp("duet")
+    return load_settings(store_dir=root / "store", adapters_dir=root / "adapters", max_new_tokens=24)
+
+
+@pytest.fixture(scope="session")
+def duet(settings):
+    """Backends over a store holding five demo documents (one of each kind but DOCX)."""
+    instance = Duet(settings)
+    for name in SMALL_CORPUS:
+        assert instance.index.ingest_file(CORPUS / name).status == "added"
+    return instance
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter(settings, duet):
+    """A real LoRA adapter from a few training steps on eight examples."""
+    from backends.training import TrainConfig, train_adapter
+
+    data = settings.store_dir.parent / "tiny.jsonl"
+    lines = (DATA_DIR / "qa" / "train.jsonl").read_text().splitlines()[:8]
+    data.write_text("\n".join(lines) + "\n")
+    losses = []
+    config = TrainConfig(rank=4, alpha=8, epochs=3, batch_size=8, learning_rate=3e-3, max_length=96)
+    path = train_adapter(settings, data, "tiny", config, on_progress=lambda p: losses.append(p.loss),
+                         index_snapshot=duet.index.snapshot())
+    return {"path": path, "losses": losses, "data": data}
+
+
+@pytest.fixture
+def fresh_store(tmp_path, settings):
+    """Settings for an empty store of this test's own (same models and adapters)."""
+    return settings.with_store(tmp_path / "store")
+
+
+def copy_adapter(src: Path, dst: Path, edit_metadata=None) -> Path:
+    shutil.copytree(src, dst)
+    if edit_metadata:
+        meta_path = dst / "metadata.json"
+        meta = json.loads(meta_path.read_text())
+        edit_metadata(meta)
+        meta_path.write_text(json.dumps(meta))
+    return dst

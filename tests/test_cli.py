@@ -1,0 +1,51 @@
+"""The public CLI contract, driven as a reviewer would: subprocesses, stdout, stderr, exit codes."""
+
+import json
+import os
+import subprocess
+import sys
+
+from backends.config import REPO_ROOT
+
+
+def run_cli(*args, settings, timeout=300):
+    env = {**os.environ, "DUET_ADAPTERS_DIR": str(settings.adapters_dir), "DUET_MAX_NEW_TOKENS": "24"}
+    return subprocess.run([sys.executable, "-m", "backends", *args], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_ingest_reports_each_file_and_exits_2_when_one_is_rejected(tmp_path, settings):
+    good, bad = tmp_path / "notes.md", tmp_path / "broken.pdf"
+    good.write_text("# Notes\nThe gate code is 4471.")
+    bad.write_bytes(b"%PDF-1.4 cut short")
+    store = str(tmp_path / "store")
+    result = run_cli("ingest", str(good), str(bad), "--store", store, settings=settings)
+    lines = result.stdout.strip().splitlines()
+    assert lines[0] == f"{good}: added 1 chunks"
+    assert lines[1].startswith(f"{bad}: rejected: the PDF is damaged")
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == "duet: 1 of 2 files rejected"
+    again = run_cli("ingest", str(good), "--store", store, settings=settings)
+    assert again.returncode == 0 and again.stdout.strip() == f"{good}: skipped (duplicate)"
+    listed = run_cli("docs", "list", "--store", store, settings=settings)
+    assert listed.returncode == 0 and listed.stdout.startswith("notes-md\tnotes.md\t1 chunks")
+    missing = run_cli("docs", "delete", "nope", "--store", store, settings=settings)
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "no document with id 'nope'" in missing.stderr
+
+
+def test_ask_both_json(duet, tiny_adapter, settings):
+    result = run_cli("ask", "Who is the Bosun?", "--backend", "both", "--adapter", "tiny", "--json",
+                     "--store", str(settings.store_dir), settings=settings)
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert set(payload) == {"rag", "ft"}
+    fields = {"backend", "question", "text", "sources", "timings", "tokens_in", "tokens_out", "tokens_per_s", "model", "adapter"}
+    assert set(payload["rag"]) == fields == set(payload["ft"])
+    assert payload["rag"]["sources"] and payload["ft"]["sources"] == [] and payload["ft"]["adapter"] == "tiny"
+    assert set(payload["rag"]["timings"]) == {"embed", "retrieve", "prompt", "first_token", "generate", "total"}
+
+
+def test_bad_input_exits_2_with_one_line(settings, tmp_path):
+    for args in (["ask", "   ", "--backend", "rag"], ["ask", "q", "--backend", "nope"], ["train", "--data", "missing.jsonl", "--name", "x"]):
+        result = run_cli(*args, "--store", str(tmp_path / "s"), settings=settings)
+        assert result.returncode == 2, args
+        assert result.stderr.startswith("duet: ") and result.stderr.count("\n") == 1, result.stderr

@@ -1,0 +1,75 @@
+"""The fine-tuned backend: shared weights, correct adapter per request, staleness."""
+
+import threading
+
+from backends.finetuned import AdapterHost, FineTunedBackend, staleness
+from backends.models import _load_llm_uncached
+from backends.types import Answer, final_answer
+
+QUESTION = "What is the per diem for a full day of business travel?"
+
+
+def test_ft_answer_has_the_shared_type_and_no_sources(duet, tiny_adapter):
+    pieces, answer = [], None
+    for item in duet.stream("ft", QUESTION, adapter="tiny"):
+        if isinstance(item, Answer):
+            answer = item
+        else:
+            pieces.append(item)
+    assert answer.backend == "ft" and answer.adapter == "tiny" and answer.sources == ()
+    assert answer.text == "".join(pieces).strip() and answer.tokens_out > 0
+    t = answer.timings
+    assert t.embed == 0 and t.retrieve == 0 and 0 < t.first_token <= t.generate <= t.total
+
+
+def test_one_copy_of_base_weights_serves_both_backends(duet, tiny_adapter):
+    final_answer(duet.stream("ft", QUESTION, adapter="tiny"))
+    base = duet.llm.model.get_base_model()
+    assert duet.rag.llm is duet.ft.host.llm
+    assert sum(1 for name, _ in base.named_parameters() if name.endswith("q_proj.base_layer.weight")) == base.config.num_hidden_layers
+
+
+def test_concurrent_answers_equal_sequential_ones(duet, tiny_adapter):
+    questions = [QUESTION, "Who is the Bosun?"]
+    sequential = {(b, q): final_answer(duet.stream(b, q, "tiny")).text for b in ("rag", "ft") for q in questions}
+    results, errors = {}, []
+
+    def ask(backend, question):
+        try:
+            results[(backend, question)] = final_answer(duet.stream(backend, question, "tiny")).text
+        except Exception as error:  # surfaced below
+            errors.append(error)
+
+    threads = [threading.Thread(target=ask, args=key) for key in sequential]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert results == sequential
+
+
+def test_save_load_round_trip_gives_identical_greedy_output(settings, duet, tiny_adapter):
+    """Greedy output from a freshly loaded copy with the saved adapter equals the served one."""
+    served = final_answer(duet.stream("ft", QUESTION, adapter="tiny")).text
+    fresh_llm = _load_llm_uncached(settings, lambda message: None)
+    fresh = FineTunedBackend(AdapterHost(fresh_llm), duet.registry, settings)
+    assert served and final_answer(fresh.stream(QUESTION, adapter="tiny")).text == served
+
+
+def test_staleness_reports_added_changed_and_deleted():
+    then = {"a": "1", "b": "2", "c": "3"}
+    now = {"a": "1", "b": "9", "d": "4"}
+    report = staleness(then, now)
+    assert (report.added, report.changed, report.deleted) == (("d",), ("b",), ("c",))
+    assert report.is_stale and "1 added" in report.describe()
+    assert not staleness(now, now).is_stale
+
+
+def test_backend_staleness_follows_the_index(duet, tiny_adapter):
+    assert not duet.ft.staleness("tiny").is_stale
+    duet.index.ingest_bytes("late_memo.txt", b"A memo written after training.")
+    try:
+        assert duet.ft.staleness("tiny").added == ("late-memo-txt",)
+    finally:
+        duet.index.delete("late-memo-txt")

@@ -1,0 +1,94 @@
+"""The index on a real Chroma store: ids from content, duplicates, replacement, delete, recovery."""
+
+import json
+
+import pytest
+
+from backends.errors import BadInput
+from backends.index import DocumentIndex, make_doc_id, safe_display_name
+
+
+@pytest.fixture
+def index(fresh_store, duet):
+    return DocumentIndex(fresh_store, embeddings=duet.index.embeddings)
+
+
+def test_ingest_twice_adds_nothing(index):
+    text = b"The Osprey budget is 1.3 million euros.\n\nThe Heron budget is 2.1 million euros."
+    first = index.ingest_bytes("budgets.txt", text)
+    assert (first.status, first.chunks) == ("added", 1)
+    count = index.chunk_count()
+    second = index.ingest_bytes("budgets.txt", text)
+    assert second.status == "duplicate" and second.describe() == "skipped (duplicate)"
+    assert index.chunk_count() == count
+    assert len(index.documents()) == 1
+
+
+def test_changed_file_replaces_its_old_chunks(index):
+    index.ingest_bytes("fees.md", b"# Fees\nThe fee is 10 euros.")
+    result = index.ingest_bytes("fees.md", b"# Fees\nThe fee is 12 euros.")
+    assert result.status == "updated" and result.describe().startswith("added 1 chunks")
+    texts = [s.text for s in index.chunks_of("fees-md")]
+    assert texts == ["# Fees\nThe fee is 12 euros."]
+    assert index.chunk_count() == 1
+    assert index.documents()[0].sha256 == index.snapshot()["fees-md"]
+
+
+def test_chunks_keep_offsets_locations_and_search_finds_them(index, settings):
+    long_text = "\n\n".join(f"Paragraph {i}: the harbour code for berth {i} is HB-{i:03d}." for i in range(40))
+    result = index.ingest_bytes("berths.txt", long_text.encode())
+    assert result.chunks > 1
+    chunks = index.chunks_of("berths-txt")
+    for chunk in chunks:
+        assert long_text[chunk.start:chunk.start + len(chunk.text)] == chunk.text
+    sources, embed_s, retrieve_s = index.search("What is the harbour code for berth 17?", 3)
+    assert any("HB-017" in s.text for s in sources)
+    assert embed_s > 0 and retrieve_s > 0 and all(-1 <= s.score <= 1 for s in sources)
+
+
+def test_delete_removes_chunks_and_manifest_entry(index):
+    index.ingest_bytes("a.txt", b"alpha facts")
+    index.ingest_bytes("b.txt", b"beta facts")
+    record = index.delete("a-txt")
+    assert record.name == "a.txt"
+    assert [d.doc_id for d in index.documents()] == ["b-txt"]
+    assert index.chunks_of("a-txt") == []
+    with pytest.raises(BadInput, match="no document with id"):
+        index.delete("a-txt")
+
+
+def test_rejected_file_leaves_the_index_as_it_was(index):
+    index.ingest_bytes("keep.txt", b"keep me")
+    before = (index.snapshot(), index.chunk_count())
+    result = index.ingest_bytes("broken.pdf", b"%PDF-1.4 truncated")
+    assert result.status == "rejected" and "PDF" in result.reason
+    assert (index.snapshot(), index.chunk_count()) == before
+
+
+def test_crash_between_chunks_and_manifest_is_recovered_on_next_open(index, fresh_store, duet, monkeypatch):
+    index.ingest_bytes("stable.txt", b"stable content")
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full (simulated crash before the manifest was written)")
+
+    monkeypatch.setattr(index, "_write_manifest", crash)
+    with pytest.raises(OSError):
+        index.ingest_bytes("half.txt", b"half-written document")
+    assert index.chunk_count() == 2  # the orphan chunk is in Chroma, not in the manifest
+    monkeypatch.undo()
+    reopened = DocumentIndex(fresh_store, embeddings=duet.index.embeddings)
+    assert [d.doc_id for d in reopened.documents()] == ["stable-txt"]
+    assert reopened.chunk_count() == 1
+    assert reopened.ingest_bytes("half.txt", b"half-written document").status == "added"
+
+
+def test_file_names_never_become_paths():
+    assert safe_display_name("../../etc/passwd") == "passwd"
+    assert safe_display_name("C:\\Users\\x\\report.pdf") == "report.pdf"
+    assert make_doc_id("../Travel Policy.PDF") == "travel-policy-pdf"
+
+
+def test_manifest_is_valid_json_after_writes(index, fresh_store):
+    index.ingest_bytes("one.txt", b"one")
+    manifest = json.loads(fresh_store.manifest_path.read_text())
+    assert set(manifest["documents"]["one-txt"]) >= {"doc_id", "name", "sha256", "chunks", "added_at"}
