@@ -33,6 +33,7 @@ SYSTEM_PROMPT = (
 )
 
 
+MIN_EVIDENCE_WORDS = 4
 EXTRACTIVE_PROMPT = "Answer the question using the context. Reply with a short answer."
 
 
@@ -55,7 +56,9 @@ def format_sources(sources: list[Source]) -> str:
 
 def rank_evidence(question: str, sources: list[Source], embeddings, lexical_weight: float = 0.2) -> list[str]:
     """Sentences of the sources, best evidence first (cosine similarity + keyword overlap)."""
-    sentences = list(dict.fromkeys(s for source in sources for s in split_sentences(source.text) if len(s) > 3))
+    # Headings and labels ("3. The Bosun") are not evidence: a statement has at least MIN_EVIDENCE_WORDS words.
+    sentences = list(dict.fromkeys(s for source in sources for s in split_sentences(source.text)
+                                   if len(s.split()) >= MIN_EVIDENCE_WORDS))
     if not sentences:
         return []
     query = embeddings.embed_query(question)

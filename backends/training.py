@@ -261,6 +261,7 @@ def save_adapter_atomically(model, metadata: dict, target: Path, overwrite: bool
     work = Path(tempfile.mkdtemp(prefix=f".saving-{target.name}-", dir=target.parent))
     try:
         model.save_pretrained(str(work), safe_serialization=True)
+        (work / "README.md").unlink(missing_ok=True)  # peft's hub model card template: nothing of ours
         (work / METADATA).write_text(json.dumps(metadata, indent=2))
         verify_adapter_folder(work, check_finite=True)
         _replace_folder(work, target, overwrite)
