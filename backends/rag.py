@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import replace
 
 from backends.config import Settings
 from backends.errors import BadInput
@@ -34,7 +35,6 @@ SYSTEM_PROMPT = (
 
 
 MIN_EVIDENCE_WORDS = 4
-EXTRACTIVE_PROMPT = "Answer the question using the context. Reply with a short answer."
 
 
 def check_question(question: str, settings: Settings) -> str:
@@ -54,23 +54,23 @@ def format_sources(sources: list[Source]) -> str:
     return "\n\n".join(blocks)
 
 
-def rank_evidence(question: str, sources: list[Source], embeddings, lexical_weight: float = 0.2) -> list[str]:
-    """Sentences of the sources, best evidence first (cosine similarity + keyword overlap)."""
+def rank_evidence(question: str, sources: list[Source], embeddings, lexical_weight: float = 0.2) -> list[Source]:
+    """Sentences of the sources as Sources of their own, best evidence first (cosine + keyword overlap)."""
     # Headings and labels ("3. The Bosun") are not evidence: a statement has at least MIN_EVIDENCE_WORDS words.
-    sentences = list(dict.fromkeys(s for source in sources for s in split_sentences(source.text)
-                                   if len(s.split()) >= MIN_EVIDENCE_WORDS))
-    if not sentences:
+    candidates = {}
+    for source in sources:
+        for sentence in split_sentences(source.text):
+            if len(sentence.split()) >= MIN_EVIDENCE_WORDS and sentence not in candidates:
+                candidates[sentence] = source
+    if not candidates:
         return []
+    sentences = list(candidates)
     query = embeddings.embed_query(question)
     vectors = embeddings.embed_documents(sentences)
     scores = [sum(q * v for q, v in zip(query, vector)) + lexical_weight * keyword_overlap(question, sentence)
               for sentence, vector in zip(sentences, vectors)]
-    return [sentence for _, sentence in sorted(zip(scores, sentences), key=lambda pair: -pair[0])]
-
-
-def build_extractive_messages(question: str, evidence: list[str]) -> list[dict]:
-    context = "\n".join(evidence) if evidence else "(no sources found)"
-    return [{"role": "system", "content": EXTRACTIVE_PROMPT}, {"role": "user", "content": f"Context:\n{context}\n\nQuestion: {question}"}]
+    ranked = sorted(zip(scores, sentences), key=lambda pair: -pair[0])
+    return [replace(candidates[sentence], text=sentence, score=round(score, 4)) for score, sentence in ranked]
 
 
 def build_messages(question: str, sources: list[Source]) -> list[dict]:
@@ -118,9 +118,9 @@ class RAGBackend:
         copy_from = None
         if self.settings.rag_mode == "extractive":
             evidence = rank_evidence(question, sources, self.index.embeddings)[: self.settings.evidence_sentences]
-            messages = build_extractive_messages(question, evidence)
+            messages = build_messages(question, evidence)
             # One passage, best sentence first: the answer starts with the best evidence.
-            copy_from = [" ".join(evidence)] if evidence else None
+            copy_from = [" ".join(e.text for e in evidence)] if evidence else None
         else:
             messages = build_messages(question, sources)
         pre = Timings(embed=embed_s, retrieve=retrieve_s, prompt=time.perf_counter() - prompt_start)
