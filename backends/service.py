@@ -11,11 +11,7 @@ import threading
 from functools import cached_property
 
 from backends.config import Settings
-from backends.models import Progress, load_llm
-
-
-def _quiet(_: str) -> None:
-    pass
+from backends.models import Progress, _quiet, load_llm
 
 
 class Duet:
