@@ -133,6 +133,42 @@ def cmd_setup(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    """Run a QA set through the systems; write metrics.json, results.csv and report.html."""
+    from backends.evaluation import SYSTEMS, freshness_experiment, load_qa, run_eval, save_run
+
+    systems = tuple(s.strip() for s in args.systems.split(",") if s.strip())
+    unknown = [s for s in systems if s not in SYSTEMS]
+    if unknown or not systems:
+        raise_bad(f"unknown system {', '.join(unknown) or '(none)'}: choose from {', '.join(SYSTEMS)}")
+    if args.limit is not None and args.limit < 1:
+        raise_bad("--limit must be at least 1")
+    items = load_qa(args.set)[: args.limit]  # validated before any model loads
+    duet = _duet(args)
+    if args.adapter:
+        duet.registry.get(args.adapter)
+    run = run_eval(duet, items, systems, args.adapter, on_progress=_eval_progress)
+    if args.freshness:
+        run["freshness"] = freshness_experiment(duet, DATA_DIR / "corpus_updates", DATA_DIR / "qa" / "updates.jsonl",
+                                                systems, args.adapter, on_progress=_eval_progress)
+    out = save_run(run, args.out or duet.settings.runs_dir / run["id"])
+    print(file=sys.stderr)
+    for system, m in run["metrics"].items():
+        print(f"{system:7} EM {m['exact_match']:.3f}  F1 {m['f1']:.3f}  contains {m['contains']:.3f}  "
+              f"semantic {m['semantic']:.3f}  grounded {m['groundedness']:.3f}  "
+              f"recall@k {m['recall_at_k'] if m['recall_at_k'] is not None else '-'}  "
+              f"p50 {m['latency']['total']['p50']:.2f}s  p95 {m['latency']['total']['p95']:.2f}s  {m['tokens_per_s']:.1f} tok/s")
+    if args.freshness:
+        for system, c in run["freshness"]["systems"].items():
+            print(f"freshness {system}: {c['new']} of {run['freshness']['questions']} new facts, {c['old']} old facts")
+    print(f"wrote {out / 'metrics.json'}, {out / 'results.csv'}, {out / 'report.html'}")
+    return 0
+
+
+def _eval_progress(done: int, total: int, label: str) -> None:
+    print(f"\r[{done}/{total}] {label[:70]:70}", end="", file=sys.stderr, flush=True)
+
+
 def raise_bad(message: str):
     from backends.errors import BadInput
 
@@ -177,6 +213,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing adapter of that name")
     _add_train_options(p)
     p.set_defaults(func=cmd_train)
+
+    p = with_store(sub.add_parser("eval", help="evaluate the backends on a QA set"))
+    p.add_argument("--set", required=True, metavar="FILE.jsonl", help="QA set (default demo set: data/qa/eval.jsonl)")
+    p.add_argument("--limit", type=int, help="only the first N questions")
+    p.add_argument("--out", help="folder for metrics.json, results.csv, report.html (default: a new run in the store)")
+    p.add_argument("--systems", default="rag,ft", help="comma-separated: rag, ft, rag_ft (default rag,ft)")
+    p.add_argument("--adapter", help="adapter for ft and rag_ft (default: the active one)")
+    p.add_argument("--freshness", action="store_true", help="also run the freshness experiment on a copy of the index")
+    p.set_defaults(func=cmd_eval)
 
     p = with_store(sub.add_parser("setup", help="prepare models and index the demo corpus if the store is empty"))
     p.set_defaults(func=cmd_setup)

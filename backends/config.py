@@ -49,6 +49,10 @@ class Settings:
         """The same settings writing to another store folder (None keeps the current one)."""
         return self if store_dir is None else dataclasses.replace(self, store_dir=Path(store_dir))
 
+    def public(self) -> dict:
+        """Every setting by name (saved with evaluation runs)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
     @property
     def chroma_dir(self) -> Path:
         return self.store_dir / "chroma"

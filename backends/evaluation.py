@@ -8,9 +8,11 @@ so "The per diem is 55 euros." is right although its exact match is 0.
 
 from __future__ import annotations
 
+import json
 import re
 import string
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -72,3 +74,266 @@ def quick_eval(items: list[QAItem], answer: Callable[[str], str]) -> tuple[dict,
         prediction = answer(item.question)
         rows.append({"question": item.question, "gold": item.answer, "prediction": prediction, **score_answer(prediction, item.answer)})
     return mean_scores(rows), rows
+
+
+# ---- runs --------------------------------------------------------------------------------
+STAGE_NAMES = ("embed", "retrieve", "prompt", "first_token", "generate", "total")
+SYSTEMS = ("rag", "ft", "rag_ft")
+RUN_FILES = ("metrics.json", "results.csv", "report.html")
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (q in 0..100) of a non-empty list."""
+    ordered = sorted(values)
+    if not ordered:
+        return 0.0
+    position = (len(ordered) - 1) * q / 100
+    low, high = int(position), min(int(position) + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def cosine(a: list[float], b: list[float]) -> float:
+    return sum(x * y for x, y in zip(a, b))
+
+
+def retrieval_hit(answer, source: str) -> float | None:
+    """1.0 when the gold source document is among the retrieved chunks (None: not applicable)."""
+    if not source or not answer.sources and answer.backend == "ft":
+        return None
+    return float(any(s.file_name == source for s in answer.sources))
+
+
+def evaluate_answer(duet, item: QAItem, answer) -> dict:
+    """One row of a run: the answer, its metrics, its claims' groundedness, its timings."""
+    from backends.claims import groundedness
+
+    claims = duet.tracer.trace(answer)
+    gold_vector, answer_vector = duet.tracer.embed([item.answer, answer.text or " "])
+    row = {
+        "question": item.question, "gold": item.answer, "source": item.source, "system": answer.backend,
+        "prediction": answer.text, **score_answer(answer.text, item.answer),
+        "semantic": round(cosine(gold_vector, answer_vector), 4),
+        "groundedness": round(groundedness(claims), 4), "claims": len(claims),
+        "recall_at_k": retrieval_hit(answer, item.source),
+        "tokens_out": answer.tokens_out, "tokens_per_s": answer.tokens_per_s,
+    }
+    row.update({f"t_{stage}": round(getattr(answer.timings, stage), 4) for stage in STAGE_NAMES})
+    return row
+
+
+def aggregate(rows: list[dict]) -> dict:
+    """Per-system means of the metrics and p50/p95 of every stage's latency."""
+    summary = {}
+    for system in dict.fromkeys(r["system"] for r in rows):
+        mine = [r for r in rows if r["system"] == system]
+        recall = [r["recall_at_k"] for r in mine if r["recall_at_k"] is not None]
+        metrics = {m: round(sum(r[m] for r in mine) / len(mine), 4)
+                   for m in ("exact_match", "f1", "contains", "semantic", "groundedness", "tokens_per_s")}
+        metrics["recall_at_k"] = round(sum(recall) / len(recall), 4) if recall else None
+        metrics["questions"] = len(mine)
+        metrics["latency"] = {stage: {"p50": round(percentile([r[f"t_{stage}"] for r in mine], 50), 4),
+                                      "p95": round(percentile([r[f"t_{stage}"] for r in mine], 95), 4)}
+                              for stage in STAGE_NAMES}
+        summary[system] = metrics
+    return summary
+
+
+def run_eval(duet, items: list[QAItem], systems=("rag", "ft"), adapter: str | None = None,
+             on_progress: Callable[[int, int, str], None] = lambda done, total, label: None) -> dict:
+    """Every item through every system; returns the run (metadata, per-system metrics, rows)."""
+    import hashlib
+    from datetime import datetime, timezone
+
+    adapter = adapter or duet.registry.active_name()
+    rows, total = [], len(items) * len(systems)
+    for number, item in enumerate(items):
+        for offset, system in enumerate(systems):
+            on_progress(number * len(systems) + offset, total, f"{system}: {item.question}")
+            rows.append(evaluate_answer(duet, item, duet.ask(system, item.question, adapter)))
+    on_progress(total, total, "done")
+    snapshot = duet.index.snapshot()
+    created = datetime.now(timezone.utc)
+    return {
+        "id": created.strftime("%Y%m%d-%H%M%S"),
+        "created_at": created.isoformat(timespec="seconds"),
+        "systems": list(systems),
+        "model": duet.llm.name,
+        "adapter": adapter,
+        "adapter_created_at": duet.registry.get(adapter, check_base=False).created_at,
+        "index": {"documents": len(snapshot), "chunks": duet.index.chunk_count(),
+                  "version": hashlib.sha256(json.dumps(snapshot, sort_keys=True).encode()).hexdigest()[:12]},
+        "config": {k: str(v) for k, v in duet.settings.public().items()},
+        "questions": len(items),
+        "metrics": aggregate(rows),
+        "rows": rows,
+    }
+
+
+def save_run(run: dict, out_dir: str | Path) -> Path:
+    """metrics.json (everything but the rows), results.csv (the rows) and report.html, written atomically."""
+    import csv
+    import io
+    import os
+    import tempfile
+
+    from backends.reports import eval_report_html
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(run["rows"][0]) if run["rows"] else ["question"])
+    writer.writeheader()
+    writer.writerows(run["rows"])
+    contents = {
+        "metrics.json": json.dumps({k: v for k, v in run.items() if k != "rows"}, indent=2),
+        "results.csv": buffer.getvalue(),
+        "report.html": eval_report_html(run),
+    }
+    for name, text in contents.items():
+        handle, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.")
+        with os.fdopen(handle, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out / name)
+    return out
+
+
+def load_run(folder: str | Path) -> dict:
+    """A saved run: metrics.json plus its rows from results.csv."""
+    import csv
+
+    folder = Path(folder)
+    run = json.loads((folder / "metrics.json").read_text())
+    with open(folder / "results.csv", newline="", encoding="utf-8") as f:
+        run["rows"] = [_typed_row(r) for r in csv.DictReader(f)]
+    run["folder"] = str(folder)
+    return run
+
+
+def _typed_row(row: dict) -> dict:
+    typed = {}
+    for k, v in row.items():
+        if k in ("question", "gold", "source", "system", "prediction"):
+            typed[k] = v
+        else:
+            typed[k] = None if v == "" else float(v)
+    return typed
+
+
+def list_runs(settings) -> list[Path]:
+    """Saved runs of the store, newest first."""
+    root = settings.runs_dir
+    return sorted((p for p in root.glob("*") if (p / "metrics.json").is_file()), reverse=True) if root.is_dir() else []
+
+
+# ---- freshness ---------------------------------------------------------------------------
+def freshness_experiment(duet, updates_dir: str | Path, questions_path: str | Path, systems=("rag", "ft"),
+                         adapter: str | None = None, limit: int = 0,
+                         on_progress: Callable[[int, int, str], None] = lambda done, total, label: None) -> dict:
+    """Ingest the updated documents into a COPY of the store, ask the update questions, count new vs old facts.
+
+    Each question has the new `answer` and the `old_answer` of the earlier document. The copy is
+    deleted afterwards: the store the user works with never changes.
+    """
+    import shutil
+    import tempfile
+
+    from backends.service import Duet
+
+    rows = [json.loads(line) for line in Path(questions_path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = rows[:limit] if limit else rows
+    adapter = adapter or duet.registry.active_name()
+    with tempfile.TemporaryDirectory(prefix="duet-freshness-") as scratch:
+        copy_settings = duet.settings.with_store(Path(scratch) / "store")
+        with duet.index.writing():  # no write may land halfway through the copy
+            shutil.copytree(duet.settings.store_dir, copy_settings.store_dir,
+                            ignore=shutil.ignore_patterns("models", "runs", "datasets", ".writer.lock"))
+        copy = Duet(copy_settings)
+        copy.__dict__["llm"] = duet.llm  # the same loaded model, no second copy
+        on_progress(0, len(rows) * len(systems) + 1, "ingesting the updated documents into a copy of the index")
+        ingested = [r.describe() for r in copy.index.ingest_paths([updates_dir])]
+        results = []
+        for number, row in enumerate(rows):
+            for offset, system in enumerate(systems):
+                on_progress(1 + number * len(systems) + offset, len(rows) * len(systems) + 1, f"{system}: {row['question']}")
+                answer = copy.ask(system, row["question"], adapter)
+                results.append({"system": system, "question": row["question"], "new": row["answer"], "old": row["old_answer"],
+                                "prediction": answer.text, "has_new": contains_gold(answer.text, row["answer"]),
+                                "has_old": contains_gold(answer.text, row["old_answer"])})
+        copy.index.close()
+    summary = {s: {"new": int(sum(r["has_new"] for r in results if r["system"] == s)),
+                   "old": int(sum(r["has_old"] for r in results if r["system"] == s))} for s in systems}
+    return {"questions": len(rows), "ingested": ingested, "systems": summary, "rows": results, "adapter": adapter}
+
+
+# ---- advisor -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Criteria:
+    """The user's situation, as the advisor asks it (levels: 0 low, 1 medium, 2 high)."""
+
+    changing_data: int = 1  # how often the knowledge changes
+    external_data: bool = True  # answers need facts the base model cannot know
+    terminology: int = 1  # precise domain wording and style matter
+    training_examples: int = 0  # clean question/answer pairs available
+    training_clean: bool = True
+    traceability: int = 2  # answers must be traced to sources
+
+
+@dataclass(frozen=True)
+class Advice:
+    recommendation: str  # "rag", "ft" or "rag_ft"
+    scores: dict
+    reasons: tuple[tuple[str, int, str], ...]  # (system favoured, points, why)
+
+
+def advise(criteria: Criteria, run: dict | None = None, freshness: dict | None = None) -> Advice:
+    """Score RAG, fine-tuning and their combination from the criteria and the latest measurements."""
+    reasons: list[tuple[str, int, str]] = []
+    add = lambda system, points, why: reasons.append((system, points, why))  # noqa: E731
+    if criteria.changing_data:
+        add("rag", 2 * criteria.changing_data, "the knowledge changes: RAG follows a new document at once, an adapter only after retraining")
+    if criteria.external_data:
+        add("rag", 2, "answers need facts the base model cannot know: retrieval supplies them with every question")
+    if criteria.traceability:
+        add("rag", 2 * criteria.traceability, "answers must be traced: RAG shows the chunks it used; an adapter cannot say where a fact came from")
+    if criteria.terminology:
+        add("ft", 2 * criteria.terminology, "domain wording and style matter: an adapter learns them, retrieval does not")
+    if criteria.training_examples < 100:
+        add("rag", 2, f"only {criteria.training_examples} training pairs: too few for an adapter to learn the facts reliably")
+    else:
+        add("ft", 1 if criteria.training_examples < 1000 else 2, f"{criteria.training_examples} training pairs are enough to train an adapter")
+    if not criteria.training_clean:
+        add("rag", 2, "the training data is not clean: an adapter learns its mistakes and cannot be audited")
+    if run:
+        _measured(run["metrics"], add)
+    if freshness:
+        counts = freshness["systems"]
+        for system, c in counts.items():
+            if system != "ft" and c["new"] > counts.get("ft", {}).get("new", 0):
+                add(system, 2, f"freshness: {title_of(system)} gave {c['new']} of {freshness['questions']} updated facts, "
+                               f"the adapter {counts.get('ft', {}).get('new', 0)}")
+    scores = {s: sum(p for system, p, _ in reasons if system == s) for s in ("rag", "ft", "rag_ft")}
+    if criteria.terminology and (criteria.changing_data or criteria.traceability):
+        add("rag_ft", min(scores["rag"], scores["ft"]), "both needs apply: retrieval for facts and sources, the adapter for wording")
+        scores["rag_ft"] = sum(p for system, p, _ in reasons if system == "rag_ft")
+    best = max(scores, key=scores.get)
+    return Advice(best, scores, tuple(reasons))
+
+
+def title_of(system: str) -> str:
+    from backends.reports import title
+
+    return title(system)
+
+
+def _measured(metrics: dict, add) -> None:
+    """Points from a run: the better system on quality and groundedness, by a clear margin."""
+    for metric, label, margin in (("contains", "gold answer contained", 0.05), ("f1", "token F1", 0.03),
+                                  ("groundedness", "groundedness", 0.05)):
+        values = {s: m[metric] for s, m in metrics.items() if m.get(metric) is not None}
+        if len(values) < 2:
+            continue
+        ranked = sorted(values, key=values.get, reverse=True)
+        if values[ranked[0]] - values[ranked[1]] >= margin:
+            listing = ", ".join(f"{title_of(s)} {values[s]:.2f}" for s in ranked)
+            add(ranked[0], 2, f"measured {label}: {listing}")

@@ -88,12 +88,17 @@ class DocumentIndex:
         self._collection = self._client.get_collection(COLLECTION)
         self._thread_lock = threading.Lock()
         self._journal = settings.store_dir / "journal.json"
-        with self._writing():
+        with self.writing():
             self._recover()
 
     # ---- locking and recovery -------------------------------------------------------
-    def _writing(self):
+    def writing(self):
+        """Context manager: this process is the store's only writer while inside."""
         return _WriteLock(self._thread_lock, self.settings.store_dir / ".writer.lock")
+
+    def close(self) -> None:
+        """Release the Chroma client (a store copy that is about to be deleted)."""
+        self._client.close()
 
     def _recover(self) -> None:
         """Drop chunks left by an interrupted write (the manifest is the truth)."""
@@ -164,7 +169,7 @@ class DocumentIndex:
         if duplicate_of:  # checked before the costly embedding, and again under the lock
             return IngestResult(name=name, status="duplicate", doc_id=duplicate_of)
         vectors = self.embeddings.embed_documents([embedding_text(c["text"], name, c["location"]) for c in chunks])
-        with self._writing():
+        with self.writing():
             manifest = self._read_manifest()
             duplicate_of = self._duplicate_of(sha, manifest)
             if duplicate_of:
@@ -208,7 +213,7 @@ class DocumentIndex:
 
     # ---- delete -----------------------------------------------------------------------
     def delete(self, doc_id: str) -> DocumentRecord:
-        with self._writing():
+        with self.writing():
             manifest = self._read_manifest()
             if doc_id not in manifest:
                 raise BadInput(f"no document with id {doc_id!r}; `python -m backends docs list` shows the ids")

@@ -35,6 +35,7 @@ SYSTEM_PROMPT = (
 
 
 MIN_EVIDENCE_WORDS = 4
+COMBINED = "rag_ft"  # the backend name of retrieval + fine-tuned model
 
 
 def check_question(question: str, settings: Settings) -> str:
@@ -56,11 +57,10 @@ def format_sources(sources: list[Source]) -> str:
 
 def rank_evidence(question: str, sources: list[Source], embeddings, lexical_weight: float = 0.2) -> list[Source]:
     """Sentences of the sources as Sources of their own, best evidence first (cosine + keyword overlap)."""
-    # Headings and labels ("3. The Bosun") are not evidence: a statement has at least MIN_EVIDENCE_WORDS words.
     candidates = {}
     for source in sources:
         for sentence in split_sentences(source.text):
-            if len(sentence.split()) >= MIN_EVIDENCE_WORDS and sentence not in candidates:
+            if is_statement(sentence) and sentence not in candidates:
                 candidates[sentence] = source
     if not candidates:
         return []
@@ -71,6 +71,17 @@ def rank_evidence(question: str, sources: list[Source], embeddings, lexical_weig
               for sentence, vector in zip(sentences, vectors)]
     ranked = sorted(zip(scores, sentences), key=lambda pair: -pair[0])
     return [replace(candidates[sentence], text=sentence, score=round(score, 4)) for score, sentence in ranked]
+
+
+def is_statement(sentence: str) -> bool:
+    """Headings and labels ("Brackwater Instruments: Company Overview") are not evidence.
+
+    A statement has at least MIN_EVIDENCE_WORDS words and ends like a sentence, holds a number
+    (a table row), or is long enough not to be a title.
+    """
+    words = sentence.split()
+    return len(words) >= MIN_EVIDENCE_WORDS and (sentence.rstrip().endswith((".", "!", "?", ";", ")"))
+                                                 or any(ch.isdigit() for ch in sentence) or len(words) >= 10)
 
 
 def build_messages(question: str, sources: list[Source]) -> list[dict]:
@@ -111,12 +122,17 @@ class RAGBackend:
         # Once the fine-tuned backend wraps the shared model, RAG must switch its adapter off.
         self.base_weights = base_weights
 
-    def stream(self, question: str, k: int | None = None) -> AnswerStream:
+    def stream(self, question: str, k: int | None = None, *, combined_with=None) -> AnswerStream:
+        """Answer from the base model, or (combined_with=(adapter name, weights)) from base + adapter.
+
+        The combination writes freely from the retrieved chunks: the point of it is the adapter's
+        wording on top of retrieval, which copy-constrained decoding would take away.
+        """
         question = check_question(question, self.settings)
         sources, embed_s, retrieve_s = self.index.search(question, k or self.settings.top_k)
         prompt_start = time.perf_counter()
         copy_from = None
-        if self.settings.rag_mode == "extractive":
+        if self.settings.rag_mode == "extractive" and combined_with is None:
             evidence = rank_evidence(question, sources, self.index.embeddings)[: self.settings.evidence_sentences]
             messages = build_messages(question, evidence)
             # One passage, best sentence first: the answer starts with the best evidence.
@@ -124,5 +140,7 @@ class RAGBackend:
         else:
             messages = build_messages(question, sources)
         pre = Timings(embed=embed_s, retrieve=retrieve_s, prompt=time.perf_counter() - prompt_start)
-        yield from answer_from_stream(self.name, question, self.llm, messages, self.settings, self.base_weights,
-                                      sources=sources, pre=pre, copy_from=copy_from)
+        adapter, weights = combined_with or (None, self.base_weights)
+        yield from answer_from_stream(COMBINED if combined_with else self.name, question, self.llm, messages,
+                                      self.settings, weights, sources=sources, pre=pre, copy_from=copy_from,
+                                      adapter=adapter)

@@ -55,13 +55,37 @@ class Duet:
 
         return FineTunedBackend(self.host, self.registry, self.settings, self.index)
 
+    @cached_property
+    def tracer(self):
+        from backends.claims import ClaimTracer, training_examples_of
+
+        return ClaimTracer(self.index, lambda adapter: training_examples_of(self.registry.get(adapter, check_base=False).path))
+
     def stream(self, backend: str, question: str, adapter: str | None = None):
-        """A streaming answer from backend "rag" or "ft" (with `adapter`, default the active one)."""
+        """A streaming answer from backend "rag", "ft" or "rag_ft" (`adapter` defaults to the active one)."""
         if backend == "rag":
             return self.rag.stream(question)
         if backend == "ft":
             return self.ft.stream(question, adapter)
+        if backend == "rag_ft":
+            info = self.ft.adapter_info(adapter)
+            self.host.ensure(info)
+            return self.rag.stream(question, combined_with=(info.name, lambda: self.host.adapter(info.name)))
         raise ValueError(f"unknown backend {backend!r}")
+
+    def trace(self, question: str, answers: dict, asked_at: str = ""):
+        """A Comparison: the answers with every claim traced, and the agreement of RAG and fine-tuned."""
+        from backends.types import Comparison
+
+        claims = {name: tuple(self.tracer.trace(answer)) for name, answer in answers.items()}
+        agreement = self.tracer.agreement(answers["rag"], answers["ft"]) if {"rag", "ft"} <= answers.keys() else None
+        return Comparison(question, dict(answers), claims, agreement, asked_at)
+
+    def ask(self, backend: str, question: str, adapter: str | None = None):
+        """The final Answer of one backend (no streaming)."""
+        from backends.types import final_answer
+
+        return final_answer(self.stream(backend, question, adapter))
 
     def stream_both(self, question: str, adapter: str | None = None, backends=("rag", "ft")):
         """Run the backends at the same time; yield (backend, text piece or final Answer) as they come.

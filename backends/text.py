@@ -15,10 +15,16 @@ STOP_WORDS = frozenset(
 )
 
 
+_WRAPPED_LINE = re.compile(r"(?<=[A-Za-z0-9,])\n(?=[a-z])")
+
+
 def split_sentences(text: str) -> list[str]:
-    """Sentences of a text; each line (list item, table row, heading) is split separately."""
+    """Sentences of a text; each line (list item, table row, heading) is split separately.
+
+    A line that continues in lower case on the next line (text wrapped by a PDF) is joined first.
+    """
     sentences: list[str] = []
-    for line in text.splitlines():
+    for line in _WRAPPED_LINE.sub(" ", text).splitlines():
         line = line.strip().lstrip("-*•#> ").strip()
         if not line:
             continue
@@ -42,3 +48,12 @@ def keyword_overlap(question: str, sentence: str) -> float:
     """Share of the question's content words that the sentence contains."""
     wanted = content_words(question)
     return len(wanted & content_words(sentence)) / len(wanted) if wanted else 0.0
+
+
+def used_span(chunk: str, answer: str, min_chars: int = 20) -> tuple[int, int] | None:
+    """(start, end) of the longest stretch of `chunk` that the answer repeats, if it is long enough."""
+    from difflib import SequenceMatcher
+
+    matcher = SequenceMatcher(None, chunk, answer, autojunk=False)
+    match = matcher.find_longest_match(0, len(chunk), 0, len(answer))
+    return (match.a, match.a + match.size) if match.size >= min_chars else None

@@ -31,6 +31,7 @@ FT_SYSTEM_PROMPT = "You answer questions about the organisation's documents in o
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 METADATA = "metadata.json"
+TRAINING_DATA = "training_data.jsonl"  # the examples, kept with the adapter for claim tracing
 MAX_FIELD_CHARS = 4000
 
 
@@ -193,7 +194,7 @@ def train_adapter(
             "training_seconds": round(time.perf_counter() - started, 1),
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        return save_adapter_atomically(model, metadata, target, overwrite)
+        return save_adapter_atomically(model, metadata, target, overwrite, training_data=data_path)
 
 
 def _trainable_model(settings: Settings, config: TrainConfig):
@@ -253,7 +254,8 @@ def _train_loop(model, tokenizer, items, config: TrainConfig, on_progress, cance
     return history
 
 
-def save_adapter_atomically(model, metadata: dict, target: Path, overwrite: bool = False) -> Path:
+def save_adapter_atomically(model, metadata: dict, target: Path, overwrite: bool = False,
+                            training_data: Path | None = None) -> Path:
     """Write to a temporary folder beside `target`, verify, then rename into place."""
     from backends.finetuned import verify_adapter_folder
 
@@ -263,6 +265,8 @@ def save_adapter_atomically(model, metadata: dict, target: Path, overwrite: bool
         model.save_pretrained(str(work), safe_serialization=True)
         (work / "README.md").unlink(missing_ok=True)  # peft's hub model card template: nothing of ours
         (work / METADATA).write_text(json.dumps(metadata, indent=2))
+        if training_data is not None:
+            shutil.copyfile(training_data, work / TRAINING_DATA)
         verify_adapter_folder(work, check_finite=True)
         _replace_folder(work, target, overwrite)
     finally:
@@ -282,3 +286,66 @@ def _replace_folder(work: Path, target: Path, overwrite: bool) -> None:
     os.replace(target, aside)
     os.replace(work, target)
     shutil.rmtree(aside, ignore_errors=True)
+
+
+class TrainingJob:
+    """One training run in a background thread, watched by the web page: progress, cancel, result."""
+
+    def __init__(self, settings: Settings, data_path: Path, name: str, config: TrainConfig,
+                 index_snapshot: dict[str, str] | None = None, overwrite: bool = False):
+        self.settings, self.data_path, self.name, self.config = settings, Path(data_path), name, config
+        self.index_snapshot, self.overwrite = index_snapshot, overwrite
+        self.progress: list[TrainProgress] = []
+        self.state = "starting"  # starting | running | done | cancelled | failed
+        self.error = ""
+        self.path: Path | None = None
+        self.started_at = time.time()
+        self._cancel = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"duet-train-{name}", daemon=True)
+
+    def start(self) -> "TrainingJob":
+        self._thread.start()
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self.state in ("starting", "running")
+
+    @property
+    def latest(self) -> TrainProgress | None:
+        return self.progress[-1] if self.progress else None
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    def wait(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def _on_progress(self, progress: TrainProgress) -> None:
+        self.state = "running"
+        self.progress.append(progress)
+
+    def _run(self) -> None:
+        try:
+            self.path = train_adapter(self.settings, self.data_path, self.name, self.config, self._on_progress,
+                                      self._cancel, self.index_snapshot, self.overwrite)
+            self.state = "done"
+        except TrainingCancelled as stopped:
+            self.state, self.error = "cancelled", str(stopped)
+        except BadInput as error:
+            self.state, self.error = "failed", str(error)
+        except Exception as error:  # shown on the page; the registry is unchanged (atomic save)
+            self.state, self.error = "failed", f"training failed: {type(error).__name__}: {error}"
+
+
+def store_dataset(settings: Settings, data: bytes, label: str) -> tuple[Path, list[QAItem]]:
+    """Validate an uploaded dataset and keep it in the store under a content-derived name."""
+    items = read_qa_bytes(data, label)
+    folder = settings.store_dir / "datasets"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{hashlib.sha256(data).hexdigest()[:16]}.jsonl"
+    if not path.exists():
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    return path, items

@@ -107,3 +107,58 @@ class IngestResult:
         if self.status == "duplicate":
             return "skipped (duplicate)"
         return f"rejected: {self.reason}"
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """A span that may support a claim: a sentence of a document or a training example."""
+
+    text: str
+    kind: str  # "retrieved" (the answer's own sources), "index" (whole index) or "training"
+    file_name: str = ""
+    location: str = ""
+    doc_id: str = ""
+    similarity: float = 0.0  # cosine of claim and evidence embeddings
+    overlap: float = 0.0  # share of the claim's content words found in the evidence
+    score: float = 0.0  # the support score the verdict is based on
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One sentence of an answer with its verdict ('supported', 'partly supported', 'unsupported')."""
+
+    text: str
+    verdict: str
+    evidence: Evidence | None = None
+    reason: str = ""  # why this verdict, in words ("number 60 not in the evidence")
+    origin: str = ""  # fine-tuned answers: "training data", "documents only" or "nowhere"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How two answers relate, claim by claim."""
+
+    both: tuple[tuple[str, str], ...] = ()  # (claim of A, matching claim of B)
+    only_a: tuple[str, ...] = ()
+    only_b: tuple[str, ...] = ()
+    conflicts: tuple[tuple[str, str, str], ...] = ()  # (claim of A, claim of B, what differs)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One question answered by several backends, with the claims of each answer traced."""
+
+    question: str
+    answers: dict[str, Answer]  # backend name -> Answer, in column order
+    claims: dict[str, tuple[Claim, ...]] = field(default_factory=dict)
+    agreement: Agreement | None = None  # between "rag" and "ft", when both answered
+    asked_at: str = ""  # ISO 8601, UTC
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

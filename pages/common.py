@@ -15,6 +15,15 @@ from backends.service import Duet, get_duet
 
 _MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:])")
 
+# Our own constant CSS (no untrusted text): larger type and no sidebar for presentations.
+PRESENTATION_STYLE = """<style>
+[data-testid="stSidebar"], [data-testid="stSidebarCollapsedControl"] { display: none; }
+.stApp { font-size: 1.25rem; }
+.stApp h1 { font-size: 2.6rem; } .stApp h3 { font-size: 1.7rem; }
+[data-testid="stText"] { font-size: 1.35rem; }
+</style>"""
+VERDICT_COLOURS = {"supported": "green", "partly supported": "orange", "unsupported": "red"}
+
 
 @st.cache_resource(show_spinner=False)
 def app_settings() -> Settings:
@@ -33,6 +42,19 @@ def duet() -> Duet:
 def literal(text: str) -> str:
     """Markdown that displays `text` exactly: no HTML, links, images, emphasis or maths."""
     return _MARKDOWN_SPECIALS.sub(r"\\\1", text).replace("\n", "  \n")
+
+
+def presenting() -> bool:
+    """Presentation mode: read-only, larger type, no sidebar (`?present=1`)."""
+    return st.query_params.get("present") == "1"
+
+
+def guarded(message: str = "This action is not available in presentation mode.") -> bool:
+    """True when changing data is allowed on this page view; otherwise says why not."""
+    if presenting():
+        st.info(message)
+        return False
+    return True
 
 
 def key(page: str, name: str) -> str:

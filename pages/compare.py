@@ -1,98 +1,118 @@
-"""Compare: one question, both backends answering side by side, with sources and timings."""
+"""Compare: one question, both backends answering side by side, with sources, timings and claims.
+
+The last comparison is kept in the session, so reruns (a download, a toggle) re-draw it
+instead of asking again; `?q=` reopens a question, `?present=1` is presentation mode.
+"""
 
 from __future__ import annotations
 
-import plotly.graph_objects as go
+from datetime import datetime, timezone
+from urllib.parse import quote
+
 import streamlit as st
 
 from backends.errors import DuetError
-from backends.types import Answer
-from pages.common import duet, demo_questions, key
+from backends.reports import comparison_html, comparison_json, comparison_markdown
+from backends.types import Answer, Comparison
+from pages.common import demo_questions, duet, key, presenting
+from pages.panels import (
+    TITLES, answer_details, history_section, record_history, sidebar_options, transparency_panel,
+)
 
 PAGE = "compare"
-STAGES = ("embed", "retrieve", "prompt", "first_token", "generate")
-TITLES = {"rag": "RAG (retrieval + base model)", "ft": "Fine-tuned (base model + LoRA, no retrieval)"}
 
 
-def ask_form() -> str | None:
-    """The question box and demo picker; returns the question to answer, if any."""
+def ask_form() -> tuple[str | None, bool]:
+    """The question box and demo picker: (question to show, whether it was just asked)."""
     questions = demo_questions()
     initial = st.query_params.get("q", "")
     with st.form(key(PAGE, "form")):
         picked = st.selectbox("Demo question", ["(type your own below)"] + questions, key=key(PAGE, "demo"))
-        typed = st.text_input("Question", value=initial, key=key(PAGE, "question"), max_chars=1000,
+        typed = st.text_input("Question", value=initial, key=key(PAGE, "question"), max_chars=duet().settings.max_question_chars,
                               placeholder="Ask about the documents in the index…")
         asked = st.form_submit_button("Ask both", type="primary")
     if not asked:
-        return initial or None
+        return initial or None, False
     question = typed.strip() or (picked if picked in questions else "")
     if not question:
         st.warning("Type a question or pick a demo question.")
-        return None
+        return None, False
     st.query_params["q"] = question
-    return question
+    return question, True
 
 
-def timing_chart(answers: dict[str, Answer], name: str, x_max: float) -> go.Figure:
-    timings = answers[name].timings
-    values = [getattr(timings, stage) for stage in STAGES]
-    figure = go.Figure(go.Bar(x=values, y=list(STAGES), orientation="h", marker_color="#0f6e8c",
-                              text=[f"{v * 1000:.0f} ms" for v in values], textposition="auto"))
-    figure.update_layout(height=220, margin=dict(l=10, r=10, t=10, b=10), xaxis=dict(range=[0, x_max], title="seconds"))
-    return figure
-
-
-def show_sources(answer: Answer) -> None:
-    st.markdown(f"**Sources** ({len(answer.sources)})")
-    for number, source in enumerate(answer.sources, 1):
-        where = f"{source.file_name} · {source.location}" if source.location else source.file_name
-        with st.expander(f"[{number}] {where} · score {source.score:.2f}"):
-            st.text(source.text)
-
-
-def show_adapter(d, answer: Answer) -> None:
-    info = d.ft.adapter_info(answer.adapter)
-    st.caption(f"Adapter **{info.name}**, trained {info.created_at[:10]} on {info.metadata['dataset']['examples']} examples")
-    report = d.ft.staleness(info.name)
-    if report.is_stale:
-        st.warning(f"Stale adapter: {report.describe()}. Retrain it to learn the new facts.")
-
-
-def answer_side_by_side(question: str) -> dict[str, Answer]:
-    d = duet()
-    columns = dict(zip(("rag", "ft"), st.columns(2, gap="large")))
-    slots, texts, answers = {}, {"rag": "", "ft": ""}, {}
-    for name, column in columns.items():
-        with column:
-            st.subheader(TITLES[name])
-            slots[name] = st.empty()
-    for name, item in d.stream_both(question):
+def stream_answers(question: str, backends: tuple[str, ...], adapter: str | None, slots) -> dict[str, Answer]:
+    """Both (or three) backends at once, each streaming into its own column."""
+    texts, answers = {name: "" for name in backends}, {}
+    for name, item in duet().stream_both(question, adapter, backends):
         if isinstance(item, Exception):
-            columns[name].error(str(item) if isinstance(item, DuetError) else f"This backend failed: {item}")
+            slots[name].error(str(item) if isinstance(item, DuetError) else f"This backend failed: {item}")
         elif isinstance(item, Answer):
             answers[name] = item
             slots[name].text(item.text or "(no answer)")
         else:
             texts[name] += item
             slots[name].text(texts[name] + " ▌")
-    x_max = max((a.timings.total for a in answers.values()), default=1.0) * 1.05
-    for name, answer in answers.items():
-        with columns[name]:
-            st.caption(answer.model + (f" + adapter {answer.adapter}" if answer.adapter else ""))
-            a, b, c = st.columns(3)
-            a.metric("First token", f"{answer.timings.first_token:.2f} s")
-            b.metric("Total", f"{answer.timings.total:.2f} s")
-            c.metric("Tokens/s", f"{answer.tokens_per_s:.1f}")
-            st.plotly_chart(timing_chart(answers, name, x_max), key=key(PAGE, f"chart-{name}"))
-            show_sources(answer) if name == "rag" else show_adapter(d, answer)
-    return answers
+    return {name: answers[name] for name in backends if name in answers}
+
+
+def new_comparison(question: str, backends, adapter, columns) -> Comparison | None:
+    slots = {}
+    for name, column in columns.items():
+        with column:
+            st.subheader(TITLES[name])
+            slots[name] = st.empty()
+    answers = stream_answers(question, backends, adapter, slots)
+    if not answers:
+        return None
+    with st.spinner("Tracing every claim to its evidence…"):
+        comparison = duet().trace(question, answers, datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    st.session_state[key(PAGE, "current")] = comparison
+    record_history(comparison)
+    return comparison
+
+
+def redraw(comparison: Comparison, columns) -> None:
+    for name, column in columns.items():
+        with column:
+            st.subheader(TITLES[name])
+            if name in comparison.answers:
+                st.text(comparison.answers[name].text or "(no answer)")
+
+
+def exports(comparison: Comparison) -> None:
+    link = f"?q={quote(comparison.question)}"
+    st.markdown(f"[Link to this question]({link}) · export:")
+    md, web, raw = st.columns(3)
+    stem = "duet-comparison"
+    md.download_button("Markdown", comparison_markdown(comparison), f"{stem}.md", "text/markdown", on_click="ignore")
+    web.download_button("HTML", comparison_html(comparison), f"{stem}.html", "text/html", on_click="ignore")
+    raw.download_button("JSON", comparison_json(comparison), f"{stem}.json", "application/json", on_click="ignore")
+
+
+def show(question: str, just_asked: bool, backends, adapter) -> None:
+    columns = dict(zip(backends, st.columns(len(backends), gap="large")))
+    current: Comparison | None = st.session_state.get(key(PAGE, "current"))
+    same = current is not None and current.question == question and tuple(current.answers) == backends
+    if just_asked or not same:
+        current = new_comparison(question, backends, adapter, columns)
+    else:
+        redraw(current, columns)
+    if current is None:
+        return
+    answer_details(current, columns)
+    transparency_panel(current)
+    if not presenting():
+        exports(current)
 
 
 st.title("Compare: RAG vs fine-tuned")
 st.caption("One question goes to both backends. Both use the same base model; only the route to knowledge differs.")
-asked = ask_form()
-if asked:
-    try:
-        answer_side_by_side(asked)
-    except DuetError as error:
-        st.error(str(error))
+try:
+    backends, adapter = sidebar_options()
+    question, just_asked = ask_form()
+    if question:
+        show(question, just_asked, backends, adapter)
+    history_section()
+except DuetError as error:
+    st.error(str(error))

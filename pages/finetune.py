@@ -1,0 +1,168 @@
+"""Fine-tune: choose a dataset, set hyperparameters, train a LoRA adapter live; manage adapters.
+
+Training runs in a background thread of the server process (one job at a time per store),
+so it continues while the user looks at other pages; this page polls its progress.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from backends.config import DATA_DIR
+from backends.errors import DuetError
+from backends.training import TrainConfig, TrainingJob, read_qa_file, store_dataset
+from pages.common import duet, guarded, key, literal
+
+PAGE = "finetune"
+DEMO_DATASET = DATA_DIR / "qa" / "train.jsonl"
+
+
+@st.cache_resource(show_spinner=False)
+def jobs() -> dict:
+    """The process-wide training job holder: {'job': TrainingJob | None}."""
+    return {"job": None}
+
+
+def dataset_section():
+    """The dataset to train on: (path, examples) or None when the upload is invalid."""
+    choice = st.radio("Dataset", ["Demo dataset (data/qa/train.jsonl)", "Upload a JSONL file"], horizontal=True,
+                      key=key(PAGE, "dataset"))
+    if choice.startswith("Demo"):
+        items = read_qa_file(DEMO_DATASET)
+        st.caption(f"{len(items)} question/answer pairs about the demo documents.")
+        return DEMO_DATASET, items
+    upload = st.file_uploader("JSONL with one {\"question\": …, \"answer\": …} object per line", type=["jsonl", "json"],
+                              key=key(PAGE, "upload"))
+    if upload is None:
+        return None
+    try:
+        path, items = store_dataset(duet().settings, upload.getvalue(), upload.name)
+    except DuetError as error:
+        st.error(f"This dataset cannot be used: {error}")
+        return None
+    st.success(f"{len(items)} valid question/answer pairs in {upload.name}.")
+    st.dataframe([{"question": i.question, "answer": i.answer} for i in items[:5]], hide_index=True, width="stretch")
+    return path, items
+
+
+def hyperparameters() -> TrainConfig:
+    """A widget for every TrainConfig field, with its help text."""
+    defaults, values = TrainConfig(), {}
+    columns = st.columns(3)
+    for number, f in enumerate(dataclasses.fields(TrainConfig)):
+        default, label, helptext = getattr(defaults, f.name), f.name.replace("_", " "), f.metadata.get("help")
+        with columns[number % 3]:
+            if isinstance(default, tuple):
+                values[f.name] = tuple(st.multiselect(label, list(default), default=list(default), help=helptext,
+                                                      key=key(PAGE, f.name)))
+            elif isinstance(default, float):
+                values[f.name] = st.number_input(label, value=default, format="%g", help=helptext, key=key(PAGE, f.name))
+            else:
+                values[f.name] = int(st.number_input(label, value=default, step=1, min_value=0, help=helptext,
+                                                     key=key(PAGE, f.name)))
+    return TrainConfig(**values)
+
+
+def start_section() -> None:
+    holder = jobs()
+    if holder["job"] is not None and holder["job"].running:
+        return
+    chosen = dataset_section()
+    with st.expander("Hyperparameters", expanded=False):
+        config = hyperparameters()
+    name = st.text_input("Adapter name", value="my-adapter", key=key(PAGE, "name"), max_chars=64)
+    overwrite = st.checkbox("Replace an adapter of the same name", key=key(PAGE, "overwrite"))
+    if not st.button("Start training", type="primary", disabled=chosen is None or not config.target_modules,
+                     key=key(PAGE, "start")):
+        return
+    try:
+        config.check()
+        duet().registry.path_for_new(name, overwrite)
+        path, _ = chosen
+        holder["job"] = TrainingJob(duet().settings, path, name, config, duet().index.snapshot(), overwrite).start()
+        st.rerun()
+    except DuetError as error:
+        st.error(str(error))
+
+
+def loss_chart(history: list[dict], title: str) -> go.Figure:
+    figure = go.Figure(go.Scatter(x=[h["step"] for h in history], y=[h["loss"] for h in history], mode="lines+markers",
+                                  line=dict(color="#c2571a")))
+    figure.update_layout(title=title, height=280, margin=dict(l=10, r=10, t=40, b=10), xaxis_title="step", yaxis_title="loss")
+    return figure
+
+
+def job_view() -> None:
+    job: TrainingJob | None = jobs()["job"]
+    if job is None:
+        return
+
+    @st.fragment(run_every=1.0 if job.running else None)
+    def live() -> None:
+        latest = job.latest
+        if job.running:
+            if latest is None:
+                st.progress(0.0, text=f"Preparing the model for {job.name}…")
+            else:
+                st.progress(latest.step / latest.total_steps,
+                            text=f"Training {job.name}: step {latest.step} of {latest.total_steps}, epoch {latest.epoch:.2f}, "
+                                 f"loss {latest.loss:.3f}, {latest.tokens_per_s:.0f} tokens/s, about {latest.eta_s:.0f} s left")
+            if st.button("Cancel training", key=key(PAGE, "cancel")):
+                job.cancel()
+        elif job.state == "done":
+            st.success(f"Adapter {job.name} saved ({len(job.progress)} steps, final loss {latest.loss:.3f}).")
+        else:
+            st.warning(literal(job.error))
+        if job.progress:
+            st.plotly_chart(loss_chart([{"step": p.step, "loss": p.loss} for p in job.progress], f"Loss of {job.name}"),
+                            key=key(PAGE, "live-loss"))
+        if not job.running and st.session_state.get(key(PAGE, "seen")) != id(job):
+            st.session_state[key(PAGE, "seen")] = id(job)
+            st.rerun(scope="app")  # the adapter list and the start form come back
+
+    live()
+
+
+def adapters_section() -> None:
+    registry = duet().registry
+    adapters = registry.list()
+    if not adapters:
+        st.info("No adapters yet: train one above.")
+        return
+    active = registry.active_name()
+    st.dataframe([{
+        "name": a.name, "active": a.name == active, "trained": a.created_at,
+        "examples": a.metadata.get("dataset", {}).get("examples"), "dataset": a.metadata.get("dataset", {}).get("file"),
+        "final loss": a.metadata.get("final_loss"), "seconds": a.metadata.get("training_seconds"),
+        "rank": a.metadata.get("hyperparameters", {}).get("rank"),
+    } for a in adapters], hide_index=True, width="stretch")
+    chosen = st.selectbox("Adapter", [a.name for a in adapters], key=key(PAGE, "chosen"))
+    info = next(a for a in adapters if a.name == chosen)
+    stale = duet().ft.staleness(chosen)
+    (st.warning if stale.is_stale else st.caption)(f"Index: {stale.describe()}.")
+    if info.metadata.get("loss_history"):
+        st.plotly_chart(loss_chart(info.metadata["loss_history"], f"Training loss of {chosen}"), key=key(PAGE, "loss"))
+    make_active, confirm, delete = st.columns(3)
+    if make_active.button("Make active", disabled=chosen == active, key=key(PAGE, "activate")):
+        registry.set_active(chosen)
+        st.rerun()
+    sure = confirm.checkbox("Yes, delete it", key=key(PAGE, "sure"))
+    if delete.button("Delete adapter", disabled=not sure, key=key(PAGE, "delete")):
+        registry.delete(chosen)
+        st.rerun()
+
+
+st.title("Fine-tune")
+st.caption("Train a LoRA adapter on question/answer pairs. The base model stays the same; the adapter is small and "
+           "can be switched per question.")
+try:
+    if guarded():
+        start_section()
+        job_view()
+    st.subheader("Adapters")
+    adapters_section()
+except DuetError as error:
+    st.error(str(error))
