@@ -6,7 +6,7 @@ import streamlit as st
 
 from backends.errors import DuetError
 from backends.loaders import SUPPORTED_TYPES
-from pages.common import duet, key
+from pages.common import duet, guarded, key, presenting
 
 PAGE = "documents"
 ICONS = {"added": "✅", "updated": "🔁", "duplicate": "⏭️", "rejected": "❌"}
@@ -47,7 +47,7 @@ def documents_section() -> None:
         for chunk in index.chunks_of(chosen):
             st.caption(f"{chunk.location or 'text'} · characters {chunk.start}-{chunk.start + len(chunk.text)}")
             st.text(chunk.text)
-    if delete.button("Delete document", key=key(PAGE, "delete")):
+    if delete.button("Delete document", key=key(PAGE, "delete"), disabled=presenting()):
         record = index.delete(chosen)
         st.success(f"Deleted {record.name} ({record.chunks} chunks).")
         st.rerun()
@@ -56,7 +56,8 @@ def documents_section() -> None:
 st.title("Documents")
 st.caption("What the RAG backend can retrieve from. Files are parsed as data: nothing in them is executed or rendered as HTML.")
 try:
-    upload_section()
+    if guarded("Uploading and deleting are not available in presentation mode."):
+        upload_section()
     documents_section()
 except DuetError as error:
     st.error(str(error))

@@ -1,24 +1,123 @@
-"""Pages under Streamlit's AppTest, on the real backends and the default store prepared by `make test`."""
+"""Every page under Streamlit's AppTest, on the real backends and a copy of the demo store prepared by `make test`."""
 
+import json
+import os
+import shutil
+
+import pytest
 from streamlit.testing.v1 import AppTest
 
-from backends.config import REPO_ROOT
+from backends.config import DATA_DIR, REPO_ROOT
+
+PER_DIEM = "What is the per diem for a full day of business travel?"
 
 
-def test_compare_answers_a_demo_question_in_both_columns():
-    app = AppTest.from_file(str(REPO_ROOT / "pages" / "compare.py"), default_timeout=240)
+@pytest.fixture(scope="module", autouse=True)
+def page_store(tmp_path_factory):
+    """Pages write into a copy of the demo store, so tests never change the user's own."""
+    from pages import common
+
+    store = tmp_path_factory.mktemp("pages") / "store"
+    shutil.copytree(DATA_DIR / "store", store, ignore=shutil.ignore_patterns("models", "runs", "datasets", ".writer.lock"))
+    os.environ["DUET_STORE"] = str(store)
+    common.app_settings.clear()
+    common.duet.clear()
+    yield store
+    del os.environ["DUET_STORE"]
+    common.app_settings.clear()
+    common.duet.clear()
+
+
+def page(name: str, timeout: int = 240) -> AppTest:
+    app = AppTest.from_file(str(REPO_ROOT / "pages" / f"{name}.py"), default_timeout=timeout)
     app.run()
-    assert not app.exception
-    app.selectbox[0].select("What is the per diem for a full day of business travel?")
+    assert not app.exception, app.exception
+    return app
+
+
+def test_compare_answers_a_demo_question_in_both_columns_with_claims_and_exports():
+    app = page("compare")
+    assert app.toggle(key="compare.third") is not None and app.selectbox(key="compare.adapter").value == "demo"
+    app.selectbox(key="compare.demo").select(PER_DIEM)
     app.button[0].click().run()
     assert not app.exception and not app.error
-    assert [h.value for h in app.subheader][:2] == ["RAG (retrieval + base model)", "Fine-tuned (base model + LoRA, no retrieval)"]
-    assert any("55 euros" in t.value for t in app.text)
-    assert len(app.metric) == 6 and any("travel_policy.pdf" in e.label for e in app.expander)
+    headers = [h.value for h in app.subheader]
+    assert headers[:2] == ["RAG (retrieval + base model)", "Fine-tuned (base model + LoRA, no retrieval)"]
+    assert "Transparency: every claim and its evidence" in headers
+    answers = [t.value for t in app.text]
+    assert any("55 euros" in t for t in answers[:2]), answers
+    labels = [m.label for m in app.metric]
+    assert labels == ["First token", "Total", "Tokens/s"] * 2
+    assert any("travel\\_policy\\.pdf" in e.label for e in app.expander), "RAG sources are listed"
+    assert any("-badge[" in e.label for e in app.expander), "claims are shown with their verdicts"
+    assert [d.label for d in app.get("download_button")] == ["Markdown", "HTML", "JSON"]
+    assert any(m.value.startswith("[Link to this question](?q=What") for m in app.markdown)
+    # The history keeps this question; a rerun (a widget change) re-draws without asking again.
+    app.run()
+    assert any("This session (1 questions)" == h.value for h in app.subheader)
 
 
-def test_documents_page_lists_the_index():
-    app = AppTest.from_file(str(REPO_ROOT / "pages" / "documents.py"), default_timeout=120)
+def test_compare_reopens_a_question_from_the_link_and_presentation_mode_is_read_only():
+    app = AppTest.from_file(str(REPO_ROOT / "pages" / "compare.py"), default_timeout=240)
+    app.query_params["q"] = PER_DIEM
+    app.query_params["present"] = "1"
     app.run()
     assert not app.exception
-    assert app.metric[0].label == "Documents" and int(app.metric[0].value) > 0
+    assert len([h for h in app.subheader if h.value.startswith(("RAG", "Fine-tuned"))]) == 2
+    assert not app.get("download_button") and not app.sidebar.selectbox, "no exports or settings when presenting"
+
+
+def test_documents_page_ingests_an_uploaded_file_and_rejects_a_bad_one():
+    app = page("documents")
+    before = int(app.metric[0].value)
+    app.file_uploader[0].set_value([
+        ("harbour_notes.txt", b"Harbour notes. The pilot boat Marigold leaves the quay at 06:40 every weekday.", "text/plain"),
+        ("empty.txt", b"", "text/plain"),
+    ])
+    app.run()
+    app.button(key="documents.ingest").click().run()
+    assert not app.exception
+    results = [t.value for t in app.text]
+    assert any(r.startswith("✅ harbour_notes.txt: added") for r in results), results
+    assert any(r.startswith("❌ empty.txt: rejected") for r in results), results
+    assert int(app.metric[0].value) == before + 1
+
+
+def test_finetune_page_validates_an_uploaded_dataset():
+    app = page("finetune")
+    assert app.button(key="finetune.start") is not None and app.number_input(key="finetune.rank").value == 8
+    assert "demo" in app.selectbox(key="finetune.chosen").options
+    app.radio(key="finetune.dataset").set_value("Upload a JSONL file").run()
+    good = json.dumps({"question": "Q?", "answer": "A."})
+    app.file_uploader[0].set_value(("bad.jsonl", f"{good}\n{{\"question\": \"no answer\"}}\n".encode(), "application/json"))
+    app.run()
+    assert any("line 2" in e.value for e in app.error), [e.value for e in app.error]
+    assert app.button(key="finetune.start").disabled
+    app.file_uploader[0].set_value(("good.jsonl", f"{good}\n{good}\n".encode(), "application/json"))
+    app.run()
+    assert not app.error and any("2 valid question/answer pairs" in s.value for s in app.success)
+    assert not app.button(key="finetune.start").disabled
+
+
+def test_evaluate_page_runs_an_evaluation_and_shows_it():
+    app = page("evaluate")
+    app.number_input(key="evaluate.limit").set_value(1)
+    app.multiselect(key="evaluate.systems").set_value(["rag"])
+    app.button(key="evaluate.run").click().run()
+    assert not app.exception and not app.error
+    assert any(s.value.startswith("Run ") for s in app.success)
+    assert app.selectbox(key="evaluate.run-a").options and app.dataframe
+    assert [d.label for d in app.get("download_button")] == ["report.html", "results.csv", "metrics.json"]
+
+
+def test_guide_page_recommends_with_reasons():
+    app = page("guide")
+    assert app.subheader[0].value.startswith("Recommendation: ")
+    app.select_slider(key="guide.changing").set_value("low")
+    app.select_slider(key="guide.trace").set_value("low")
+    app.checkbox(key="guide.external").uncheck()
+    app.select_slider(key="guide.terms").set_value("high")
+    app.number_input(key="guide.examples").set_value(5000)
+    app.run()
+    assert app.subheader[0].value in ("Recommendation: Fine-tuned", "Recommendation: RAG + fine-tuned")
+    assert any("domain wording" in m.value for m in app.markdown)

@@ -1,0 +1,101 @@
+"""Evaluate: run a QA set through the backends, see the metrics and charts, compare two runs, freshness."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from backends.charts import freshness_chart, latency_chart, metrics_chart, scatter_chart
+from backends.config import DATA_DIR
+from backends.errors import DuetError
+from backends.evaluation import SYSTEMS, freshness_experiment, list_runs, load_qa, load_run, run_eval, save_run
+from backends.reports import title
+from pages.common import duet, guarded, key
+
+PAGE = "evaluate"
+EVAL_SET = DATA_DIR / "qa" / "eval.jsonl"
+METRICS = ("exact_match", "f1", "contains", "semantic", "groundedness", "recall_at_k", "tokens_per_s")
+
+
+def progress_callback(bar):
+    return lambda done, total, label: bar.progress(done / max(total, 1), text=f"{done} of {total} · {label[:80]}")
+
+
+def new_run_section() -> None:
+    items = load_qa(EVAL_SET)
+    left, right = st.columns(2)
+    limit = left.number_input("Questions", 1, len(items), min(10, len(items)), key=key(PAGE, "limit"),
+                              help=f"The first N of the {len(items)} questions in data/qa/eval.jsonl")
+    systems = right.multiselect("Systems", list(SYSTEMS), default=["rag", "ft"], format_func=title, key=key(PAGE, "systems"))
+    freshness = st.checkbox("Also run the freshness experiment (on a copy of the index)", key=key(PAGE, "fresh"))
+    if not st.button("Run evaluation", type="primary", disabled=not systems, key=key(PAGE, "run")):
+        return
+    bar = st.progress(0.0, text="Starting…")
+    run = run_eval(duet(), items[: int(limit)], tuple(systems), on_progress=progress_callback(bar))
+    if freshness:
+        run["freshness"] = freshness_experiment(duet(), DATA_DIR / "corpus_updates", DATA_DIR / "qa" / "updates.jsonl",
+                                                tuple(systems), on_progress=progress_callback(bar))
+    save_run(run, duet().settings.runs_dir / run["id"])
+    st.success(f"Run {run['id']} saved.")
+
+
+def metrics_table(run: dict) -> list[dict]:
+    return [{"system": title(s), **{m: v.get(m) for m in METRICS}, "p50 s": v["latency"]["total"]["p50"],
+             "p95 s": v["latency"]["total"]["p95"], "p50 first token s": v["latency"]["first_token"]["p50"]}
+            for s, v in run["metrics"].items()]
+
+
+def show_run(run: dict, where) -> None:
+    with where:
+        st.caption(f"{run['created_at']} · {run['questions']} questions · adapter {run['adapter']} · "
+                   f"index {run['index']['documents']} documents (version {run['index']['version']})")
+        st.dataframe(metrics_table(run), hide_index=True, width="stretch")
+        st.plotly_chart(metrics_chart(run), key=key(PAGE, f"m-{run['id']}-{id(where)}"))
+
+
+def run_details(run: dict) -> None:
+    st.plotly_chart(latency_chart(run), key=key(PAGE, "latency"))
+    if len(run["metrics"]) > 1:
+        st.plotly_chart(scatter_chart(run), key=key(PAGE, "scatter"))
+    if run.get("freshness"):
+        f = run["freshness"]
+        st.markdown(f"**Freshness**: after ingesting the updated documents, "
+                    + ", ".join(f"{title(s)} gave {c['new']} of {f['questions']} new facts ({c['old']} old)"
+                                for s, c in f["systems"].items()))
+        st.plotly_chart(freshness_chart(f), key=key(PAGE, "freshness"))
+    folder = run["folder"]
+    a, b, c = st.columns(3)
+    for column, name, mime in ((a, "report.html", "text/html"), (b, "results.csv", "text/csv"), (c, "metrics.json", "application/json")):
+        with open(f"{folder}/{name}", "rb") as f:
+            column.download_button(name, f.read(), f"duet-{run['id']}-{name}", mime, on_click="ignore", key=key(PAGE, name))
+    with st.expander("Every answer"):
+        st.dataframe([{k: r[k] for k in ("system", "question", "gold", "prediction", "f1", "contains", "groundedness")}
+                      for r in run["rows"]], hide_index=True, width="stretch")
+
+
+def runs_section() -> None:
+    runs = list_runs(duet().settings)
+    if not runs:
+        st.info("No evaluation run yet: start one above (or `python -m backends eval --set data/qa/eval.jsonl`).")
+        return
+    names = [p.name for p in runs]
+    chosen = st.selectbox("Run", names, key=key(PAGE, "run-a"))
+    other = st.selectbox("Compare with", ["(none)"] + [n for n in names if n != chosen], key=key(PAGE, "run-b"))
+    run = load_run(runs[names.index(chosen)])
+    if other == "(none)":
+        show_run(run, st.container())
+    else:
+        left, right = st.columns(2)
+        show_run(run, left)
+        show_run(load_run(runs[names.index(other)]), right)
+    run_details(run)
+
+
+st.title("Evaluate")
+st.caption("Both backends on a question set with known answers: quality, groundedness, retrieval recall, latency.")
+try:
+    if guarded("Running evaluations is not available in presentation mode."):
+        with st.expander("New run", expanded=not list_runs(duet().settings)):
+            new_run_section()
+    runs_section()
+except DuetError as error:
+    st.error(str(error))

@@ -1,0 +1,58 @@
+"""How to choose: the advisor turns the user's situation and the latest measurements into a recommendation."""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from backends.errors import DuetError
+from backends.evaluation import Criteria, advise, list_runs, load_run
+from backends.reports import title
+from pages.common import duet, key
+
+PAGE = "guide"
+LEVELS = ["low", "medium", "high"]
+
+
+def criteria_form() -> Criteria:
+    left, right = st.columns(2)
+    with left:
+        changing = st.select_slider("How often does the knowledge change?", LEVELS, value="medium", key=key(PAGE, "changing"))
+        external = st.checkbox("Answers need facts the base model cannot know (internal or recent data)", value=True,
+                               key=key(PAGE, "external"))
+        traceability = st.select_slider("How important is tracing each answer to its source?", LEVELS, value="high",
+                                        key=key(PAGE, "trace"))
+    with right:
+        terminology = st.select_slider("How much do precise domain terms and style matter?", LEVELS, value="medium",
+                                       key=key(PAGE, "terms"))
+        examples = st.number_input("Clean question/answer pairs you have for training", 0, 10_000_000, 170, step=50,
+                                   key=key(PAGE, "examples"))
+        clean = st.checkbox("The training data is reviewed and correct", value=True, key=key(PAGE, "clean"))
+    return Criteria(LEVELS.index(changing), external, LEVELS.index(terminology), int(examples), clean, LEVELS.index(traceability))
+
+
+def score_chart(scores: dict) -> go.Figure:
+    figure = go.Figure(go.Bar(x=[title(s) for s in scores], y=list(scores.values()),
+                              marker_color=["#0f6e8c", "#c2571a", "#6a4c93"]))
+    figure.update_layout(height=260, margin=dict(l=10, r=10, t=10, b=10), yaxis_title="points")
+    return figure
+
+
+st.title("How to choose: RAG, fine-tuning, or both")
+st.caption("Your situation plus what Duet measured on your documents (the latest evaluation run).")
+try:
+    criteria = criteria_form()
+    runs = list_runs(duet().settings)
+    run = load_run(runs[0]) if runs else None
+    if run is None:
+        st.info("No evaluation run yet: the advice uses your answers only. Run one on the Evaluate page.")
+    else:
+        st.caption(f"Measurements from run {run['id']} ({run['questions']} questions).")
+    advice = advise(criteria, run, run.get("freshness") if run else None)
+    st.subheader(f"Recommendation: {title(advice.recommendation)}")
+    st.plotly_chart(score_chart(advice.scores), key=key(PAGE, "scores"))
+    st.markdown("**Why, point by point**")
+    for system, points, why in sorted(advice.reasons, key=lambda r: -r[1]):
+        st.markdown(f"- **+{points} {title(system)}**: {why}")
+except DuetError as error:
+    st.error(str(error))

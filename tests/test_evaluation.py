@@ -1,0 +1,82 @@
+"""Metrics on known examples, evaluation runs on real backends, the freshness experiment, the advisor."""
+
+import csv
+import json
+
+import pytest
+
+from backends.config import DATA_DIR
+from backends.evaluation import (
+    Criteria, advise, aggregate, contains_gold, exact_match, freshness_experiment, load_run, normalize_answer,
+    percentile, run_eval, save_run, token_f1,
+)
+from backends.types import QAItem
+
+
+def test_squad_normalisation_exact_match_and_f1():
+    assert normalize_answer("The  Per-Diem, is 1,260 euros!") == "per diem is 1260 euros"
+    assert exact_match("the Lantern Building.", "Lantern building") == 1.0
+    assert exact_match("Lantern", "Lantern Building") == 0.0
+    # prediction 4 tokens, gold 2, 2 in common: precision 0.5, recall 1, F1 2/3
+    assert token_f1("it is 55 euros", "55 euros") == pytest.approx(2 / 3)
+    assert token_f1("nothing here", "55 euros") == 0.0
+    assert contains_gold("The per diem is 55 euros.", "55 euros") == 1.0
+    assert contains_gold("It is 155 euros.", "55 euros") == 0.0
+
+
+def test_percentile_interpolates():
+    assert percentile([1, 2, 3, 4], 50) == 2.5
+    assert percentile([5], 95) == 5
+    assert percentile([0, 10], 95) == pytest.approx(9.5)
+
+
+def test_aggregate_means_and_latency_percentiles():
+    rows = [{"system": "rag", "exact_match": e, "f1": f, "contains": c, "semantic": 0.5, "groundedness": g,
+             "tokens_per_s": 10.0, "recall_at_k": r, **{f"t_{s}": t for s in
+             ("embed", "retrieve", "prompt", "first_token", "generate", "total")}}
+            for e, f, c, g, r, t in [(1, 1.0, 1, 1.0, 1.0, 1.0), (0, 0.5, 1, 0.0, 0.0, 3.0)]]
+    m = aggregate(rows)["rag"]
+    assert (m["exact_match"], m["f1"], m["contains"], m["groundedness"], m["recall_at_k"]) == (0.5, 0.75, 1.0, 0.5, 0.5)
+    assert m["latency"]["total"] == {"p50": 2.0, "p95": 2.9}
+
+
+def test_an_eval_run_on_three_questions_writes_the_three_files(duet, tiny_adapter, tmp_path):
+    items = [QAItem("What is the per diem for a full day of business travel?", "55 euros", "travel_policy.pdf"),
+             QAItem("What is the nightly hotel limit in most cities?", "160 euros", "travel_policy.pdf"),
+             QAItem("Who founded Brackwater Instruments?", "Ilse Marrow and Tobiah Quen", "company_overview.md")]
+    run = run_eval(duet, items, ("rag", "ft"), adapter="tiny")
+    out = save_run(run, tmp_path / "run")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["questions"] == 3 and set(metrics["metrics"]) == {"rag", "ft"}
+    for system in ("rag", "ft"):
+        assert {"exact_match", "f1", "semantic", "groundedness", "recall_at_k", "latency", "tokens_per_s"} <= set(metrics["metrics"][system])
+        assert set(metrics["metrics"][system]["latency"]["total"]) == {"p50", "p95"}
+    assert metrics["metrics"]["ft"]["recall_at_k"] is None and metrics["metrics"]["rag"]["recall_at_k"] is not None
+    assert {"model", "adapter", "index", "config"} <= set(metrics) and metrics["adapter"] == "tiny"
+    with open(out / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 6 and {"question", "system", "prediction", "f1", "groundedness", "t_total"} <= set(rows[0])
+    report = (out / "report.html").read_text()
+    assert "plotly" in report.lower() and "Duet evaluation" in report
+    assert load_run(out)["rows"][0]["f1"] == pytest.approx(float(rows[0]["f1"]))
+
+
+def test_freshness_experiment_leaves_the_original_index_intact(duet, tiny_adapter):
+    before = (duet.index.snapshot(), duet.index.chunk_count(), duet.settings.manifest_path.read_bytes())
+    result = freshness_experiment(duet, DATA_DIR / "corpus_updates", DATA_DIR / "qa" / "updates.jsonl",
+                                  ("rag",), adapter="tiny", limit=2)
+    assert result["questions"] == 2 and len(result["rows"]) == 2
+    assert len(result["ingested"]) == 5 and all(not r.startswith("rejected") for r in result["ingested"])
+    assert any("replaced" in r for r in result["ingested"]), "updated versions replace their originals in the copy"
+    assert (duet.index.snapshot(), duet.index.chunk_count(), duet.settings.manifest_path.read_bytes()) == before
+
+
+def test_advisor_follows_the_criteria_and_the_measurements():
+    assert advise(Criteria(changing_data=2, traceability=2, terminology=0, training_examples=20)).recommendation == "rag"
+    ft_case = Criteria(changing_data=0, external_data=False, terminology=2, training_examples=5000, traceability=0)
+    assert advise(ft_case).recommendation == "ft"
+    run = {"metrics": {"rag": {"contains": 0.6, "f1": 0.2, "groundedness": 0.9},
+                       "ft": {"contains": 0.3, "f1": 0.25, "groundedness": 0.2}}}
+    advice = advise(ft_case, run)
+    measured = [r for r in advice.reasons if r[2].startswith("measured")]
+    assert ("rag", 2) in [(r[0], r[1]) for r in measured] and any("0.60" in r[2] for r in measured)
