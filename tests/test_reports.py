@@ -1,0 +1,39 @@
+"""Exports of a comparison: complete, and hostile model output stays text."""
+
+import json
+
+from backends.reports import comparison_html, comparison_json, comparison_markdown
+from backends.text import used_span
+from backends.types import Answer, Claim, Comparison, Evidence, Source, Timings
+
+HOSTILE = 'PWNED <img src="https://evil.example/x.png"> <a href="javascript:alert(1)">click</a> <script>x()</script>'
+
+
+def comparison() -> Comparison:
+    source = Source("c1", "d1", "policy<b>.pdf", "page 1", "The per diem is 55 euros.", 0.7)
+    rag = Answer("rag", "per diem?", "The per diem is 55 euros.", (source,), Timings(total=1.5, first_token=0.4), model="m")
+    ft = Answer("ft", "per diem?", HOSTILE, timings=Timings(total=2.0), model="m", adapter="demo")
+    claims = {"rag": (Claim("The per diem is 55 euros.", "supported", Evidence("The per diem is 55 euros.", "retrieved", "policy.pdf")),),
+              "ft": (Claim(HOSTILE, "unsupported"),)}
+    return Comparison("per diem?", {"rag": rag, "ft": ft}, claims, None, "2026-11-23T10:00:00+00:00")
+
+
+def test_html_export_escapes_every_untrusted_text():
+    page = comparison_html(comparison())
+    assert "<img" not in page and "<script>x()" not in page and 'href="javascript' not in page
+    assert "&lt;img src=&quot;https://evil.example/x.png&quot;&gt;" in page
+    assert "policy&lt;b&gt;.pdf" in page and "supported" in page and "1.50 s" in page
+
+
+def test_markdown_export_quotes_answers_as_code_and_json_round_trips():
+    text = comparison_markdown(comparison())
+    assert "```text\n" + HOSTILE + "\n```" in text and "## RAG" in text and "## Fine-tuned" in text
+    data = json.loads(comparison_json(comparison()))
+    assert data["answers"]["ft"]["text"] == HOSTILE and data["claims"]["rag"][0]["verdict"] == "supported"
+
+
+def test_used_span_finds_the_copied_stretch():
+    chunk = "Hotels. The nightly hotel limit is 160 euros in most cities. Trains are preferred."
+    start, end = used_span(chunk, "The nightly hotel limit is 160 euros in most cities.")
+    assert chunk[start:end] == "The nightly hotel limit is 160 euros in most cities."
+    assert used_span(chunk, "Something else entirely.") is None
