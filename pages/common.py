@@ -6,11 +6,13 @@ process (models, the index) is created here with `st.cache_resource`.
 
 from __future__ import annotations
 
+import contextlib
 import re
 
 import streamlit as st
 
 from backends.config import Settings, load_settings
+from backends.errors import DuetError
 from backends.service import Duet, get_duet
 
 _MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:])")
@@ -55,6 +57,18 @@ def guarded(message: str = "This action is not available in presentation mode.")
         st.info(message)
         return False
     return True
+
+
+@contextlib.contextmanager
+def page_errors():
+    """Errors as messages in the page, never as a traceback (bad input says what to do)."""
+    try:
+        yield
+    except DuetError as error:
+        st.error(str(error))
+    except Exception as error:  # an unexpected failure: name it, keep the app usable
+        st.error(f"Something went wrong ({type(error).__name__}: {literal(str(error))}). "
+                 "Try again; if it persists, check the server log.")
 
 
 def key(page: str, name: str) -> str:

@@ -14,7 +14,7 @@ import streamlit as st
 from backends.errors import DuetError
 from backends.reports import comparison_html, comparison_json, comparison_markdown
 from backends.types import Answer, Comparison
-from pages.common import demo_questions, duet, key, presenting
+from pages.common import demo_questions, duet, key, literal, page_errors, presenting
 from pages.panels import (
     TITLES, answer_details, history_section, record_history, sidebar_options, transparency_panel,
 )
@@ -46,7 +46,7 @@ def stream_answers(question: str, backends: tuple[str, ...], adapter: str | None
     texts, answers = {name: "" for name in backends}, {}
     for name, item in duet().stream_both(question, adapter, backends):
         if isinstance(item, Exception):
-            slots[name].error(str(item) if isinstance(item, DuetError) else f"This backend failed: {item}")
+            slots[name].error(literal(str(item)) if isinstance(item, DuetError) else f"This backend failed: {literal(str(item))}")
         elif isinstance(item, Answer):
             answers[name] = item
             slots[name].text(item.text or "(no answer)")
@@ -108,11 +108,9 @@ def show(question: str, just_asked: bool, backends, adapter) -> None:
 
 st.title("Compare: RAG vs fine-tuned")
 st.caption("One question goes to both backends. Both use the same base model; only the route to knowledge differs.")
-try:
+with page_errors():
     backends, adapter = sidebar_options()
     question, just_asked = ask_form()
     if question:
         show(question, just_asked, backends, adapter)
     history_section()
-except DuetError as error:
-    st.error(str(error))

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from backends.errors import DuetError
 from backends.loaders import SUPPORTED_TYPES
-from pages.common import duet, guarded, key, presenting
+from pages.common import duet, guarded, key, page_errors, presenting
 
 PAGE = "documents"
 ICONS = {"added": "✅", "updated": "🔁", "duplicate": "⏭️", "rejected": "❌"}
@@ -55,9 +54,7 @@ def documents_section() -> None:
 
 st.title("Documents")
 st.caption("What the RAG backend can retrieve from. Files are parsed as data: nothing in them is executed or rendered as HTML.")
-try:
+with page_errors():
     if guarded("Uploading and deleting are not available in presentation mode."):
         upload_section()
     documents_section()
-except DuetError as error:
-    st.error(str(error))

@@ -6,10 +6,9 @@ import streamlit as st
 
 from backends.charts import freshness_chart, latency_chart, metrics_chart, scatter_chart
 from backends.config import DATA_DIR
-from backends.errors import DuetError
 from backends.evaluation import SYSTEMS, freshness_experiment, list_runs, load_qa, load_run, run_eval, save_run
 from backends.reports import title
-from pages.common import duet, guarded, key
+from pages.common import duet, guarded, key, page_errors
 
 PAGE = "evaluate"
 EVAL_SET = DATA_DIR / "qa" / "eval.jsonl"
@@ -92,10 +91,8 @@ def runs_section() -> None:
 
 st.title("Evaluate")
 st.caption("Both backends on a question set with known answers: quality, groundedness, retrieval recall, latency.")
-try:
+with page_errors():
     if guarded("Running evaluations is not available in presentation mode."):
         with st.expander("New run", expanded=not list_runs(duet().settings)):
             new_run_section()
     runs_section()
-except DuetError as error:
-    st.error(str(error))

@@ -14,7 +14,7 @@ import streamlit as st
 from backends.config import DATA_DIR
 from backends.errors import DuetError
 from backends.training import TrainConfig, TrainingJob, read_qa_file, store_dataset
-from pages.common import duet, guarded, key, literal
+from pages.common import duet, guarded, key, literal, page_errors
 
 PAGE = "finetune"
 DEMO_DATASET = DATA_DIR / "qa" / "train.jsonl"
@@ -158,11 +158,9 @@ def adapters_section() -> None:
 st.title("Fine-tune")
 st.caption("Train a LoRA adapter on question/answer pairs. The base model stays the same; the adapter is small and "
            "can be switched per question.")
-try:
+with page_errors():
     if guarded():
         start_section()
         job_view()
     st.subheader("Adapters")
     adapters_section()
-except DuetError as error:
-    st.error(str(error))

@@ -5,10 +5,9 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
-from backends.errors import DuetError
 from backends.evaluation import Criteria, advise, list_runs, load_run
 from backends.reports import title
-from pages.common import duet, key
+from pages.common import duet, key, page_errors
 
 PAGE = "guide"
 LEVELS = ["low", "medium", "high"]
@@ -40,7 +39,7 @@ def score_chart(scores: dict) -> go.Figure:
 
 st.title("How to choose: RAG, fine-tuning, or both")
 st.caption("Your situation plus what Duet measured on your documents (the latest evaluation run).")
-try:
+with page_errors():
     criteria = criteria_form()
     runs = list_runs(duet().settings)
     run = load_run(runs[0]) if runs else None
@@ -54,5 +53,3 @@ try:
     st.markdown("**Why, point by point**")
     for system, points, why in sorted(advice.reasons, key=lambda r: -r[1]):
         st.markdown(f"- **+{points} {title(system)}**: {why}")
-except DuetError as error:
-    st.error(str(error))
