@@ -7,7 +7,7 @@ import pytest
 
 from backends.errors import BadInput
 from backends.finetuned import AdapterRegistry
-from backends.training import TrainConfig, read_qa_bytes, save_adapter_atomically, train_adapter
+from backends.training import TrainConfig, TrainingJob, read_qa_bytes, save_adapter_atomically, train_adapter
 from tests.conftest import copy_adapter
 
 
@@ -21,7 +21,9 @@ def test_tiny_training_writes_a_loadable_adapter_whose_loss_went_down(tiny_adapt
     assert meta["hyperparameters"]["rank"] == 4
     assert [h["loss"] for h in meta["loss_history"]] == losses
     assert meta["base_model"]["sha256"] and meta["index_snapshot"]
-    assert set(os.listdir(info.path)) == {"adapter_config.json", "adapter_model.safetensors", "metadata.json"}
+    assert set(os.listdir(info.path)) == {"adapter_config.json", "adapter_model.safetensors", "metadata.json",
+                                          "training_data.jsonl"}
+    assert (info.path / "training_data.jsonl").read_bytes() == tiny_adapter["data"].read_bytes()
 
 
 @pytest.mark.parametrize("lines,message", [
@@ -94,3 +96,17 @@ def test_interrupted_replacement_is_restored(tiny_adapter, settings):
     os.replace(folder, settings.adapters_dir / ".replaced-swap")  # died between the two renames
     assert "swap" in AdapterRegistry(settings).names()
     assert json.loads((settings.adapters_dir / "swap" / "metadata.json").read_text())["name"] == "tiny"
+
+
+def test_background_job_reports_progress_and_a_cancel_leaves_the_registry_unchanged(settings, tiny_adapter):
+    config = TrainConfig(rank=2, alpha=4, epochs=1, batch_size=4, max_length=64, max_steps=2)
+    job = TrainingJob(settings, tiny_adapter["data"], "job-done", config).start()
+    job.wait(300)
+    assert job.state == "done" and [p.step for p in job.progress] == [1, 2] and job.path.is_dir()
+    assert job.progress[-1].total_steps == 2 and job.progress[-1].eta_s == 0
+    before = AdapterRegistry(settings).names()
+    cancelled = TrainingJob(settings, tiny_adapter["data"], "job-cancelled", config)
+    cancelled.cancel()
+    cancelled.start().wait(300)
+    assert cancelled.state == "cancelled" and "unchanged" in cancelled.error
+    assert AdapterRegistry(settings).names() == before
