@@ -94,10 +94,6 @@ class Support:
     claim_numbers: frozenset[str]
 
     @property
-    def claim_has_numbers(self) -> bool:
-        return bool(self.claim_numbers)
-
-    @property
     def score(self) -> float:
         return SIMILARITY_WEIGHT * self.similarity + (1 - SIMILARITY_WEIGHT) * self.overlap
 
@@ -105,7 +101,7 @@ class Support:
         """(verdict, reason) under the given thresholds (default: the calibrated ones)."""
         supported_at = SUPPORTED_SCORE if supported_at is None else supported_at
         partly_at = PARTLY_SCORE if partly_at is None else partly_at
-        if self.claim_has_numbers and self.missing_numbers and self.missing_numbers == self.claim_numbers:
+        if self.claim_numbers and self.missing_numbers == self.claim_numbers:
             return UNSUPPORTED, f"number {', '.join(sorted(self.missing_numbers))} not in the evidence"
         if self.score >= supported_at and not self.missing_numbers and not self.missing_names:
             return SUPPORTED, "the evidence says the same"
@@ -127,13 +123,6 @@ def support(claim: str, sentence: str, similarity: float, context: str = "") -> 
     missing_names = {n for n in names(claim) if n not in words and n not in surroundings.lower()}
     return Support(similarity, overlap(claim, surroundings), frozenset(claim_numbers - numbers(sentence)),
                    frozenset(missing_names), frozenset(claim_numbers))
-
-
-def judge(claim: str, evidence: str, similarity: float, context: str = "") -> tuple[str, float, str]:
-    """(verdict, score, reason) of one claim against one evidence sentence."""
-    found = support(claim, evidence, similarity, context)
-    verdict, reason = found.verdict()
-    return verdict, found.score, reason
 
 
 @dataclass

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
+from backends.reports import title
 from backends.training import read_qa_file
 from backends.types import QAItem
 
@@ -98,7 +99,7 @@ def cosine(a: list[float], b: list[float]) -> float:
 
 def retrieval_hit(answer, source: str) -> float | None:
     """1.0 when the gold source document is among the retrieved chunks (None: not applicable)."""
-    if not source or not answer.sources and answer.backend == "ft":
+    if not source or answer.backend == "ft":
         return None
     return float(any(s.file_name == source for s in answer.sources))
 
@@ -248,8 +249,7 @@ def freshness_experiment(duet, updates_dir: str | Path, questions_path: str | Pa
         with duet.index.writing():  # no write may land halfway through the copy
             shutil.copytree(duet.settings.store_dir, copy_settings.store_dir,
                             ignore=shutil.ignore_patterns("models", "runs", "datasets", ".writer.lock"))
-        copy = Duet(copy_settings)
-        copy.__dict__["llm"] = duet.llm  # the same loaded model, no second copy
+        copy = Duet(copy_settings)  # same settings for the models: the same loaded model and adapter host
         on_progress(0, len(rows) * len(systems) + 1, "ingesting the updated documents into a copy of the index")
         ingested = [r.describe() for r in copy.index.ingest_paths([updates_dir])]
         results = []
@@ -310,7 +310,7 @@ def advise(criteria: Criteria, run: dict | None = None, freshness: dict | None =
         counts = freshness["systems"]
         for system, c in counts.items():
             if system != "ft" and c["new"] > counts.get("ft", {}).get("new", 0):
-                add(system, 2, f"freshness: {title_of(system)} gave {c['new']} of {freshness['questions']} updated facts, "
+                add(system, 2, f"freshness: {title(system)} gave {c['new']} of {freshness['questions']} updated facts, "
                                f"the adapter {counts.get('ft', {}).get('new', 0)}")
     scores = {s: sum(p for system, p, _ in reasons if system == s) for s in ("rag", "ft", "rag_ft")}
     if criteria.terminology and (criteria.changing_data or criteria.traceability):
@@ -318,12 +318,6 @@ def advise(criteria: Criteria, run: dict | None = None, freshness: dict | None =
         scores["rag_ft"] = sum(p for system, p, _ in reasons if system == "rag_ft")
     best = max(scores, key=scores.get)
     return Advice(best, scores, tuple(reasons))
-
-
-def title_of(system: str) -> str:
-    from backends.reports import title
-
-    return title(system)
 
 
 def _measured(metrics: dict, add) -> None:
@@ -335,5 +329,5 @@ def _measured(metrics: dict, add) -> None:
             continue
         ranked = sorted(values, key=values.get, reverse=True)
         if values[ranked[0]] - values[ranked[1]] >= margin:
-            listing = ", ".join(f"{title_of(s)} {values[s]:.2f}" for s in ranked)
+            listing = ", ".join(f"{title(s)} {values[s]:.2f}" for s in ranked)
             add(ranked[0], 2, f"measured {label}: {listing}")

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -188,9 +189,20 @@ class AdapterRegistry:
 class AdapterHost:
     """Puts LoRA adapters on the shared base model and switches them per generation."""
 
+    _hosts: dict[int, "AdapterHost"] = {}
+    _hosts_lock = threading.Lock()
+
     def __init__(self, llm: LoadedLLM):
         self.llm = llm
         self.loaded: dict[str, Path] = {}
+
+    @classmethod
+    def of(cls, llm: LoadedLLM) -> "AdapterHost":
+        """The host of this loaded model: one per model, since it knows which adapters the model holds."""
+        with cls._hosts_lock:
+            if id(llm) not in cls._hosts:
+                cls._hosts[id(llm)] = cls(llm)
+            return cls._hosts[id(llm)]
 
     def ensure(self, adapter: AdapterInfo) -> None:
         from peft import PeftModel

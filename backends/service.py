@@ -35,7 +35,7 @@ class Duet:
     def host(self):
         from backends.finetuned import AdapterHost
 
-        return AdapterHost(self.llm)
+        return AdapterHost.of(self.llm)
 
     @cached_property
     def registry(self):
