@@ -3,9 +3,9 @@
 Three parts:
 - `AdapterRegistry`: the folder of adapters (list, verify, choose the active one, delete).
   Only safetensors adapters trained on the same base model are accepted.
-- `AdapterHost`: wraps the ONE loaded base model in a peft model and switches adapters
-  per generation, under the model lock, so RAG (adapter off) and fine-tuned (adapter on)
-  can answer at the same moment and each gets the right weights.
+- `AdapterHost`: wraps the ONE loaded base model in a peft model and loads adapters into
+  it; the decoder (`generation.Decoder`) then picks the adapter per row, so RAG (adapter
+  off) and fine-tuned (adapter on) answer in the same batch, each with the right weights.
 - `FineTunedBackend`: answers, and reports which documents changed since its adapter
   was trained (staleness).
 """
@@ -220,20 +220,6 @@ class AdapterHost:
             self.llm.model.eval()
             self.loaded[adapter.name] = adapter.path
 
-    def base(self):
-        """Context manager: generate with the bare base model (entered under the model lock)."""
-        from peft import PeftModel
-
-        if isinstance(self.llm.model, PeftModel):
-            return self.llm.model.disable_adapter()
-        return contextlib.nullcontext()
-
-    @contextlib.contextmanager
-    def adapter(self, name: str):
-        """Context manager: generate with adapter `name` (entered under the model lock)."""
-        self.llm.model.set_adapter(name)
-        yield
-
 
 class FineTunedBackend:
     """Answers from base model + adapter, without retrieval."""
@@ -251,7 +237,7 @@ class FineTunedBackend:
         info = self.adapter_info(adapter)
         self.host.ensure(info)
         yield from answer_from_stream(self.name, question, self.host.llm, chat_messages(question), self.settings,
-                                      lambda: self.host.adapter(info.name), adapter=info.name)
+                                      adapter=info.name)
 
     def staleness(self, adapter: str | None = None) -> Staleness:
         info = self.adapter_info(adapter)

@@ -1,23 +1,35 @@
-"""Streaming generation on the shared base model, with per-stage timing.
+"""Generation: one batched greedy decoder per loaded model, with streaming and per-stage timing.
 
-`stream_chat` runs `model.generate` in a worker thread that holds the model's lock for
-the whole generation, so two backends answering at once never see each other's adapter
-setting; the caller's thread only reads text pieces from a `TextIteratorStreamer`.
-Abandoning the stream (a closed page, a cancelled request) stops the generation.
+Every inference forward pass of a model goes through its `Decoder`: a worker thread that
+takes the requests waiting for it and runs them as one batch, one forward pass per token
+for all rows. Compare's two columns join a `BatchGroup`, so the RAG and the fine-tuned
+answer are generated together: the weights are read once per token for both, and peft
+applies the adapter per row (`adapter_names`). Side by side then costs little more than
+the slower answer alone.
+
+The loop is our own rather than `model.generate`: it computes logits for the last position
+only, applies the few rules we use (repetition penalty, copy-constrained decoding, EOS)
+per row, and streams text without a second thread per answer. Its greedy output equals
+`model.generate`'s (tests/test_generation.py compares them).
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import queue
 import threading
 import time
-from dataclasses import dataclass
-from typing import Callable, ContextManager, Iterator, Union
+from dataclasses import dataclass, field
+from typing import Iterator, Union
 
 from backends.models import LoadedLLM
 
 # Greedy decoding: answers must be reproducible (tests compare them) and short.
 REPETITION_PENALTY = 1.15
+# How long a batch waits for the other members of its group (a slow retrieval, a model load).
+GATHER_TIMEOUT_S = 5.0
+BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
 
 
 @dataclass(frozen=True)
@@ -34,31 +46,19 @@ class GenerationStats:
         return self.tokens_out / self.generate_s if self.generate_s > 0 else 0.0
 
 
-def encode_chat(llm: LoadedLLM, messages: list[dict]):
+def encode_chat(llm: LoadedLLM, messages: list[dict]) -> list[int]:
     """Token ids of a chat, formatted with the model's own chat template."""
-    encoded = llm.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    return {name: tensor.to(llm.device) for name, tensor in encoded.items()}
-
-
-class _StopWhenSet:
-    """A stopping criterion that ends generation once its event is set."""
-
-    def __init__(self, event: threading.Event):
-        self.event = event
-
-    def __call__(self, input_ids, scores, **kwargs):
-        import torch
-
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+    encoded = llm.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)
+    return list(encoded["input_ids"])
 
 
 class CopyFromSpans:
-    """A logits processor that lets the model only copy contiguous token spans of given passages.
+    """Lets the model only copy contiguous token spans of given passages.
 
     The model chooses where to start and when to stop (EOS), but every token it emits
     continues a span of one passage; at a passage's end only EOS remains. A tiny model
     answers far better choosing a span than writing freely, and the answer is grounded
-    by construction.
+    by construction. Also a transformers LogitsProcessor (the reference path in tests).
     """
 
     def __init__(self, passages: list[list[int]], prompt_length: int, eos_id: int, starts: list[int] | None = None,
@@ -97,68 +97,248 @@ def sentence_end_tokens(tokenizer, passages: list[list[int]]) -> frozenset[int]:
     return frozenset(t for t in tokens if tokenizer.decode([t]).rstrip().endswith((".", "!", "?", ";")))
 
 
+def copy_constraint(llm: LoadedLLM, copy_from: list[str], prompt_length: int) -> CopyFromSpans:
+    passages = [llm.tokenizer.encode(" " + p.strip(), add_special_tokens=False) for p in copy_from]
+    return CopyFromSpans(passages, prompt_length, llm.tokenizer.eos_token_id,
+                         stop_after=sentence_end_tokens(llm.tokenizer, passages))
+
+
+class BatchGroup:
+    """Requests meant to run together (Compare's columns): the decoder waits for all of them.
+
+    Each member thread enters `member()`; a member that ends without generating (an error,
+    a bad question) leaves the group, so the others never wait for it.
+    """
+
+    _current: contextvars.ContextVar["BatchGroup | None"] = contextvars.ContextVar("duet_batch_group", default=None)
+
+    def __init__(self, size: int):
+        self.size, self.arrived, self.left = size, 0, 0
+        self.created = time.monotonic()
+
+    @property
+    def complete(self) -> bool:
+        return self.arrived + self.left >= self.size or time.monotonic() - self.created > GATHER_TIMEOUT_S
+
+    @contextlib.contextmanager
+    def member(self):
+        token = self._current.set(self)
+        arrived = self.arrived
+        try:
+            yield
+        finally:
+            self._current.reset(token)
+            if self.arrived == arrived:  # this member never reached the decoder
+                self.left += 1
+
+    @classmethod
+    def current(cls) -> "BatchGroup | None":
+        return cls._current.get()
+
+
+@dataclass(eq=False)
+class Request:
+    """One answer to generate: its prompt, its rules, and the queue its text goes to."""
+
+    input_ids: list[int]
+    max_new_tokens: int
+    adapter: str | None = None
+    constraint: CopyFromSpans | None = None
+    repetition_penalty: float = 1.0
+    group: BatchGroup | None = None
+    output: queue.Queue = field(default_factory=queue.Queue)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    generated: list[int] = field(default_factory=list)
+    printed: int = 0
+    done: bool = False
+
+    def choose(self, logits) -> int:
+        """The greedy next token of this row (logits: a 1-D float tensor, changed in place)."""
+        import torch
+
+        if self.repetition_penalty != 1.0:
+            seen = torch.tensor(sorted(set(self.input_ids) | set(self.generated)), dtype=torch.long)
+            picked = logits[seen]
+            logits[seen] = torch.where(picked < 0, picked * self.repetition_penalty, picked / self.repetition_penalty)
+        if self.constraint is None:
+            return int(torch.argmax(logits))
+        allowed = self.constraint.allowed(self.generated)
+        return allowed[int(torch.argmax(logits[allowed]))]
+
+
+class Decoder:
+    """The batched greedy decoder of one loaded model (one worker thread, started on first use)."""
+
+    _decoders: dict[int, "Decoder"] = {}
+    _decoders_lock = threading.Lock()
+
+    def __init__(self, llm: LoadedLLM):
+        self.llm = llm
+        self.pending: list[Request] = []
+        self.wakeup = threading.Condition()
+        self.worker: threading.Thread | None = None
+        generation_eos = getattr(llm.model.generation_config, "eos_token_id", None)
+        eos = generation_eos if generation_eos is not None else llm.tokenizer.eos_token_id
+        self.eos = set(eos) if isinstance(eos, (list, tuple)) else {eos}
+        self.batches = 0  # how many batches ran (tests check that Compare's columns share one)
+
+    @classmethod
+    def of(cls, llm: LoadedLLM) -> "Decoder":
+        with cls._decoders_lock:
+            if id(llm) not in cls._decoders:
+                cls._decoders[id(llm)] = cls(llm)
+            return cls._decoders[id(llm)]
+
+    def submit(self, request: Request) -> None:
+        with self.wakeup:
+            request.group = BatchGroup.current()
+            if request.group is not None:
+                request.group.arrived += 1
+            self.pending.append(request)
+            if self.worker is None:
+                self.worker = threading.Thread(target=self._serve, name="duet-decoder", daemon=True)
+                self.worker.start()
+            self.wakeup.notify()
+
+    def _next_batch(self) -> list[Request]:
+        with self.wakeup:
+            while not self.pending or not all(r.group is None or r.group.complete for r in self.pending):
+                # Poll while a group gathers: its members arrive from other threads.
+                self.wakeup.wait(timeout=None if not self.pending else 0.005)
+            batch, self.pending = self.pending, []
+            return batch
+
+    def _serve(self) -> None:
+        while True:
+            batch = self._next_batch()
+            try:
+                with self.llm.lock:
+                    self.batches += 1
+                    self._run(batch)
+            except BaseException as error:  # reported to every waiting caller
+                for request in batch:
+                    request.output.put(error)
+
+    def _adapter_arguments(self, batch: list[Request]):
+        """The forward keyword arguments and weights context that give each row its adapter."""
+        from peft import PeftModel
+
+        model = self.llm.model
+        names = [r.adapter or BASE for r in batch]
+        if not isinstance(model, PeftModel):
+            if any(r.adapter for r in batch):
+                raise RuntimeError("an adapter was requested but none is loaded on the model")
+            return {}, contextlib.nullcontext()
+        if len(set(names)) > 1:
+            return {"adapter_names": names}, contextlib.nullcontext()
+        if names[0] == BASE:
+            return {}, model.disable_adapter()
+        model.set_adapter(names[0])
+        return {}, contextlib.nullcontext()
+
+    def _run(self, batch: list[Request]) -> None:
+        import torch
+
+        kwargs, weights = self._adapter_arguments(batch)
+        with torch.inference_mode(), weights:
+            logits, step = self._prefill(batch, kwargs)
+            for _ in range(max(r.max_new_tokens for r in batch)):
+                tokens = [self._advance(request, logits[row]) for row, request in enumerate(batch)]
+                if all(r.done for r in batch):
+                    break
+                logits = step(tokens)
+        for request in batch:
+            self._finish(request)
+
+    def _prefill(self, batch: list[Request], kwargs: dict):
+        """Run the prompts (left-padded) and return their last logits and a one-token step function."""
+        import torch
+        from transformers import DynamicCache
+
+        pad = self.llm.tokenizer.pad_token_id
+        width = max(len(r.input_ids) for r in batch)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, request in enumerate(batch):
+            ids[row, width - len(request.input_ids):] = torch.tensor(request.input_ids)
+            mask[row, width - len(request.input_ids):] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache(config=self.llm.model.config)
+        device = self.llm.device
+        state = {"mask": mask.to(device), "positions": positions[:, -1:].to(device)}
+
+        def forward(input_ids, position_ids):
+            out = self.llm.model(input_ids=input_ids.to(device), attention_mask=state["mask"], position_ids=position_ids,
+                                 past_key_values=cache, use_cache=True, logits_to_keep=1, **kwargs)
+            return out.logits[:, -1, :].float().cpu()
+
+        def step(tokens: list[int]):
+            state["mask"] = torch.cat([state["mask"], state["mask"].new_ones((len(batch), 1))], dim=1)
+            state["positions"] = state["positions"] + 1
+            return forward(torch.tensor(tokens, dtype=torch.long)[:, None], state["positions"])
+
+        return forward(ids, positions.to(device)), step
+
+    def _advance(self, request: Request, logits) -> int:
+        """Choose the row's next token, stream its text; return the token to feed back."""
+        if request.done:
+            return self.llm.tokenizer.pad_token_id
+        token = request.choose(logits)
+        request.generated.append(token)
+        ended = token in self.eos or (request.constraint is not None and token == request.constraint.eos_id)
+        if ended or request.cancelled.is_set() or len(request.generated) >= request.max_new_tokens:
+            request.done = True
+        self._stream_text(request)
+        return token
+
+    def _stream_text(self, request: Request) -> None:
+        text = self.llm.tokenizer.decode(request.generated, skip_special_tokens=True)
+        if text.endswith("\ufffd") and not request.done:  # a character split over tokens: wait for the rest
+            return
+        if len(text) > request.printed:
+            request.output.put(text[request.printed:])
+            request.printed = len(text)
+
+    def _finish(self, request: Request) -> None:
+        text = self.llm.tokenizer.decode(request.generated, skip_special_tokens=True)
+        request.output.put(("done", text.strip(), len(request.generated)))
+
+
 def stream_chat(
     llm: LoadedLLM,
     messages: list[dict],
     max_new_tokens: int,
-    weights: Callable[[], ContextManager] = contextlib.nullcontext,
+    adapter: str | None = None,
     copy_from: list[str] | None = None,
 ) -> Iterator[Union[str, GenerationStats]]:
     """Yield the answer's text pieces as they are generated, then a GenerationStats.
 
-    `weights` returns a context manager that selects the weights to use (an adapter, or
-    none); it is entered inside the model lock, around the generation.
+    `adapter` names a LoRA adapter already loaded on the model (None: the base model).
+    Abandoning the stream (a closed page, a cancelled request) stops this row's generation.
     """
-    from transformers import LogitsProcessorList, StoppingCriteriaList, TextIteratorStreamer
-
     started = time.perf_counter()
-    inputs = encode_chat(llm, messages)
+    input_ids = encode_chat(llm, messages)
+    request = Request(
+        input_ids=input_ids, max_new_tokens=max_new_tokens, adapter=adapter,
+        constraint=copy_constraint(llm, copy_from, len(input_ids)) if copy_from else None,
+        repetition_penalty=1.0 if copy_from else REPETITION_PENALTY,
+    )
     prompt_s = time.perf_counter() - started
-    streamer = TextIteratorStreamer(llm.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
-    cancel = threading.Event()
-    outcome: dict = {}
-    processors = LogitsProcessorList()
-    if copy_from:
-        passages = [llm.tokenizer.encode(" " + p.strip(), add_special_tokens=False) for p in copy_from]
-        processors.append(CopyFromSpans(passages, int(inputs["input_ids"].shape[1]), llm.tokenizer.eos_token_id,
-                                        stop_after=sentence_end_tokens(llm.tokenizer, passages)))
-
-    def work():
-        try:
-            with llm.lock, weights():
-                outcome["ids"] = llm.model.generate(
-                    **inputs,
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    repetition_penalty=1.0 if copy_from else REPETITION_PENALTY,
-                    logits_processor=processors,
-                    pad_token_id=llm.tokenizer.pad_token_id,
-                    streamer=streamer,
-                    stopping_criteria=StoppingCriteriaList([_StopWhenSet(cancel)]),
-                )
-        except BaseException as error:  # reported in the caller's thread
-            outcome["error"] = error
-            streamer.end()
-
-    worker = threading.Thread(target=work, name="duet-generate", daemon=True)
     gen_start = time.perf_counter()
-    worker.start()
+    Decoder.of(llm).submit(request)
     first_token_s = 0.0
-    pieces: list[str] = []
     try:
-        for piece in streamer:
-            if not piece:
-                continue
-            if not pieces:
+        while True:
+            item = request.output.get()
+            if isinstance(item, BaseException):
+                raise item
+            if isinstance(item, tuple):
+                _, text, tokens_out = item
+                break
+            if not first_token_s:
                 first_token_s = time.perf_counter() - gen_start
-            pieces.append(piece)
-            yield piece
+            yield item
     finally:
-        cancel.set()
-        worker.join()
+        request.cancelled.set()
     generate_s = time.perf_counter() - gen_start
-    if "error" in outcome:
-        raise outcome["error"]
-    tokens_in = int(inputs["input_ids"].shape[1])
-    tokens_out = int(outcome["ids"].shape[1]) - tokens_in
-    yield GenerationStats("".join(pieces).strip(), tokens_in, tokens_out, prompt_s, first_token_s or generate_s, generate_s)
+    yield GenerationStats(text, len(input_ids), tokens_out, prompt_s, first_token_s or generate_s, generate_s)

@@ -14,7 +14,6 @@ with its number and source, and the instructions say to ignore instructions insi
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import replace
 
@@ -90,12 +89,12 @@ def build_messages(question: str, sources: list[Source]) -> list[dict]:
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
 
-def answer_from_stream(backend: str, question: str, llm: LoadedLLM, messages, settings: Settings, weights,
+def answer_from_stream(backend: str, question: str, llm: LoadedLLM, messages, settings: Settings,
                        *, sources=(), pre: Timings = Timings(), adapter: str | None = None,
                        copy_from: list[str] | None = None) -> AnswerStream:
     """Shared by every backend: stream the generation, then yield the finished Answer."""
     started = time.perf_counter()
-    for item in stream_chat(llm, messages, settings.max_new_tokens, weights, copy_from=copy_from):
+    for item in stream_chat(llm, messages, settings.max_new_tokens, adapter, copy_from=copy_from):
         if isinstance(item, str):
             yield item
             continue
@@ -117,13 +116,11 @@ class RAGBackend:
 
     name = "rag"
 
-    def __init__(self, index: DocumentIndex, llm: LoadedLLM, settings: Settings, base_weights=contextlib.nullcontext):
+    def __init__(self, index: DocumentIndex, llm: LoadedLLM, settings: Settings):
         self.index, self.llm, self.settings = index, llm, settings
-        # Once the fine-tuned backend wraps the shared model, RAG must switch its adapter off.
-        self.base_weights = base_weights
 
     def stream(self, question: str, k: int | None = None, *, combined_with=None) -> AnswerStream:
-        """Answer from the base model, or (combined_with=(adapter name, weights)) from base + adapter.
+        """Answer from the base model, or (combined_with=adapter name, already loaded) from base + adapter.
 
         The combination writes freely from the retrieved chunks: the point of it is the adapter's
         wording on top of retrieval, which copy-constrained decoding would take away.
@@ -140,7 +137,6 @@ class RAGBackend:
         else:
             messages = build_messages(question, sources)
         pre = Timings(embed=embed_s, retrieve=retrieve_s, prompt=time.perf_counter() - prompt_start)
-        adapter, weights = combined_with or (None, self.base_weights)
         yield from answer_from_stream(COMBINED if combined_with else self.name, question, self.llm, messages,
-                                      self.settings, weights, sources=sources, pre=pre, copy_from=copy_from,
-                                      adapter=adapter)
+                                      self.settings, sources=sources, pre=pre, copy_from=copy_from,
+                                      adapter=combined_with)

@@ -47,7 +47,7 @@ class Duet:
     def rag(self):
         from backends.rag import RAGBackend
 
-        return RAGBackend(self.index, self.llm, self.settings, self.host.base)
+        return RAGBackend(self.index, self.llm, self.settings)
 
     @cached_property
     def ft(self):
@@ -70,7 +70,7 @@ class Duet:
         if backend == "rag_ft":
             info = self.ft.adapter_info(adapter)
             self.host.ensure(info)
-            return self.rag.stream(question, combined_with=(info.name, lambda: self.host.adapter(info.name)))
+            return self.rag.stream(question, combined_with=info.name)
         raise ValueError(f"unknown backend {backend!r}")
 
     def trace(self, question: str, answers: dict, asked_at: str = ""):
@@ -90,15 +90,20 @@ class Duet:
     def stream_both(self, question: str, adapter: str | None = None, backends=("rag", "ft")):
         """Run the backends at the same time; yield (backend, text piece or final Answer) as they come.
 
+        Their generations run as one batch (a `BatchGroup`): one forward pass per token for all.
         An error in one backend is yielded as (backend, exception) and does not stop the other.
         """
+        from backends.generation import BatchGroup
+
         events: queue.Queue = queue.Queue()
         done = object()
+        group = BatchGroup(len(backends))
 
         def run(name: str) -> None:
             try:
-                for item in self.stream(name, question, adapter):
-                    events.put((name, item))
+                with group.member():
+                    for item in self.stream(name, question, adapter):
+                        events.put((name, item))
             except Exception as error:  # reported to the caller, per backend
                 events.put((name, error))
             finally:

@@ -35,7 +35,7 @@ def main() -> int:
     duet.host.ensure(duet.ft.adapter_info(args.adapter))
 
     def bare(question: str) -> str:
-        stream = answer_from_stream("ft", question, duet.llm, chat_messages(question), duet.settings, duet.host.base)
+        stream = answer_from_stream("ft", question, duet.llm, chat_messages(question), duet.settings)
         return final_answer(stream).text
 
     systems = {

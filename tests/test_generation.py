@@ -1,0 +1,85 @@
+"""The batched decoder against the plain transformers path: same greedy tokens, one batch for Compare."""
+
+from __future__ import annotations
+
+import pytest
+
+from backends.config import DATA_DIR
+from backends.generation import REPETITION_PENALTY, Decoder, copy_constraint, encode_chat, stream_chat
+from backends.rag import build_messages, rank_evidence
+from backends.training import chat_messages
+from backends.types import Answer
+
+QUESTIONS = ["How many days of annual leave do employees get?", "What is the daily meal allowance for travel?",
+             "Who approves expenses above the limit?"]
+
+
+def reference_tokens(llm, messages, max_new_tokens, adapter=None, copy_from=None) -> list[int]:
+    """Greedy tokens from `model.generate`, the path the decoder replaces."""
+    import torch
+    from peft import PeftModel
+    from transformers import LogitsProcessorList
+
+    ids = encode_chat(llm, messages)
+    processors = LogitsProcessorList([copy_constraint(llm, copy_from, len(ids))] if copy_from else [])
+    model = llm.model
+    if not isinstance(model, PeftModel):
+        weights = torch.inference_mode()
+    elif adapter is None:
+        weights = model.disable_adapter()
+    else:
+        model.set_adapter(adapter)
+        weights = torch.inference_mode()
+    with llm.lock, weights, torch.inference_mode():
+        out = model.generate(torch.tensor([ids]), attention_mask=torch.ones((1, len(ids)), dtype=torch.long),
+                             max_new_tokens=max_new_tokens, do_sample=False, logits_processor=processors,
+                             repetition_penalty=1.0 if copy_from else REPETITION_PENALTY,
+                             pad_token_id=llm.tokenizer.pad_token_id)
+    return out[0, len(ids):].tolist()
+
+
+def decoder_text(llm, messages, max_new_tokens, adapter=None, copy_from=None) -> str:
+    *_, stats = stream_chat(llm, messages, max_new_tokens, adapter, copy_from=copy_from)
+    return stats.text
+
+
+def as_text(llm, tokens) -> str:
+    return llm.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+
+
+@pytest.mark.parametrize("question", QUESTIONS)
+def test_fine_tuned_greedy_output_equals_generate(duet, tiny_adapter, question):
+    info = duet.registry.get("tiny")
+    duet.host.ensure(info)
+    messages = chat_messages(question)
+    assert decoder_text(duet.llm, messages, 40, "tiny") == as_text(duet.llm, reference_tokens(duet.llm, messages, 40, "tiny"))
+
+
+@pytest.mark.parametrize("question", QUESTIONS[:2])
+def test_rag_greedy_output_equals_generate(duet, question):
+    sources, _, _ = duet.index.search(question, 3)
+    evidence = rank_evidence(question, sources, duet.index.embeddings)[:2]
+    messages = build_messages(question, evidence)
+    copy_from = [" ".join(e.text for e in evidence)]
+    expected = as_text(duet.llm, reference_tokens(duet.llm, messages, 40, copy_from=copy_from))
+    assert decoder_text(duet.llm, messages, 40, copy_from=copy_from) == expected
+    free = as_text(duet.llm, reference_tokens(duet.llm, messages, 24))
+    assert decoder_text(duet.llm, messages, 24) == free
+
+
+def test_both_columns_run_as_one_batch_and_answer_as_alone(duet, tiny_adapter):
+    question = QUESTIONS[1]
+    alone = {name: duet.ask(name, question, "tiny").text for name in ("rag", "ft")}
+    decoder = Decoder.of(duet.llm)
+    before = decoder.batches
+    finals = {name: item for name, item in duet.stream_both(question, "tiny") if isinstance(item, Answer)}
+    assert decoder.batches == before + 1  # both answers came out of one batch
+    assert {name: answer.text for name, answer in finals.items()} == alone
+
+
+def test_an_abandoned_stream_frees_the_decoder(duet):
+    stream = stream_chat(duet.llm, chat_messages("Describe the company in detail."), 64)
+    next(stream)
+    stream.close()  # the reader went away after the first piece
+    *_, stats = stream_chat(duet.llm, chat_messages("What is RAG?"), 8)
+    assert stats.tokens_out <= 8 and stats.text
