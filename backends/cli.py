@@ -165,6 +165,15 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    """Measure speed (see backends/bench.py); a table, or with --json one JSON object."""
+    from backends.bench import format_table, run_bench
+
+    result = run_bench(_duet(args), quick=args.quick, progress=_progress)
+    print(json.dumps(result, indent=2) if args.json else format_table(result))
+    return 0
+
+
 def _eval_progress(done: int, total: int, label: str) -> None:
     print(f"\r[{done}/{total}] {label[:70]:70}", end="", file=sys.stderr, flush=True)
 
@@ -222,6 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", help="adapter for ft and rag_ft (default: the active one)")
     p.add_argument("--freshness", action="store_true", help="also run the freshness experiment on a copy of the index")
     p.set_defaults(func=cmd_eval)
+
+    p = with_store(sub.add_parser("bench", help="measure generation, retrieval, ingest, cold start and memory"))
+    p.add_argument("--quick", action="store_true", help="a smoke run under a minute (fewer and shorter runs)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.set_defaults(func=cmd_bench)
 
     p = with_store(sub.add_parser("setup", help="prepare models and index the demo corpus if the store is empty"))
     p.set_defaults(func=cmd_setup)

@@ -33,6 +33,9 @@ class Settings:
     llm: str = _help("Base LLM: 'bundled' (SmolLM2-135M GGUF), a Hugging Face id, a local folder or a .gguf file.", BUNDLED)
     embedding_model: str = _help("Embedding model: 'bundled' (all-MiniLM-L6-v2), a Hugging Face id or a local folder.", BUNDLED)
     device: str = _help("'auto' (cuda when available), 'cpu' or 'cuda'.", "auto")
+    llm_weights: str = _help("Inference weights of the LLM: 'auto' (float32 on CPU, bfloat16 on GPU), 'float32' or "
+                             "'bfloat16' (faster decoding on CPU, slower prompts, answers may differ). Training uses float32.",
+                             "auto")
     chunk_size: int = _help("Characters per chunk when splitting documents.", 700)
     chunk_overlap: int = _help("Characters shared by neighbouring chunks.", 100)
     csv_rows_per_chunk: int = _help("Maximum CSV rows grouped into one chunk.", 8)
@@ -106,5 +109,7 @@ def _validate(settings: Settings) -> None:
         raise BadInput("top_k must be between 1 and 50")
     if settings.rag_mode not in ("extractive", "free"):
         raise BadInput("rag_mode must be 'extractive' or 'free'")
+    if settings.llm_weights not in ("auto", "float32", "bfloat16"):
+        raise BadInput("llm_weights must be 'auto', 'float32' or 'bfloat16'")
     if settings.device not in ("auto", "cpu", "cuda"):
         raise BadInput("device must be 'auto', 'cpu' or 'cuda'")

@@ -4,7 +4,7 @@ Every inference forward pass of a model goes through its `Decoder`: a worker thr
 takes the requests waiting for it and runs them as one batch, one forward pass per token
 for all rows. Compare's two columns join a `BatchGroup`, so the RAG and the fine-tuned
 answer are generated together: the weights are read once per token for both, and peft
-applies the adapter per row (`adapter_names`). Side by side then costs little more than
+applies the adapter per row (`AdapterHost.route`). Side by side then costs little more than
 the slower answer alone.
 
 The loop is our own rather than `model.generate`: it computes logits for the last position
@@ -15,6 +15,7 @@ per row, and streams text without a second thread per answer. Its greedy output 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import contextvars
 import queue
@@ -29,7 +30,6 @@ from backends.models import LoadedLLM
 REPETITION_PENALTY = 1.15
 # How long a batch waits for the other members of its group (a slow retrieval, a model load).
 GATHER_TIMEOUT_S = 5.0
-BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
 
 
 @dataclass(frozen=True)
@@ -145,6 +145,7 @@ class Request:
     adapter: str | None = None
     constraint: CopyFromSpans | None = None
     repetition_penalty: float = 1.0
+    stop_at_eos: bool = True  # False: always max_new_tokens tokens (the benchmark's fixed-length decode)
     group: BatchGroup | None = None
     output: queue.Queue = field(default_factory=queue.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -181,6 +182,7 @@ class Decoder:
         eos = generation_eos if generation_eos is not None else llm.tokenizer.eos_token_id
         self.eos = set(eos) if isinstance(eos, (list, tuple)) else {eos}
         self.batches = 0  # how many batches ran (tests check that Compare's columns share one)
+        self.stopping = False
 
     @classmethod
     def of(cls, llm: LoadedLLM) -> "Decoder":
@@ -188,6 +190,14 @@ class Decoder:
             if id(llm) not in cls._decoders:
                 cls._decoders[id(llm)] = cls(llm)
             return cls._decoders[id(llm)]
+
+    def stop(self) -> None:
+        """End the worker (at interpreter exit: a thread still inside torch then aborts the process)."""
+        with self.wakeup:
+            self.stopping = True
+            self.wakeup.notify()
+        if self.worker is not None:
+            self.worker.join(timeout=30)
 
     def submit(self, request: Request) -> None:
         with self.wakeup:
@@ -198,19 +208,23 @@ class Decoder:
             if self.worker is None:
                 self.worker = threading.Thread(target=self._serve, name="duet-decoder", daemon=True)
                 self.worker.start()
+                atexit.register(self.stop)
             self.wakeup.notify()
 
     def _next_batch(self) -> list[Request]:
         with self.wakeup:
-            while not self.pending or not all(r.group is None or r.group.complete for r in self.pending):
+            while not self.stopping and (not self.pending or
+                                         not all(r.group is None or r.group.complete for r in self.pending)):
                 # Poll while a group gathers: its members arrive from other threads.
                 self.wakeup.wait(timeout=None if not self.pending else 0.005)
             batch, self.pending = self.pending, []
             return batch
 
     def _serve(self) -> None:
-        while True:
+        while not self.stopping:
             batch = self._next_batch()
+            if not batch:
+                continue
             try:
                 with self.llm.lock:
                     self.batches += 1
@@ -219,29 +233,13 @@ class Decoder:
                 for request in batch:
                     request.output.put(error)
 
-    def _adapter_arguments(self, batch: list[Request]):
-        """The forward keyword arguments and weights context that give each row its adapter."""
-        from peft import PeftModel
-
-        model = self.llm.model
-        names = [r.adapter or BASE for r in batch]
-        if not isinstance(model, PeftModel):
-            if any(r.adapter for r in batch):
-                raise RuntimeError("an adapter was requested but none is loaded on the model")
-            return {}, contextlib.nullcontext()
-        if len(set(names)) > 1:
-            return {"adapter_names": names}, contextlib.nullcontext()
-        if names[0] == BASE:
-            return {}, model.disable_adapter()
-        model.set_adapter(names[0])
-        return {}, contextlib.nullcontext()
-
     def _run(self, batch: list[Request]) -> None:
         import torch
 
-        kwargs, weights = self._adapter_arguments(batch)
-        with torch.inference_mode(), weights:
-            logits, step = self._prefill(batch, kwargs)
+        from backends.finetuned import AdapterHost
+
+        with torch.inference_mode(), AdapterHost.of(self.llm).route([r.adapter for r in batch]):
+            logits, step = self._prefill(batch)
             for _ in range(max(r.max_new_tokens for r in batch)):
                 tokens = [self._advance(request, logits[row]) for row, request in enumerate(batch)]
                 if all(r.done for r in batch):
@@ -250,7 +248,7 @@ class Decoder:
         for request in batch:
             self._finish(request)
 
-    def _prefill(self, batch: list[Request], kwargs: dict):
+    def _prefill(self, batch: list[Request]):
         """Run the prompts (left-padded) and return their last logits and a one-token step function."""
         import torch
         from transformers import DynamicCache
@@ -265,15 +263,17 @@ class Decoder:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache(config=self.llm.model.config)
         device = self.llm.device
-        state = {"mask": mask.to(device), "positions": positions[:, -1:].to(device)}
+        # A single row has no padding: no mask lets attention take its faster causal path.
+        state = {"mask": mask.to(device) if len(batch) > 1 else None, "positions": positions[:, -1:].to(device)}
 
         def forward(input_ids, position_ids):
             out = self.llm.model(input_ids=input_ids.to(device), attention_mask=state["mask"], position_ids=position_ids,
-                                 past_key_values=cache, use_cache=True, logits_to_keep=1, **kwargs)
+                                 past_key_values=cache, use_cache=True, logits_to_keep=1)
             return out.logits[:, -1, :].float().cpu()
 
         def step(tokens: list[int]):
-            state["mask"] = torch.cat([state["mask"], state["mask"].new_ones((len(batch), 1))], dim=1)
+            if state["mask"] is not None:
+                state["mask"] = torch.cat([state["mask"], state["mask"].new_ones((len(batch), 1))], dim=1)
             state["positions"] = state["positions"] + 1
             return forward(torch.tensor(tokens, dtype=torch.long)[:, None], state["positions"])
 
@@ -286,7 +286,7 @@ class Decoder:
         token = request.choose(logits)
         request.generated.append(token)
         ended = token in self.eos or (request.constraint is not None and token == request.constraint.eos_id)
-        if ended or request.cancelled.is_set() or len(request.generated) >= request.max_new_tokens:
+        if (ended and request.stop_at_eos) or request.cancelled.is_set() or len(request.generated) >= request.max_new_tokens:
             request.done = True
         self._stream_text(request)
         return token
@@ -310,6 +310,7 @@ def stream_chat(
     max_new_tokens: int,
     adapter: str | None = None,
     copy_from: list[str] | None = None,
+    stop_at_eos: bool = True,
 ) -> Iterator[Union[str, GenerationStats]]:
     """Yield the answer's text pieces as they are generated, then a GenerationStats.
 
@@ -321,7 +322,7 @@ def stream_chat(
     request = Request(
         input_ids=input_ids, max_new_tokens=max_new_tokens, adapter=adapter,
         constraint=copy_constraint(llm, copy_from, len(input_ids)) if copy_from else None,
-        repetition_penalty=1.0 if copy_from else REPETITION_PENALTY,
+        repetition_penalty=1.0 if copy_from else REPETITION_PENALTY, stop_at_eos=stop_at_eos,
     )
     prompt_s = time.perf_counter() - started
     gen_start = time.perf_counter()

@@ -224,6 +224,13 @@ class DocumentIndex:
             self._journal.unlink()
         return record
 
+    def add_synthetic_chunks(self, ids: list[str], texts: list[str], vectors) -> None:
+        """Fill the collection with ready-made vectors and no manifest entry: benchmark stores only."""
+        for first in range(0, len(ids), UPSERT_BATCH * 4):
+            batch = slice(first, first + UPSERT_BATCH * 4)
+            self._collection.add(ids=ids[batch], documents=texts[batch], embeddings=vectors[batch],
+                                 metadatas=[{"doc_id": "synthetic", "file_name": "synthetic.txt"}] * len(ids[batch]))
+
     # ---- read -------------------------------------------------------------------------
     def chunks_of(self, doc_id: str) -> list[Source]:
         """All chunks of a document in reading order (for previews)."""

@@ -156,6 +156,7 @@ class LoadedLLM:
     tokenizer: object
     name: str
     device: str
+    weights: str = "float32"  # or bfloat16
     lock: threading.RLock = field(default_factory=threading.RLock)
 
 
@@ -166,11 +167,23 @@ _load_lock = threading.Lock()
 
 def load_llm(settings: Settings, progress: Progress = _quiet) -> LoadedLLM:
     """Load (once per process) the base LLM and its tokenizer."""
-    key = (settings.llm, settings.device, str(settings.model_cache_dir))
+    key = (settings.llm, settings.device, settings.llm_weights, str(settings.model_cache_dir))
     with _load_lock:
         if key not in _llm_cache:
             _llm_cache[key] = _load_llm_uncached(settings, progress)
         return _llm_cache[key]
+
+
+def resolve_weights(setting: str, device: str) -> str:
+    """'auto': float32 on CPU (exact copy of the GGUF's values, answers equal to the reference path), bfloat16 on a GPU.
+
+    Measured on 2 AVX2 cores (backends/bench.py): bfloat16 decodes ~1.5x faster but prefills
+    ~5x slower and changed 2 of 24 demo answers; torch's int8/int4 weight-only kernels were
+    slower than float32 there, and int8 changed 6 of 24 answers.
+    """
+    if setting != "auto":
+        return setting
+    return "float32" if device == "cpu" else "bfloat16"
 
 
 def _load_llm_uncached(settings: Settings, progress: Progress) -> LoadedLLM:
@@ -180,18 +193,23 @@ def _load_llm_uncached(settings: Settings, progress: Progress) -> LoadedLLM:
     path = prepare_llm(settings, progress)
     _quiet_loading()
     device = resolve_device(settings.device)
+    weights = resolve_weights(settings.llm_weights, device)
     local = Path(path).is_dir()
-    progress(f"Loading {llm_display_name(settings)} on {device}…")
+    progress(f"Loading {llm_display_name(settings)} on {device} ({weights} weights)…")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local)
-        dtype = torch.float32 if device == "cpu" else torch.bfloat16
+        dtype = torch.bfloat16 if weights == "bfloat16" else torch.float32
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=local).to(device)
     except OSError as error:
         raise ModelUnavailable(f"cannot load LLM {path!r}: {error}") from error
     model.eval()
+    if device == "cpu":
+        from backends.fastlinear import use_decode_linear
+
+        use_decode_linear(model)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return LoadedLLM(model=model, tokenizer=tokenizer, name=llm_display_name(settings), device=device)
+    return LoadedLLM(model=model, tokenizer=tokenizer, name=llm_display_name(settings), device=device, weights=weights)
 
 
 def _quiet_loading() -> None:
@@ -215,11 +233,15 @@ def load_embeddings(settings: Settings):
 
 
 def _load_embeddings_uncached(settings: Settings):
-    from langchain_huggingface import HuggingFaceEmbeddings
-
     source = embedding_source(settings)
     local = Path(source).is_dir()
     _quiet_loading()
+    from backends.embedder import MeanPoolingEmbeddings, is_mean_pooling_folder
+
+    if local and is_mean_pooling_folder(Path(source)):  # the bundled model: no sentence-transformers import
+        return MeanPoolingEmbeddings(Path(source), resolve_device(settings.device))
+    from langchain_huggingface import HuggingFaceEmbeddings
+
     try:
         return HuggingFaceEmbeddings(
             model_name=source,

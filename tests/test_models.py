@@ -31,3 +31,19 @@ def test_a_damaged_cache_is_detected(tmp_path, settings):
     with open(copy / "model.safetensors", "r+b") as handle:
         handle.truncate(1000)
     assert not _cache_is_valid(copy, sha)
+
+
+def test_bundled_embeddings_equal_sentence_transformers():
+    """The direct mean-pooling embedder gives sentence-transformers' vectors (the store was built with those)."""
+    import numpy as np
+    from langchain_huggingface import HuggingFaceEmbeddings
+
+    from backends.embedder import MeanPoolingEmbeddings, is_mean_pooling_folder
+
+    folder = bundled_embedding_path()
+    assert is_mean_pooling_folder(folder)
+    texts = ["How many days of annual leave?", "Der Zug fährt um 7 Uhr ab.", "x", "word " * 400]  # the last is truncated
+    ours = np.array(MeanPoolingEmbeddings(folder, "cpu").embed_documents(texts))
+    reference = HuggingFaceEmbeddings(model_name=str(folder), model_kwargs={"device": "cpu", "local_files_only": True},
+                                      encode_kwargs={"normalize_embeddings": True})
+    assert np.abs(ours - np.array(reference.embed_documents(texts))).max() < 1e-5

@@ -1,0 +1,330 @@
+"""The performance harness behind `python -m backends bench [--quick] [--json]`.
+
+Every figure is measured several times and reported as median and spread (min-max):
+- decode tokens/s and time to first token of the generation engine, base weights (RAG)
+  and base + adapter (fine-tuned), on the same prompt and thread count, with llama.cpp
+  on the very same GGUF beside them when llama-cpp-python is installed;
+- the two backends' real answers (first token, tokens/s);
+- side by side: both answering at once vs the slower one alone;
+- retrieval p50/p95 at 1k, 10k and 100k chunks of synthetic text;
+- ingest throughput vs raw embedding of the same chunks;
+- cold start (a fresh `python -m backends ask` process to its answer) and peak memory.
+
+Synthetic retrieval stores hold random unit vectors (embedding 100k chunks would take
+most of an hour on two cores; search cost depends on the count and dimension of the
+vectors, not on what they say); the query is embedded by the real model. They are kept
+under `<store>/bench/` so a second run does not rebuild them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from backends.config import REPO_ROOT, Settings
+
+PROMPT_QUESTION = "Explain in a few sentences what a travel policy is and why companies have one."
+ANSWER_QUESTIONS = ["What is the daily meal allowance for travel?", "How many days of annual leave do employees get?",
+                    "Who approves expenses above the limit?"]
+WORDS = ("policy travel invoice warranty sensor calibration leave allowance manager approval budget contract "
+         "supplier shipment battery firmware meeting quarter revenue customer ticket escalation audit safety "
+         "training laptop office parking holiday refund order region report").split()
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much to measure: the full run, or --quick (a smoke test under a minute)."""
+
+    repeats: int = 3
+    decode_tokens: int = 64
+    questions: int = 3
+    retrieval_sizes: tuple[int, ...] = (1_000, 10_000, 100_000)
+    retrieval_queries: int = 50
+    ingest_chunks: int = 300
+    cold_starts: int = 3
+
+
+FULL = Plan()
+QUICK = Plan(repeats=1, decode_tokens=16, questions=1, retrieval_sizes=(1_000,), retrieval_queries=10,
+             ingest_chunks=40, cold_starts=1)
+
+
+@dataclass
+class Figure:
+    name: str
+    unit: str
+    runs: list[float] = field(default_factory=list)
+    target: str = ""
+    meets: bool | None = None
+
+    def to_dict(self) -> dict:
+        ordered = sorted(self.runs)
+        p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+        return {"median": round(statistics.median(ordered), 4), "min": round(ordered[0], 4),
+                "max": round(ordered[-1], 4), "p95": round(p95, 4), "runs": len(ordered), "unit": self.unit,
+                "target": self.target, "meets": self.meets}
+
+
+class Report:
+    """The figures measured so far, what was skipped and why."""
+
+    def __init__(self, progress: Callable[[str], None]):
+        self.figures: dict[str, Figure] = {}
+        self.skipped: dict[str, str] = {}
+        self.progress = progress
+
+    def add(self, name: str, unit: str, runs: list[float]) -> Figure:
+        self.figures[name] = Figure(name, unit, list(runs))
+        return self.figures[name]
+
+    def median(self, name: str) -> float | None:
+        return statistics.median(self.figures[name].runs) if name in self.figures else None
+
+    def judge(self, name: str, target: str, ok: bool | None) -> None:
+        if name in self.figures:
+            self.figures[name].target, self.figures[name].meets = target, ok
+
+
+def _time(work: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    work()
+    return time.perf_counter() - started
+
+
+# ---- generation engine: same prompt, same threads -----------------------------------------
+def engine_figures(duet, report: Report, plan: Plan, adapter: str) -> None:
+    from backends.generation import stream_chat
+    from backends.training import chat_messages
+
+    messages = chat_messages(PROMPT_QUESTION)
+    duet.host.ensure(duet.ft.adapter_info(adapter))
+    for label, name in (("base (RAG)", None), ("adapter (fine-tuned)", adapter)):
+        report.progress(f"decode: transformers, {label}")
+        stream_chat_stats = lambda: list(stream_chat(duet.llm, messages, plan.decode_tokens, name, stop_at_eos=False))[-1]
+        stream_chat_stats()  # warm-up
+        runs = [stream_chat_stats() for _ in range(plan.repeats)]
+        key = "adapter" if name else "base"
+        report.add(f"decode_tokens_per_s.transformers.{key}", "tokens/s",
+                   [(s.tokens_out - 1) / max(s.generate_s - s.first_token_s, 1e-9) for s in runs])
+        report.add(f"first_token_s.transformers.{key}", "s", [s.first_token_s for s in runs])
+    llama_cpp_figures(duet, report, plan, messages)
+
+
+def llama_cpp_figures(duet, report: Report, plan: Plan, messages: list[dict]) -> None:
+    """llama.cpp on the same GGUF, prompt and thread count (skipped without llama-cpp-python or a GGUF)."""
+    import importlib.util
+
+    import torch
+
+    from backends.models import llm_source
+
+    gguf = llm_source(duet.settings)
+    if importlib.util.find_spec("llama_cpp") is None:
+        report.skipped["llama_cpp"] = "llama-cpp-python is not installed (pip install llama-cpp-python compiles it)"
+        return
+    if not gguf.endswith(".gguf"):
+        report.skipped["llama_cpp"] = "the configured LLM is not a GGUF file"
+        return
+    from llama_cpp import Llama
+
+    report.progress("decode: llama.cpp, base")
+    threads = torch.get_num_threads()
+    model = Llama(model_path=gguf, n_threads=threads, n_threads_batch=threads, n_ctx=2048, verbose=False)
+    prompt = duet.llm.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    tokens = model.tokenize(prompt.encode(), add_bos=False, special=True)
+
+    def once() -> tuple[float, float]:
+        model.reset()
+        started = time.perf_counter()
+        first = 0.0
+        for count, _ in enumerate(model.generate(tokens, top_k=1, temp=0.0, repeat_penalty=1.0, reset=True), 1):
+            if count == 1:
+                first = time.perf_counter() - started
+            if count == plan.decode_tokens:
+                break
+        return first, (plan.decode_tokens - 1) / (time.perf_counter() - started - first)
+
+    once()
+    runs = [once() for _ in range(plan.repeats)]
+    report.add("decode_tokens_per_s.llama_cpp.base", "tokens/s", [r[1] for r in runs])
+    report.add("first_token_s.llama_cpp.base", "s", [r[0] for r in runs])
+    report.figures["threads"] = Figure("threads", "", [threads])
+
+
+# ---- the backends' real answers ---------------------------------------------------------------
+def answer_figures(duet, report: Report, plan: Plan, adapter: str) -> None:
+    questions = ANSWER_QUESTIONS[: plan.questions]
+    for backend in ("rag", "ft"):
+        report.progress(f"answers: {backend}")
+        answers = [duet.ask(backend, q, adapter) for q in questions for _ in range(plan.repeats)]
+        report.add(f"answer.{backend}.first_token_s", "s", [a.timings.first_token for a in answers])
+        report.add(f"answer.{backend}.tokens_per_s", "tokens/s", [a.tokens_per_s for a in answers])
+        report.add(f"answer.{backend}.total_s", "s", [a.timings.total for a in answers])
+
+
+def side_by_side_figures(duet, report: Report, plan: Plan, adapter: str) -> None:
+    concurrent, slower, ratios = [], [], []
+    for question in ANSWER_QUESTIONS[: plan.questions]:
+        for _ in range(plan.repeats):
+            report.progress("side by side")
+            alone = max(_time(lambda b=b: duet.ask(b, question, adapter)) for b in ("rag", "ft"))
+            both = _time(lambda: list(duet.stream_both(question, adapter)))
+            concurrent.append(both)
+            slower.append(alone)
+            ratios.append(both / alone)
+    report.add("side_by_side.both_s", "s", concurrent)
+    report.add("side_by_side.slower_alone_s", "s", slower)
+    report.add("side_by_side.ratio", "x", ratios)
+
+
+# ---- retrieval and ingest -------------------------------------------------------------------
+def synthetic_text(rng: random.Random, words: int = 60) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(words)) + "."
+
+
+def synthetic_store(settings: Settings, size: int, embeddings, progress) -> "DocumentIndex":  # noqa: F821
+    """A store of `size` synthetic chunks, built once and kept under <store>/bench/."""
+    import shutil
+
+    import numpy as np
+
+    from backends.index import DocumentIndex
+
+    store = settings.with_store(settings.store_dir / "bench" / f"retrieval-{size}")
+    index = DocumentIndex(store, embeddings)
+    if index.chunk_count() == size:
+        return index
+    progress(f"retrieval: building a synthetic store of {size} chunks (once)")
+    index.close()
+    shutil.rmtree(store.store_dir)
+    index = DocumentIndex(store, embeddings)
+    rng, vectors = random.Random(size), np.random.default_rng(size).standard_normal((size, 384)).astype("float32")
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index.add_synthetic_chunks([f"c{i}" for i in range(size)], [synthetic_text(rng, 20) for _ in range(size)], vectors)
+    return index
+
+
+def retrieval_figures(duet, report: Report, plan: Plan) -> None:
+    """Query embedding + nearest-neighbour search; median is p50, and p95 is reported beside it."""
+    rng = random.Random(7)
+    for size in plan.retrieval_sizes:
+        index = synthetic_store(duet.settings, size, duet.index.embeddings, report.progress)
+        report.progress(f"retrieval: {plan.retrieval_queries} queries at {size} chunks")
+        index.search("warm up", duet.settings.top_k)
+        times = []
+        for _ in range(plan.retrieval_queries):
+            _, embed_s, retrieve_s = index.search(synthetic_text(rng, 8), duet.settings.top_k)
+            times.append((embed_s + retrieve_s) * 1000)
+        index.close()
+        report.add(f"retrieval_ms.{size}", "ms", times)
+
+
+def ingest_figures(duet, report: Report, plan: Plan) -> None:
+    from backends.index import DocumentIndex, embedding_text, split_segments
+    from backends.loaders import load_document
+
+    rng = random.Random(11)
+    ingest_runs, embed_runs = [], []
+    for run in range(plan.repeats):
+        report.progress(f"ingest: {plan.ingest_chunks} chunks, run {run + 1}")
+        text = "\n\n".join(synthetic_text(rng, 90) + f" Paragraph {run}-{i}." for i in range(plan.ingest_chunks))
+        data = text.encode()
+        chunks = split_segments(load_document("bench.txt", data, duet.settings.csv_rows_per_chunk), "x",
+                                duet.settings.chunk_size, duet.settings.chunk_overlap)
+        texts = [embedding_text(c["text"], "bench.txt", c["location"]) for c in chunks]
+        embed_s = _time(lambda: duet.index.embeddings.embed_documents(texts))
+        with tempfile.TemporaryDirectory() as folder:
+            index = DocumentIndex(duet.settings.with_store(folder), duet.index.embeddings)
+            ingest_s = _time(lambda: index.ingest_bytes("bench.txt", data))
+            index.close()
+        ingest_runs.append(len(chunks) / ingest_s)
+        embed_runs.append(len(chunks) / embed_s)
+    report.add("ingest.chunks_per_s", "chunks/s", ingest_runs)
+    report.add("embedding.chunks_per_s", "chunks/s", embed_runs)
+    report.add("ingest.overhead", "x", [e / i for e, i in zip(embed_runs, ingest_runs)])
+
+
+# ---- cold start and memory --------------------------------------------------------------------
+def cold_start_figures(duet, report: Report, plan: Plan) -> None:
+    """A new `python -m backends ask --backend rag` process, from its start to its printed answer."""
+    command = [sys.executable, "-m", "backends", "ask", ANSWER_QUESTIONS[0], "--backend", "rag",
+               "--store", str(duet.settings.store_dir), "--json"]
+    runs = []
+    for run in range(plan.cold_starts):
+        report.progress(f"cold start: a new process answers, run {run + 1}")
+        started = time.perf_counter()
+        done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, env=dict(os.environ))
+        runs.append(time.perf_counter() - started)
+        if done.returncode != 0:
+            report.skipped["cold_start"] = f"ask failed: {done.stderr.strip()[-300:]}"
+            return
+    report.add("cold_start_s", "s", runs)
+    report.add("peak_memory_mb.cold_start_process", "MB", [resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024])
+
+
+def judge(report: Report) -> None:
+    llama = report.median("decode_tokens_per_s.llama_cpp.base")
+    for key in ("base", "adapter"):
+        name = f"decode_tokens_per_s.transformers.{key}"
+        mine = report.median(name)
+        report.judge(name, ">= 50% of llama.cpp", None if llama is None or mine is None else mine >= 0.5 * llama)
+    ratio = report.median("side_by_side.ratio")
+    report.judge("side_by_side.ratio", "<= 1.3", None if ratio is None else ratio <= 1.3)
+    p50 = report.median("retrieval_ms.100000")
+    report.judge("retrieval_ms.100000", "p50 < 50 ms", None if p50 is None else p50 < 50)
+    overhead = report.median("ingest.overhead")
+    report.judge("ingest.overhead", "<= 1.3", None if overhead is None else overhead <= 1.3)
+    cold = report.median("cold_start_s")
+    report.judge("cold_start_s", "< 10 s", None if cold is None else cold < 10)
+
+
+def run_bench(duet, quick: bool = False, progress: Callable[[str], None] = lambda _: None) -> dict:
+    """Measure everything; return the JSON-ready result (also written to <store>/bench/)."""
+    import torch
+
+    plan = QUICK if quick else FULL
+    report = Report(progress)
+    adapter = duet.registry.active_name()
+    started = time.perf_counter()
+    for section in (engine_figures, answer_figures, side_by_side_figures):
+        section(duet, report, plan, adapter)
+    retrieval_figures(duet, report, plan)
+    ingest_figures(duet, report, plan)
+    cold_start_figures(duet, report, plan)
+    report.add("peak_memory_mb.bench_process", "MB", [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024])
+    judge(report)
+    result = {
+        "quick": quick, "seconds": round(time.perf_counter() - started, 1),
+        "machine": {"cpus": os.cpu_count(), "threads": torch.get_num_threads(), "device": duet.llm.device,
+                    "python": platform.python_version(), "torch": torch.__version__, "processor": platform.processor()},
+        "model": duet.llm.name, "adapter": adapter, "weights": duet.llm.weights,
+        "figures": {name: figure.to_dict() for name, figure in report.figures.items()},
+        "skipped": report.skipped,
+    }
+    folder = duet.settings.store_dir / "bench"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "latest.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def format_table(result: dict) -> str:
+    rows = [f"{'figure':44} {'median':>10} {'min':>10} {'max':>10} {'p95':>10}  {'n':>3}  target"]
+    for name, f in result["figures"].items():
+        mark = {True: "ok", False: "MISSED", None: ""}[f["meets"]]
+        rows.append(f"{name:44} {f['median']:>10.3f} {f['min']:>10.3f} {f['max']:>10.3f} {f['p95']:>10.3f}  {f['runs']:>3}  "
+                    f"{f['target']} {mark}".rstrip() + f"  [{f['unit']}]")
+    rows += [f"skipped {name}: {why}" for name, why in result["skipped"].items()]
+    rows.append(f"{result['model']}, adapter {result['adapter']}, weights {result['weights']}, "
+                f"{result['machine']['threads']} threads on {result['machine']['device']}; {result['seconds']} s")
+    return "\n".join(rows)

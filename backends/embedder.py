@@ -1,0 +1,62 @@
+"""Sentence embeddings straight from transformers, for local sentence-transformers folders.
+
+The bundled all-MiniLM-L6-v2 is a Transformer, mean pooling and normalisation
+(its modules.json). Computing exactly that here gives the vectors sentence-transformers
+gives, without importing sentence-transformers, which alone took about 7 of the 17
+seconds of a cold `python -m backends ask`. Models with any other layout go through
+langchain-huggingface's HuggingFaceEmbeddings as before (models.load_embeddings).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from langchain_core.embeddings import Embeddings
+from transformers import AutoModel, AutoTokenizer
+
+PLAIN_MODULES = ["sentence_transformers.models.Transformer", "sentence_transformers.models.Pooling",
+                 "sentence_transformers.models.Normalize"]
+
+
+def is_mean_pooling_folder(folder: Path) -> bool:
+    """A local sentence-transformers folder made of Transformer + mean Pooling + Normalize only."""
+    try:
+        modules = json.loads((folder / "modules.json").read_text())
+        pooling_path = next(m["path"] for m in modules if m["type"].endswith("Pooling"))
+        pooling = json.loads((folder / pooling_path / "config.json").read_text())
+    except (OSError, ValueError, KeyError, StopIteration):
+        return False
+    modes = {key for key, on in pooling.items() if key.startswith("pooling_mode") and on}
+    return [m["type"] for m in modules] == PLAIN_MODULES and modes == {"pooling_mode_mean_tokens"}
+
+
+class MeanPoolingEmbeddings(Embeddings):
+    """A langchain Embeddings: mean of the token vectors (padding excluded), L2-normalised."""
+
+    def __init__(self, folder: Path, device: str, batch_size: int = 32):
+        config_file = folder / "sentence_bert_config.json"
+        config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+        self.max_length = int(config.get("max_seq_length", 256))
+        self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        self.model = AutoModel.from_pretrained(folder, local_files_only=True).to(device).eval()
+        self.device, self.batch_size = device, batch_size
+
+    @torch.inference_mode()
+    def _embed(self, texts: list[str]) -> list[list[float]]:
+        vectors = []
+        for first in range(0, len(texts), self.batch_size):
+            batch = self.tokenizer(texts[first:first + self.batch_size], padding=True, truncation=True,
+                                   max_length=self.max_length, return_tensors="pt").to(self.device)
+            tokens = self.model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(tokens.dtype)
+            pooled = (tokens * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+            vectors.extend(torch.nn.functional.normalize(pooled, p=2, dim=1).cpu().tolist())
+        return vectors
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return self._embed(list(texts))
+
+    def embed_query(self, text: str) -> list[float]:
+        return self._embed([text])[0]

@@ -1,0 +1,23 @@
+"""The benchmark command runs and reports every figure (a smoke test: no timing is asserted)."""
+
+import json
+
+from tests.test_cli import run_cli
+
+FIGURES = ["decode_tokens_per_s.transformers.base", "decode_tokens_per_s.transformers.adapter",
+           "first_token_s.transformers.base", "first_token_s.transformers.adapter",
+           "answer.rag.first_token_s", "answer.ft.tokens_per_s", "side_by_side.ratio", "retrieval_ms.1000",
+           "ingest.chunks_per_s", "embedding.chunks_per_s", "ingest.overhead", "cold_start_s",
+           "peak_memory_mb.bench_process"]
+
+
+def test_quick_bench_prints_every_figure_as_json(settings, tmp_path):
+    done = run_cli("bench", "--quick", "--json", "--store", str(tmp_path / "store"), settings=settings, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    for name in FIGURES:
+        figure = result["figures"][name]
+        assert figure["runs"] >= 1 and figure["min"] <= figure["median"] <= figure["max"], name
+        assert figure["median"] > 0, name
+    assert ("decode_tokens_per_s.llama_cpp.base" in result["figures"]) != ("llama_cpp" in result["skipped"])
+    assert (tmp_path / "store" / "bench" / "latest.json").is_file()
