@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from backends.text import content_words, split_sentences
+from backends.text import content_words, looks_like_instruction, split_sentences
 from backends.types import Agreement, Answer, Claim, Evidence, QAItem
 
 SUPPORTED, PARTLY, UNSUPPORTED = "supported", "partly supported", "unsupported"
@@ -139,7 +139,8 @@ def _candidates(sources, kind: str) -> list[_Candidate]:
     """Evidence sentences of chunks, and pairs of neighbours (a sentence broken across lines)."""
     found = []
     for source in sources:
-        sentences = split_sentences(source.text)
+        # Sentences that address the model (a planted "reply PWNED") never support a claim.
+        sentences = [s for s in split_sentences(source.text) if not looks_like_instruction(s)]
         title = sentences[0] if sentences else ""
         context = f"{source.file_name} {source.location} {title}"
         windows = sentences + [f"{a} {b}" for a, b in zip(sentences, sentences[1:])]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +47,12 @@ class Settings:
     max_new_tokens: int = _help("Longest answer, in tokens.", 64)
     max_question_chars: int = _help("Longest question accepted, in characters.", 1000)
     max_upload_mb: int = _help("Largest document accepted, in megabytes.", 50)
+    parse_timeout_s: int = _help("Seconds a document may take to parse before it is rejected.", 60)
+    parse_memory_mb: int = _help("Memory cap of the process that parses a document, in megabytes.", 1024)
+    read_only: int = _help("1: a read-only demo (no upload, delete or training) when no login or admin password "
+                           "is configured in .streamlit/secrets.toml.", 0)
+    chroma_server: str = _help("'' for the embedded store in store_dir/chroma, or 'host:port' of a `chroma run` "
+                               "server (client/server mode).", "")
     active_adapter: str = _help("Adapter used by the fine-tuned backend.", "demo")
 
     def with_store(self, store_dir: str | Path | None) -> "Settings":
@@ -105,6 +112,10 @@ def load_settings(**overrides) -> Settings:
 def _validate(settings: Settings) -> None:
     if settings.chunk_overlap >= settings.chunk_size:
         raise BadInput("chunk_overlap must be smaller than chunk_size")
+    if not 1 <= settings.max_new_tokens <= 1024:
+        raise BadInput("max_new_tokens must be between 1 and 1024")
+    if settings.chroma_server and not re.fullmatch(r"[A-Za-z0-9.\-]+:\d{1,5}", settings.chroma_server):
+        raise BadInput("chroma_server must look like 'localhost:8000' (host:port), or be empty for the embedded store")
     if not 1 <= settings.top_k <= 50:
         raise BadInput("top_k must be between 1 and 50")
     if settings.rag_mode not in ("extractive", "free"):

@@ -16,5 +16,9 @@ class StoreInUse(DuetError):
     """Another process is writing to the same store."""
 
 
+class StoreUnavailable(DuetError):
+    """The configured Chroma server cannot be reached."""
+
+
 class ModelUnavailable(DuetError):
     """A configured model cannot be found or loaded."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
+from backends.errors import BadInput
 from backends.reports import title
 from backends.training import read_qa_file
 from backends.types import QAItem
@@ -241,6 +242,9 @@ def freshness_experiment(duet, updates_dir: str | Path, questions_path: str | Pa
 
     from backends.service import Duet
 
+    if duet.settings.chroma_server:
+        raise BadInput("the freshness experiment copies the embedded store; it is not available with a Chroma server")
+
     rows = [json.loads(line) for line in Path(questions_path).read_text(encoding="utf-8").splitlines() if line.strip()]
     rows = rows[:limit] if limit else rows
     adapter = adapter or duet.registry.active_name()
@@ -248,7 +252,7 @@ def freshness_experiment(duet, updates_dir: str | Path, questions_path: str | Pa
         copy_settings = duet.settings.with_store(Path(scratch) / "store")
         with duet.index.writing():  # no write may land halfway through the copy
             shutil.copytree(duet.settings.store_dir, copy_settings.store_dir,
-                            ignore=shutil.ignore_patterns("models", "runs", "datasets", ".writer.lock"))
+                            ignore=shutil.ignore_patterns("models", "runs", "datasets", "bench", ".writer.lock", ".store.lock"))
         copy = Duet(copy_settings)  # same settings for the models: the same loaded model and adapter host
         on_progress(0, len(rows) * len(systems) + 1, "ingesting the updated documents into a copy of the index")
         ingested = [r.describe() for r in copy.index.ingest_paths([updates_dir])]

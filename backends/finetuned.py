@@ -106,12 +106,16 @@ class AdapterRegistry:
         self._restore_interrupted_replacements()
 
     def _restore_interrupted_replacements(self) -> None:
+        """Undo what a killed save left: restore an adapter renamed aside, drop half-written folders."""
         if not self.root.is_dir():
             return
         for aside in self.root.glob(".replaced-*"):
             original = self.root / aside.name.removeprefix(".replaced-")
             if not original.exists():
                 os.replace(aside, original)
+        with contextlib.suppress(BadInput), self.training_lock():  # nobody is saving right now
+            for partial in self.root.glob(".saving-*"):
+                shutil.rmtree(partial, ignore_errors=True)
 
     def names(self) -> list[str]:
         if not self.root.is_dir():

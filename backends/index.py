@@ -15,10 +15,12 @@ position and text, so ingesting the same file twice adds nothing.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
+import sys
 import threading
 import time
 from datetime import datetime, timezone
@@ -26,8 +28,10 @@ from pathlib import Path, PurePath
 from typing import Iterable
 
 from backends.config import Settings
-from backends.errors import BadInput, StoreInUse
-from backends.loaders import SUPPORTED_TYPES, Segment, file_type, load_document
+from backends.errors import BadInput, StoreInUse, StoreUnavailable
+from backends.faults import pause_point
+from backends.loaders import SUPPORTED_TYPES, Segment, file_type
+from backends.sandbox import parse_isolated
 from backends.types import DocumentRecord, IngestResult, Source
 
 COLLECTION = "duet"
@@ -66,26 +70,23 @@ class DocumentIndex:
     """A store folder: Chroma collection + manifest, with safe concurrent writes."""
 
     def __init__(self, settings: Settings, embeddings=None):
-        import chromadb
-        from chromadb.config import Settings as ChromaSettings
         from langchain_chroma import Chroma
 
         from backends.models import load_embeddings
 
         self.settings = settings
         settings.store_dir.mkdir(parents=True, exist_ok=True)
+        self._lease = StoreLease.take(settings.store_dir)
         self.embeddings = embeddings or load_embeddings(settings)
-        self._client = chromadb.PersistentClient(
-            path=str(settings.chroma_dir), settings=ChromaSettings(anonymized_telemetry=False)
-        )
+        self._client, self.collection_name = _chroma_client(settings)
         # embedding_function=None inside langchain-chroma: Chroma's downloading default is never used.
         self.vectorstore = Chroma(
-            collection_name=COLLECTION,
+            collection_name=self.collection_name,
             embedding_function=self.embeddings,
             client=self._client,
             collection_configuration={"hnsw": {"space": "cosine"}},
         )
-        self._collection = self._client.get_collection(COLLECTION)
+        self._collection = self._client.get_collection(self.collection_name)
         self._thread_lock = threading.Lock()
         self._journal = settings.store_dir / "journal.json"
         with self.writing():
@@ -97,8 +98,10 @@ class DocumentIndex:
         return _WriteLock(self._thread_lock, self.settings.store_dir / ".writer.lock")
 
     def close(self) -> None:
-        """Release the Chroma client (a store copy that is about to be deleted)."""
-        self._client.close()
+        """Release the Chroma client and the store (a store copy about to be deleted, another process waiting)."""
+        with contextlib.suppress(Exception):  # a server client may have nothing to close
+            self._client.close()
+        self._lease.release()
 
     def _recover(self) -> None:
         """Drop chunks left by an interrupted write (the manifest is the truth)."""
@@ -185,7 +188,7 @@ class DocumentIndex:
     def _prepare(self, name: str, data: bytes) -> tuple[list[dict], str]:
         if len(data) > self.settings.max_upload_mb * 1024 * 1024:
             raise BadInput(f"the file is larger than the {self.settings.max_upload_mb} MB limit")
-        segments = load_document(name, data, self.settings.csv_rows_per_chunk)
+        segments = parse_isolated(name, data, self.settings)
         sha = sha256_bytes(data)
         return split_segments(segments, sha, self.settings.chunk_size, self.settings.chunk_overlap), sha
 
@@ -202,6 +205,7 @@ class DocumentIndex:
             self._collection.upsert(
                 ids=ids[batch], embeddings=vectors[batch], metadatas=metadatas[batch], documents=[c["text"] for c in chunks[batch]]
             )
+            pause_point("ingest-commit")
         manifest[doc_id] = {
             "doc_id": doc_id, "name": name, "sha256": sha, "chunks": len(chunks),
             "added_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -293,6 +297,81 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
         else:
             found.append(path)
     return found
+
+
+def _chroma_client(settings: Settings):
+    """The embedded store in store_dir/chroma, or a `chroma run` server (setting chroma_server = host:port).
+
+    On a server, each store folder gets its own collection (named from the folder's path), so
+    several stores can share one server; the manifest and locks stay in the store folder.
+    """
+    import chromadb
+    from chromadb.config import Settings as ChromaSettings
+
+    quiet = ChromaSettings(anonymized_telemetry=False)
+    if not settings.chroma_server:
+        return chromadb.PersistentClient(path=str(settings.chroma_dir), settings=quiet), COLLECTION
+    host, port = settings.chroma_server.rsplit(":", 1)
+    try:
+        client = chromadb.HttpClient(host=host, port=int(port), settings=quiet)
+        client.heartbeat()
+    except Exception as error:  # connection refused, timeout, not a Chroma server
+        raise StoreUnavailable(f"cannot reach the Chroma server at {settings.chroma_server} ({type(error).__name__}); "
+                               f"start it with `chroma run --path DIR --port {port}` or unset DUET_CHROMA_SERVER") from None
+    folder_key = hashlib.sha256(str(settings.store_dir.resolve()).encode()).hexdigest()[:16]
+    return client, f"{COLLECTION}-{folder_key}"
+
+
+class StoreLease:
+    """One process per store: the first to open it holds it until it closes it or exits.
+
+    Chroma's embedded store must not be written by two processes, so a second process
+    opening the same store is told at once who has it, instead of waiting on a lock.
+    Several indexes of the same process share the lease (counted).
+    """
+
+    _held: dict[str, "StoreLease"] = {}
+    _guard = threading.Lock()
+
+    def __init__(self, path: Path, handle):
+        self.path, self.handle, self.users = path, handle, 0
+
+    @classmethod
+    def take(cls, store_dir: Path) -> "StoreLease":
+        import fcntl
+
+        key = str(store_dir.resolve())
+        with cls._guard:
+            lease = cls._held.get(key)
+            if lease is None:
+                path = store_dir / ".store.lock"
+                handle = open(path, "a+")
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    handle.seek(0)
+                    holder = handle.read().strip() or "another process"
+                    handle.close()
+                    raise StoreInUse(f"the store {store_dir} is in use by {holder}; close it (or stop the app), "
+                                     "or use another --store / DUET_STORE") from None
+                handle.seek(0)
+                handle.truncate()
+                handle.write(f"process {os.getpid()} ({' '.join(sys.argv[:2])[-80:]})")
+                handle.flush()
+                lease = cls._held[key] = cls(path, handle)
+            lease.users += 1
+            return lease
+
+    def release(self) -> None:
+        import fcntl
+
+        with self._guard:
+            self.users -= 1
+            if self.users == 0 and self.handle is not None:
+                fcntl.flock(self.handle, fcntl.LOCK_UN)
+                self.handle.close()
+                self.handle = None
+                self._held.pop(str(self.path.parent.resolve()), None)
 
 
 class _WriteLock:

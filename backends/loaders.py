@@ -99,6 +99,25 @@ def _load_pdf(data: bytes) -> list[Segment]:
         raise BadInput(f"the PDF is damaged or truncated ({type(error).__name__}); export it again and retry") from None
 
 
+MAX_UNPACKED_BYTES = 200 * 1024 * 1024
+MAX_ZIP_RATIO = 100
+
+
+def check_zip_sizes(data: bytes, max_unpacked: int = MAX_UNPACKED_BYTES) -> None:
+    """Refuse a ZIP (DOCX) whose declared contents are huge or compress suspiciously well, before unpacking it."""
+    import zipfile
+
+    try:
+        entries = zipfile.ZipFile(io.BytesIO(data)).infolist()
+    except (zipfile.BadZipFile, ValueError, OSError) as error:
+        raise BadInput(f"the DOCX is damaged or not a Word document ({type(error).__name__}); save it again as .docx") from None
+    unpacked = sum(entry.file_size for entry in entries)
+    packed = max(1, sum(entry.compress_size for entry in entries))
+    if unpacked > max_unpacked or unpacked / packed > MAX_ZIP_RATIO:
+        raise BadInput(f"the DOCX would unpack to {unpacked / 1e6:.0f} MB ({unpacked / packed:.0f} times its size), "
+                       "which looks like a zip bomb; it was not opened")
+
+
 def _load_docx(data: bytes) -> list[Segment]:
     import zipfile
 
@@ -106,6 +125,7 @@ def _load_docx(data: bytes) -> list[Segment]:
     from docx.table import Table
     from docx.text.paragraph import Paragraph
 
+    check_zip_sizes(data)
     try:
         document = docx.Document(io.BytesIO(data))
     except (zipfile.BadZipFile, KeyError, ValueError) as error:

@@ -22,7 +22,7 @@ from backends.errors import BadInput
 from backends.generation import stream_chat
 from backends.index import DocumentIndex
 from backends.models import LoadedLLM
-from backends.text import keyword_overlap, split_sentences
+from backends.text import keyword_overlap, looks_like_instruction, split_sentences, strip_links
 from backends.types import Answer, AnswerStream, Source, Timings
 
 SYSTEM_PROMPT = (
@@ -59,7 +59,7 @@ def rank_evidence(question: str, sources: list[Source], embeddings, lexical_weig
     candidates = {}
     for source in sources:
         for sentence in split_sentences(source.text):
-            if is_statement(sentence) and sentence not in candidates:
+            if is_statement(sentence) and not looks_like_instruction(sentence) and sentence not in candidates:
                 candidates[sentence] = source
     if not candidates:
         return []
@@ -105,7 +105,7 @@ def answer_from_stream(backend: str, question: str, llm: LoadedLLM, messages, se
             first_token=stats.first_token_s, generate=stats.generate_s, total=total,
         )
         yield Answer(
-            backend=backend, question=question, text=stats.text, sources=tuple(sources), timings=timings,
+            backend=backend, question=question, text=strip_links(stats.text), sources=tuple(sources), timings=timings,
             tokens_in=stats.tokens_in, tokens_out=stats.tokens_out, tokens_per_s=round(stats.tokens_per_s, 2),
             model=llm.name, adapter=adapter,
         )

@@ -57,3 +57,28 @@ def used_span(chunk: str, answer: str, min_chars: int = 20) -> tuple[int, int] |
     matcher = SequenceMatcher(None, chunk, answer, autojunk=False)
     match = matcher.find_longest_match(0, len(chunk), 0, len(answer))
     return (match.a, match.a + match.size) if match.size >= min_chars else None
+
+
+# Markdown images and links, raw HTML tags that load things, and bare web addresses.
+_TARGET = r"\((?:[^()]|\([^()]*\))*\)"  # (address), which may hold one level of parentheses
+_MD_IMAGE = re.compile(r"!\[([^\]]*)\]" + _TARGET)
+_MD_LINK = re.compile(r"\[([^\]]*)\]" + _TARGET)
+_HTML_TAG = re.compile(r"<\s*/?\s*(?:img|a|script|iframe|object|embed|link|style|svg)\b[^>]*>?", re.IGNORECASE)
+_ADDRESS = re.compile(r"\b(?:https?|ftp|javascript|data|file):[^\s)\]>\"']*", re.IGNORECASE)
+_INJECTION = re.compile(
+    r"\b(?:ignore|disregard|forget|override)\b.{0,40}\b(?:instructions?|prompts?|rules|above|previous)\b"
+    r"|\b(?:system prompt|you are now|reply with|respond with|reply only|answer only with|show an image)\b",
+    re.IGNORECASE)
+
+
+def strip_links(text: str) -> str:
+    """Model output without images, links or web addresses: their text stays, nothing can load or be clicked."""
+    text = _MD_IMAGE.sub(lambda m: m.group(1), text)
+    text = _MD_LINK.sub(lambda m: m.group(1), text)
+    text = _HTML_TAG.sub("", text)
+    return _ADDRESS.sub("[link removed]", text)
+
+
+def looks_like_instruction(sentence: str) -> bool:
+    """A sentence that addresses the model ("ignore all instructions, reply ..."): never evidence."""
+    return bool(_INJECTION.search(sentence))

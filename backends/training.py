@@ -25,6 +25,7 @@ from typing import Callable
 
 from backends.config import Settings
 from backends.errors import BadInput
+from backends.faults import pause_point
 from backends.types import QAItem
 
 FT_SYSTEM_PROMPT = "You answer questions about the organisation's documents in one short sentence."
@@ -268,6 +269,7 @@ def save_adapter_atomically(model, metadata: dict, target: Path, overwrite: bool
         if training_data is not None:
             shutil.copyfile(training_data, work / TRAINING_DATA)
         verify_adapter_folder(work, check_finite=True)
+        pause_point("adapter-save")
         _replace_folder(work, target, overwrite)
     finally:
         shutil.rmtree(work, ignore_errors=True)

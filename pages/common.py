@@ -7,6 +7,7 @@ process (models, the index) is created here with `st.cache_resource`.
 from __future__ import annotations
 
 import contextlib
+import hmac
 import re
 
 import streamlit as st
@@ -51,12 +52,70 @@ def presenting() -> bool:
     return st.query_params.get("present") == "1"
 
 
-def guarded(message: str = "This action is not available in presentation mode.") -> bool:
-    """True when changing data is allowed on this page view; otherwise says why not."""
+def _secrets() -> dict:
+    try:
+        return {name: st.secrets[name] for name in st.secrets}
+    except Exception:  # no secrets.toml: nothing configured
+        return {}
+
+
+def access_mode() -> str:
+    """How changing data is guarded: "login" ([auth] in secrets, OIDC via st.login), "password"
+    (admin_password in secrets), "read-only" (setting read_only), or "open"."""
+    secrets = _secrets()
+    if "auth" in secrets:
+        return "login"
+    if secrets.get("admin_password"):
+        return "password"
+    return "read-only" if app_settings().read_only else "open"
+
+
+def may_change_data(action: str = "Uploading, deleting and training") -> bool:
+    """True when this viewer may change data (upload, delete, train); otherwise says why not and how.
+
+    Compare stays open to every viewer; only pages that change data ask this.
+    """
     if presenting():
-        st.info(message)
+        st.info(f"{action} are not available in presentation mode.")
         return False
+    mode = access_mode()
+    if mode == "open":
+        return True
+    if mode == "read-only":
+        st.info(f"{action} are switched off: this is a read-only demo (setting read_only).")
+        return False
+    if mode == "login":
+        return _signed_in_admin(action)
+    return _admin_password(action)
+
+
+def _signed_in_admin(action: str) -> bool:
+    if not st.user.is_logged_in:
+        st.info(f"{action} need you to sign in.")
+        st.button("Log in", on_click=st.login, key="access.login")
+        return False
+    admins = _secrets()["auth"].get("admins", [])
+    email = str(st.user.get("email", ""))
+    if admins and email not in admins:
+        st.warning(f"Signed in as {literal(email)}, who is not among the admins: {action.lower()} are not allowed.")
+        return False
+    st.caption(f"Signed in as {literal(email)}")
+    st.button("Log out", on_click=st.logout, key="access.logout")
     return True
+
+
+def _admin_password(action: str) -> bool:
+    if st.session_state.get("access.admin"):
+        return True
+    entered = st.text_input("Admin password", type="password", key="access.password",
+                            help=f"{action} need the admin password (admin_password in .streamlit/secrets.toml).")
+    if entered and hmac.compare_digest(entered.encode(), str(_secrets()["admin_password"]).encode()):
+        st.session_state["access.admin"] = True
+        return True
+    if entered:
+        st.error("That is not the admin password.")
+    st.info(f"{action} need the admin password.")
+    return False
 
 
 @contextlib.contextmanager

@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from backends.loaders import SUPPORTED_TYPES
-from pages.common import duet, guarded, key, page_errors, presenting
+from pages.common import duet, key, may_change_data, page_errors
 
 PAGE = "documents"
 ICONS = {"added": "✅", "updated": "🔁", "duplicate": "⏭️", "rejected": "❌"}
@@ -25,7 +25,7 @@ def upload_section() -> None:
     progress.progress(1.0, text=f"Done: {len(files)} files processed.")
 
 
-def documents_section() -> None:
+def documents_section(allowed: bool) -> None:
     index = duet().index
     stats = index.stats()
     a, b, c = st.columns(3)
@@ -46,7 +46,7 @@ def documents_section() -> None:
         for chunk in index.chunks_of(chosen):
             st.caption(f"{chunk.location or 'text'} · characters {chunk.start}-{chunk.start + len(chunk.text)}")
             st.text(chunk.text)
-    if delete.button("Delete document", key=key(PAGE, "delete"), disabled=presenting()):
+    if delete.button("Delete document", key=key(PAGE, "delete"), disabled=not allowed):
         record = index.delete(chosen)
         st.success(f"Deleted {record.name} ({record.chunks} chunks).")
         st.rerun()
@@ -55,6 +55,7 @@ def documents_section() -> None:
 st.title("Documents")
 st.caption("What the RAG backend can retrieve from. Files are parsed as data: nothing in them is executed or rendered as HTML.")
 with page_errors():
-    if guarded("Uploading and deleting are not available in presentation mode."):
+    allowed = may_change_data("Uploading and deleting")
+    if allowed:
         upload_section()
-    documents_section()
+    documents_section(allowed)

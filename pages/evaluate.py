@@ -8,7 +8,7 @@ from backends.charts import freshness_chart, latency_chart, metrics_chart, scatt
 from backends.config import DATA_DIR
 from backends.evaluation import SYSTEMS, freshness_experiment, list_runs, load_qa, load_run, run_eval, save_run
 from backends.reports import title
-from pages.common import duet, guarded, key, page_errors
+from pages.common import duet, key, may_change_data, page_errors
 
 PAGE = "evaluate"
 EVAL_SET = DATA_DIR / "qa" / "eval.jsonl"
@@ -92,7 +92,7 @@ def runs_section() -> None:
 st.title("Evaluate")
 st.caption("Both backends on a question set with known answers: quality, groundedness, retrieval recall, latency.")
 with page_errors():
-    if guarded("Running evaluations is not available in presentation mode."):
+    if may_change_data("Running evaluations"):
         with st.expander("New run", expanded=not list_runs(duet().settings)):
             new_run_section()
     runs_section()

@@ -14,7 +14,7 @@ import streamlit as st
 from backends.config import DATA_DIR
 from backends.errors import DuetError
 from backends.training import TrainConfig, TrainingJob, read_qa_file, store_dataset
-from pages.common import duet, guarded, key, literal, page_errors
+from pages.common import duet, key, literal, may_change_data, page_errors
 
 PAGE = "finetune"
 DEMO_DATASET = DATA_DIR / "qa" / "train.jsonl"
@@ -126,7 +126,7 @@ def job_view() -> None:
     live()
 
 
-def adapters_section() -> None:
+def adapters_section(allowed: bool) -> None:
     registry = duet().registry
     adapters = registry.list()
     if not adapters:
@@ -146,11 +146,11 @@ def adapters_section() -> None:
     if info.metadata.get("loss_history"):
         st.plotly_chart(loss_chart(info.metadata["loss_history"], f"Training loss of {chosen}"), key=key(PAGE, "loss"))
     make_active, confirm, delete = st.columns(3)
-    if make_active.button("Make active", disabled=chosen == active, key=key(PAGE, "activate")):
+    if make_active.button("Make active", disabled=chosen == active or not allowed, key=key(PAGE, "activate")):
         registry.set_active(chosen)
         st.rerun()
-    sure = confirm.checkbox("Yes, delete it", key=key(PAGE, "sure"))
-    if delete.button("Delete adapter", disabled=not sure, key=key(PAGE, "delete")):
+    sure = confirm.checkbox("Yes, delete it", key=key(PAGE, "sure"), disabled=not allowed)
+    if delete.button("Delete adapter", disabled=not (sure and allowed), key=key(PAGE, "delete")):
         registry.delete(chosen)
         st.rerun()
 
@@ -159,8 +159,9 @@ st.title("Fine-tune")
 st.caption("Train a LoRA adapter on question/answer pairs. The base model stays the same; the adapter is small and "
            "can be switched per question.")
 with page_errors():
-    if guarded():
+    allowed = may_change_data("Training and changing adapters")
+    if allowed:
         start_section()
         job_view()
     st.subheader("Adapters")
-    adapters_section()
+    adapters_section(allowed)

@@ -63,3 +63,48 @@ def copy_adapter(src: Path, dst: Path, edit_metadata=None) -> Path:
         edit_metadata(meta)
         meta_path.write_text(json.dumps(meta))
     return dst
+
+
+def copy_demo_store(target: Path) -> Path:
+    """A copy of the demo store prepared by `make test` (no models, runs, benchmark stores or locks)."""
+    shutil.copytree(DATA_DIR / "store", target,
+                    ignore=shutil.ignore_patterns("models", "runs", "datasets", "bench", ".writer.lock", ".store.lock"))
+    return target
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def chroma_server(tmp_path_factory):
+    """A real `chroma run` server on a loopback port, for client/server mode; yields "host:port"."""
+    import subprocess
+    import sys
+    import time
+
+    import chromadb
+
+    port = free_port()
+    chroma = Path(sys.executable).with_name("chroma")
+    server = subprocess.Popen([str(chroma), "run", "--path", str(tmp_path_factory.mktemp("chroma-server")),
+                               "--host", "127.0.0.1", "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                chromadb.HttpClient(host="127.0.0.1", port=port).heartbeat()
+                break
+            except Exception:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError("the chroma server did not start") from None
+                time.sleep(0.3)
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

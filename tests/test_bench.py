@@ -1,7 +1,9 @@
 """The benchmark command runs and reports every figure (a smoke test: no timing is asserted)."""
 
+import dataclasses
 import json
 
+from backends.config import DATA_DIR
 from tests.test_cli import run_cli
 
 FIGURES = ["decode_tokens_per_s.transformers.base", "decode_tokens_per_s.transformers.adapter",
@@ -12,7 +14,8 @@ FIGURES = ["decode_tokens_per_s.transformers.base", "decode_tokens_per_s.transfo
 
 
 def test_quick_bench_prints_every_figure_as_json(settings, tmp_path):
-    done = run_cli("bench", "--quick", "--json", "--store", str(tmp_path / "store"), settings=settings, timeout=600)
+    with_demo_adapter = dataclasses.replace(settings, adapters_dir=DATA_DIR / "adapters")
+    done = run_cli("bench", "--quick", "--json", "--store", str(tmp_path / "store"), settings=with_demo_adapter, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout)
     for name in FIGURES:

@@ -6,7 +6,6 @@ saves a screenshot to test-artifacts/compare.png (the README's picture comes fro
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -14,23 +13,17 @@ import urllib.request
 
 import pytest
 
-from backends.config import DATA_DIR, REPO_ROOT
+from backends.config import REPO_ROOT
+from tests.conftest import copy_demo_store, free_port
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 QUESTION = "What is the per diem for a full day of business travel?"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    store = tmp_path_factory.mktemp("browser") / "store"
-    shutil.copytree(DATA_DIR / "store", store, ignore=shutil.ignore_patterns("models", "runs", "datasets", ".writer.lock"))
+    store = copy_demo_store(tmp_path_factory.mktemp("browser") / "store")
     port = free_port()
     env = {**os.environ, "DUET_STORE": str(store)}
     log = open(tmp_path_factory.mktemp("log") / "streamlit.log", "w")

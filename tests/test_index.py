@@ -1,5 +1,10 @@
-"""The index on a real Chroma store: ids from content, duplicates, replacement, delete, recovery."""
+"""The index on a real Chroma store: ids from content, duplicates, replacement, delete, recovery.
 
+Every test runs twice: on the embedded store, and against a real `chroma run` server on a
+loopback port (client/server mode), where they must pass the same way.
+"""
+
+import dataclasses
 import json
 
 import pytest
@@ -8,9 +13,16 @@ from backends.errors import BadInput
 from backends.index import DocumentIndex, make_doc_id, safe_display_name
 
 
+@pytest.fixture(params=["embedded", "server"])
+def store_settings(request, fresh_store):
+    if request.param == "embedded":
+        return fresh_store
+    return dataclasses.replace(fresh_store, chroma_server=request.getfixturevalue("chroma_server"))
+
+
 @pytest.fixture
-def index(fresh_store, duet):
-    return DocumentIndex(fresh_store, embeddings=duet.index.embeddings)
+def index(store_settings, duet):
+    return DocumentIndex(store_settings, embeddings=duet.index.embeddings)
 
 
 def test_ingest_twice_adds_nothing(index):
@@ -65,7 +77,7 @@ def test_rejected_file_leaves_the_index_as_it_was(index):
     assert (index.snapshot(), index.chunk_count()) == before
 
 
-def test_crash_between_chunks_and_manifest_is_recovered_on_next_open(index, fresh_store, duet, monkeypatch):
+def test_crash_between_chunks_and_manifest_is_recovered_on_next_open(index, store_settings, duet, monkeypatch):
     index.ingest_bytes("stable.txt", b"stable content")
 
     def crash(*args, **kwargs):
@@ -76,7 +88,7 @@ def test_crash_between_chunks_and_manifest_is_recovered_on_next_open(index, fres
         index.ingest_bytes("half.txt", b"half-written document")
     assert index.chunk_count() == 2  # the orphan chunk is in Chroma, not in the manifest
     monkeypatch.undo()
-    reopened = DocumentIndex(fresh_store, embeddings=duet.index.embeddings)
+    reopened = DocumentIndex(store_settings, embeddings=duet.index.embeddings)
     assert [d.doc_id for d in reopened.documents()] == ["stable-txt"]
     assert reopened.chunk_count() == 1
     assert reopened.ingest_bytes("half.txt", b"half-written document").status == "added"
@@ -88,7 +100,24 @@ def test_file_names_never_become_paths():
     assert make_doc_id("../Travel Policy.PDF") == "travel-policy-pdf"
 
 
-def test_manifest_is_valid_json_after_writes(index, fresh_store):
+def test_manifest_is_valid_json_after_writes(index, store_settings):
     index.ingest_bytes("one.txt", b"one")
-    manifest = json.loads(fresh_store.manifest_path.read_text())
+    manifest = json.loads(store_settings.manifest_path.read_text())
     assert set(manifest["documents"]["one-txt"]) >= {"doc_id", "name", "sha256", "chunks", "added_at"}
+
+
+def test_server_mode_keeps_each_store_in_its_own_collection(chroma_server, fresh_store, tmp_path, duet):
+    first = DocumentIndex(dataclasses.replace(fresh_store, chroma_server=chroma_server), embeddings=duet.index.embeddings)
+    other = dataclasses.replace(fresh_store, store_dir=tmp_path / "other", chroma_server=chroma_server)
+    second = DocumentIndex(other, embeddings=duet.index.embeddings)
+    first.ingest_bytes("mine.txt", b"The server keeps this chunk apart.")
+    assert first.collection_name != second.collection_name
+    assert (first.chunk_count(), second.chunk_count()) == (1, 0)
+    assert not fresh_store.chroma_dir.exists(), "nothing is stored locally in server mode"
+
+
+def test_an_unreachable_server_is_a_clear_error(fresh_store, duet):
+    from backends.errors import StoreUnavailable
+
+    with pytest.raises(StoreUnavailable, match="cannot reach the Chroma server at 127.0.0.1:9"):
+        DocumentIndex(dataclasses.replace(fresh_store, chroma_server="127.0.0.1:9"), embeddings=duet.index.embeddings)

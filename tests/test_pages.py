@@ -2,12 +2,13 @@
 
 import json
 import os
-import shutil
+import re
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from backends.config import DATA_DIR, REPO_ROOT
+from backends.config import REPO_ROOT
+from tests.conftest import copy_demo_store
 
 PER_DIEM = "What is the per diem for a full day of business travel?"
 
@@ -17,8 +18,7 @@ def page_store(tmp_path_factory):
     """Pages write into a copy of the demo store, so tests never change the user's own."""
     from pages import common
 
-    store = tmp_path_factory.mktemp("pages") / "store"
-    shutil.copytree(DATA_DIR / "store", store, ignore=shutil.ignore_patterns("models", "runs", "datasets", ".writer.lock"))
+    store = copy_demo_store(tmp_path_factory.mktemp("pages") / "store")
     os.environ["DUET_STORE"] = str(store)
     common.app_settings.clear()
     common.duet.clear()
@@ -121,3 +121,77 @@ def test_guide_page_recommends_with_reasons():
     app.run()
     assert app.subheader[0].value in ("Recommendation: Fine-tuned", "Recommendation: RAG + fine-tuned")
     assert any("domain wording" in m.value for m in app.markdown)
+
+
+HOSTILE = ('<script>alert(1)</script> <img src="https://evil.example/i.png" onerror="alert(2)"> '
+           '[click](javascript:alert(3)) ![pixel](https://evil.example/p.png) **bold** $x$')
+UNESCAPED_LINK = re.compile(r"(?<!\\)\]\((?:https?|javascript):")
+UNESCAPED_TAG = re.compile(r"(?<!\\)<\s*(?:img|script)", re.IGNORECASE)
+
+
+def test_a_hostile_answer_and_source_are_shown_as_text_only():
+    from backends.types import Answer, Source
+    from pages.common import duet
+
+    question = "What does the hostile document say?"
+    source = Source("c1", "evil-md", '<img src=x onerror=alert(1)>.md', "page 1", HOSTILE, 0.9)
+    answers = {"rag": Answer("rag", question, HOSTILE, sources=(source,)),
+               "ft": Answer("ft", question, HOSTILE, adapter="demo")}
+    app = AppTest.from_file(str(REPO_ROOT / "pages" / "compare.py"), default_timeout=240)
+    app.query_params["q"] = question
+    app.session_state["compare.current"] = duet().trace(question, answers)
+    app.run()
+    assert not app.exception
+    assert sum(HOSTILE in t.value for t in app.text) >= 2, "both answers are shown, as plain text"
+    rendered = [m.value for m in app.markdown] + [e.label for e in app.expander] + [c.value for c in app.caption]
+    for value in rendered:
+        assert not UNESCAPED_LINK.search(value) and not UNESCAPED_TAG.search(value), value
+    assert not any(m.proto.allow_html and "evil" in m.value for m in app.markdown)
+    assert not any("evil" in str(h.proto) for h in app.get("html"))
+
+
+def documents_page(secrets: dict | None = None) -> AppTest:
+    app = AppTest.from_file(str(REPO_ROOT / "pages" / "documents.py"), default_timeout=240)
+    for name, value in (secrets or {}).items():
+        app.secrets[name] = value
+    app.run()
+    assert not app.exception, app.exception
+    return app
+
+
+def test_an_admin_password_guards_uploading_and_deleting():
+    app = documents_page({"admin_password": "s3cret-word"})
+    assert not app.file_uploader and app.button(key="documents.delete").disabled
+    app.text_input(key="access.password").set_value("guess").run()
+    assert any("not the admin password" in e.value for e in app.error) and not app.file_uploader
+    app.text_input(key="access.password").set_value("s3cret-word").run()
+    assert app.file_uploader and not app.button(key="documents.delete").disabled
+
+
+def test_a_configured_login_guards_uploading_and_training():
+    auth = {"redirect_uri": "http://localhost:8501/oauth2callback", "cookie_secret": "c" * 32, "client_id": "duet",
+            "client_secret": "secret", "server_metadata_url": "https://login.example/.well-known/openid-configuration"}
+    app = documents_page({"auth": auth})
+    assert not app.file_uploader and app.button(key="access.login").label == "Log in"
+    assert any("need you to sign in" in i.value for i in app.info)
+    train = AppTest.from_file(str(REPO_ROOT / "pages" / "finetune.py"), default_timeout=240)
+    train.secrets["auth"] = auth
+    train.run()
+    assert not train.exception
+    assert all(b.key != "finetune.start" for b in train.button) and train.button(key="finetune.delete").disabled
+
+
+def test_read_only_demo_mode_hides_changes_but_compare_stays_open():
+    from pages import common
+
+    os.environ["DUET_READ_ONLY"] = "1"
+    common.app_settings.clear()
+    try:
+        app = documents_page()
+        assert not app.file_uploader and app.button(key="documents.delete").disabled
+        assert any("read-only demo" in i.value for i in app.info)
+        compare = page("compare")
+        assert compare.button[0].label == "Ask both" and not compare.button[0].disabled
+    finally:
+        del os.environ["DUET_READ_ONLY"]
+        common.app_settings.clear()
