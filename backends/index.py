@@ -70,13 +70,12 @@ class DocumentIndex:
     """A store folder: Chroma collection + manifest, with safe concurrent writes."""
 
     def __init__(self, settings: Settings, embeddings=None):
+        self.settings = settings
+        settings.store_dir.mkdir(parents=True, exist_ok=True)
+        self._lease = StoreLease.take(settings.store_dir)  # first: a busy store is reported before slow imports
         from langchain_chroma import Chroma
 
         from backends.models import load_embeddings
-
-        self.settings = settings
-        settings.store_dir.mkdir(parents=True, exist_ok=True)
-        self._lease = StoreLease.take(settings.store_dir)
         self.embeddings = embeddings or load_embeddings(settings)
         self._client, self.collection_name = _chroma_client(settings)
         # embedding_function=None inside langchain-chroma: Chroma's downloading default is never used.

@@ -5,7 +5,7 @@ takes the child with it, never the app: the child is killed after `parse_timeout
 and its address space is capped at `parse_memory_mb`. Either way the caller gets a
 `BadInput` naming what happened, and nothing reached the index.
 
-Protocol: `python -m backends.sandbox NAME CSV_ROWS` reads the file's bytes on stdin and
+Protocol: `python -m backends.sandbox NAME CSV_ROWS MEMORY_MB` reads the file's bytes on stdin and
 prints one JSON object: {"segments": [[text, location, splittable], ...]} or {"error": reason}.
 """
 
@@ -30,7 +30,7 @@ def _cap_memory(limit_bytes: int):
 
 def parse_isolated(name: str, data: bytes, settings: Settings) -> list[Segment]:
     """load_document in a child process; BadInput for unreadable, hanging or exploding files."""
-    command = [sys.executable, "-m", "backends.sandbox", name, str(settings.csv_rows_per_chunk)]
+    command = [sys.executable, "-m", "backends.sandbox", name, str(settings.csv_rows_per_chunk), str(settings.parse_memory_mb)]
     try:
         done = subprocess.run(command, input=data, capture_output=True, timeout=settings.parse_timeout_s, cwd=REPO_ROOT,
                               preexec_fn=_cap_memory(settings.parse_memory_mb * 1024 * 1024))
@@ -54,7 +54,7 @@ def _crash_reason(done: subprocess.CompletedProcess, settings: Settings) -> str:
 
 
 def main(argv: list[str]) -> int:
-    name, csv_rows = argv[0], int(argv[1])
+    name, csv_rows, memory_mb = argv[0], int(argv[1]), argv[2]
     data = sys.stdin.buffer.read()
     try:
         segments = load_document(name, data, csv_rows)
@@ -62,7 +62,8 @@ def main(argv: list[str]) -> int:
     except BadInput as error:
         reply = {"error": str(error)}
     except MemoryError:
-        reply = {"error": "reading the file needed more memory than allowed; the file may be a decompression bomb"}
+        reply = {"error": f"reading the file needed more than {memory_mb} MB and was stopped; "
+                          "the file may be damaged or a decompression bomb"}
     except Exception as error:  # any parser bug becomes a per-file rejection, not a crash of the batch
         reply = {"error": f"the file could not be read ({type(error).__name__}); check that it opens on your computer"}
     sys.stdout.write(json.dumps(reply))

@@ -90,7 +90,7 @@ def may_change_data(action: str = "Uploading, deleting and training") -> bool:
 
 
 def _signed_in_admin(action: str) -> bool:
-    if not st.user.is_logged_in:
+    if not st.user.get("is_logged_in", False):
         st.info(f"{action} need you to sign in.")
         st.button("Log in", on_click=st.login, key="access.login")
         return False

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -32,9 +33,11 @@ def test_ingest_reports_each_file_and_exits_2_when_one_is_rejected(tmp_path, set
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "no document with id 'nope'" in missing.stderr
 
 
-def test_ask_both_json(duet, tiny_adapter, settings):
+def test_ask_both_json(duet, tiny_adapter, settings, tmp_path):
+    # A copy: this test process holds the session store, and a store serves one process at a time.
+    store = shutil.copytree(settings.store_dir, tmp_path / "store", ignore=shutil.ignore_patterns(".store.lock"))
     result = run_cli("ask", "Who is the Bosun?", "--backend", "both", "--adapter", "tiny", "--json",
-                     "--store", str(settings.store_dir), settings=settings)
+                     "--store", str(store), settings=settings)
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout)
     assert set(payload) == {"rag", "ft"}
