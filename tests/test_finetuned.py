@@ -53,7 +53,7 @@ def test_save_load_round_trip_gives_identical_greedy_output(settings, duet, tiny
     """Greedy output from a freshly loaded copy with the saved adapter equals the served one."""
     served = final_answer(duet.stream("ft", QUESTION, adapter="tiny")).text
     fresh_llm = _load_llm_uncached(settings, lambda message: None)
-    fresh = FineTunedBackend(AdapterHost(fresh_llm), duet.registry, settings)
+    fresh = FineTunedBackend(AdapterHost.of(fresh_llm), duet.registry, settings)
     assert served and final_answer(fresh.stream(QUESTION, adapter="tiny")).text == served
 
 
