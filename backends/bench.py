@@ -56,8 +56,8 @@ class Plan:
 
 
 FULL = Plan()
-QUICK = Plan(repeats=1, decode_tokens=16, questions=1, retrieval_sizes=(1_000,), retrieval_queries=10,
-             ingest_chunks=40, cold_starts=1)
+QUICK = Plan(repeats=1, decode_tokens=8, questions=1, retrieval_sizes=(1_000,), retrieval_queries=5,
+             ingest_chunks=20, cold_starts=1)
 
 
 @dataclass
