@@ -18,7 +18,6 @@ import json
 import math
 import os
 import shutil
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -217,9 +216,6 @@ def _routed_lora_forward(layer, host: "AdapterHost", x, *args, **kwargs):
 class AdapterHost:
     """Puts LoRA adapters on the shared base model and routes each batch row to its adapter."""
 
-    _hosts: dict[int, "AdapterHost"] = {}
-    _hosts_lock = threading.Lock()
-
     def __init__(self, llm: LoadedLLM):
         self.llm = llm
         self.loaded: dict[str, Path] = {}
@@ -229,10 +225,7 @@ class AdapterHost:
     @classmethod
     def of(cls, llm: LoadedLLM) -> "AdapterHost":
         """The host of this loaded model: one per model, since it knows which adapters the model holds."""
-        with cls._hosts_lock:
-            if id(llm) not in cls._hosts:
-                cls._hosts[id(llm)] = cls(llm)
-            return cls._hosts[id(llm)]
+        return llm.companion(cls)
 
     def ensure(self, adapter: AdapterInfo) -> None:
         from peft import PeftModel

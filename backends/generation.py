@@ -152,13 +152,17 @@ class Request:
     generated: list[int] = field(default_factory=list)
     printed: int = 0
     done: bool = False
+    seen: set[int] = field(default_factory=set)  # prompt and answer tokens, for the repetition penalty
+
+    def __post_init__(self):
+        self.seen.update(self.input_ids)
 
     def choose(self, logits) -> int:
         """The greedy next token of this row (logits: a 1-D float tensor, changed in place)."""
         import torch
 
         if self.repetition_penalty != 1.0:
-            seen = torch.tensor(sorted(set(self.input_ids) | set(self.generated)), dtype=torch.long)
+            seen = torch.tensor(sorted(self.seen), dtype=torch.long)
             picked = logits[seen]
             logits[seen] = torch.where(picked < 0, picked * self.repetition_penalty, picked / self.repetition_penalty)
         if self.constraint is None:
@@ -169,9 +173,6 @@ class Request:
 
 class Decoder:
     """The batched greedy decoder of one loaded model (one worker thread, started on first use)."""
-
-    _decoders: dict[int, "Decoder"] = {}
-    _decoders_lock = threading.Lock()
 
     def __init__(self, llm: LoadedLLM):
         self.llm = llm
@@ -186,10 +187,8 @@ class Decoder:
 
     @classmethod
     def of(cls, llm: LoadedLLM) -> "Decoder":
-        with cls._decoders_lock:
-            if id(llm) not in cls._decoders:
-                cls._decoders[id(llm)] = cls(llm)
-            return cls._decoders[id(llm)]
+        """The decoder of this loaded model: one per model, since it owns every forward pass."""
+        return llm.companion(cls)
 
     def stop(self) -> None:
         """End the worker (at interpreter exit: a thread still inside torch then aborts the process)."""
@@ -285,6 +284,7 @@ class Decoder:
             return self.llm.tokenizer.pad_token_id
         token = request.choose(logits)
         request.generated.append(token)
+        request.seen.add(token)
         ended = token in self.eos or (request.constraint is not None and token == request.constraint.eos_id)
         if (ended and request.stop_at_eos) or request.cancelled.is_set() or len(request.generated) >= request.max_new_tokens:
             request.done = True

@@ -158,6 +158,16 @@ class LoadedLLM:
     device: str
     weights: str = "float32"  # or bfloat16
     lock: threading.RLock = field(default_factory=threading.RLock)
+    # Objects that exist once per loaded model (its adapter host, its decoder), made on first use.
+    companions: dict = field(default_factory=dict)
+    companions_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def companion(self, kind):
+        """The one `kind(self)` of this model (not under `lock`, which a running generation holds)."""
+        with self.companions_lock:
+            if kind not in self.companions:
+                self.companions[kind] = kind(self)
+            return self.companions[kind]
 
 
 _llm_cache: dict[tuple, LoadedLLM] = {}
