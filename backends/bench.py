@@ -122,7 +122,11 @@ def engine_figures(duet, report: Report, plan: Plan, adapter: str) -> None:
 
 
 def llama_cpp_figures(duet, report: Report, plan: Plan, messages: list[dict]) -> None:
-    """llama.cpp on the same GGUF, prompt and thread count (skipped without llama-cpp-python or a GGUF)."""
+    """llama.cpp on the same GGUF, prompt and thread count (skipped without llama-cpp-python or a GGUF).
+
+    It runs in a child process: llama.cpp's worker threads keep polling after a generation, and
+    in this process they halved the speed of every torch answer measured after them.
+    """
     import importlib.util
 
     import torch
@@ -136,13 +140,27 @@ def llama_cpp_figures(duet, report: Report, plan: Plan, messages: list[dict]) ->
     if not gguf.endswith(".gguf"):
         report.skipped["llama_cpp"] = "the configured LLM is not a GGUF file"
         return
+    report.progress("decode: llama.cpp, base")
+    job = {"gguf": gguf, "threads": torch.get_num_threads(), "tokens": plan.decode_tokens, "repeats": plan.repeats,
+           "prompt": duet.llm.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)}
+    child = subprocess.run([sys.executable, "-m", "backends.bench"], input=json.dumps(job), capture_output=True,
+                           text=True, cwd=REPO_ROOT, timeout=600)
+    if child.returncode != 0:
+        report.skipped["llama_cpp"] = f"the llama.cpp run failed: {child.stderr.strip()[-300:]}"
+        return
+    runs = json.loads(child.stdout.strip().splitlines()[-1])
+    report.add("decode_tokens_per_s.llama_cpp.base", "tokens/s", [r[1] for r in runs])
+    report.add("first_token_s.llama_cpp.base", "s", [r[0] for r in runs])
+    report.figures["threads"] = Figure("threads", "", [job["threads"]])
+
+
+def llama_cpp_runs(job: dict) -> list[tuple[float, float]]:
+    """(first token s, decode tokens/s) per run of llama.cpp: the child process's work."""
     from llama_cpp import Llama
 
-    report.progress("decode: llama.cpp, base")
-    threads = torch.get_num_threads()
-    model = Llama(model_path=gguf, n_threads=threads, n_threads_batch=threads, n_ctx=2048, verbose=False)
-    prompt = duet.llm.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    tokens = model.tokenize(prompt.encode(), add_bos=False, special=True)
+    model = Llama(model_path=job["gguf"], n_threads=job["threads"], n_threads_batch=job["threads"], n_ctx=2048,
+                  verbose=False)
+    tokens = model.tokenize(job["prompt"].encode(), add_bos=False, special=True)
 
     def once() -> tuple[float, float]:
         model.reset()
@@ -151,15 +169,12 @@ def llama_cpp_figures(duet, report: Report, plan: Plan, messages: list[dict]) ->
         for count, _ in enumerate(model.generate(tokens, top_k=1, temp=0.0, repeat_penalty=1.0, reset=True), 1):
             if count == 1:
                 first = time.perf_counter() - started
-            if count == plan.decode_tokens:
+            if count == job["tokens"]:
                 break
-        return first, (plan.decode_tokens - 1) / (time.perf_counter() - started - first)
+        return first, (job["tokens"] - 1) / (time.perf_counter() - started - first)
 
     once()
-    runs = [once() for _ in range(plan.repeats)]
-    report.add("decode_tokens_per_s.llama_cpp.base", "tokens/s", [r[1] for r in runs])
-    report.add("first_token_s.llama_cpp.base", "s", [r[0] for r in runs])
-    report.figures["threads"] = Figure("threads", "", [threads])
+    return [once() for _ in range(job["repeats"])]
 
 
 # ---- the backends' real answers ---------------------------------------------------------------
@@ -328,3 +343,7 @@ def format_table(result: dict) -> str:
     rows.append(f"{result['model']}, adapter {result['adapter']}, weights {result['weights']}, "
                 f"{result['machine']['threads']} threads on {result['machine']['device']}; {result['seconds']} s")
     return "\n".join(rows)
+
+
+if __name__ == "__main__":  # the llama.cpp child of llama_cpp_figures: a job as JSON in, runs as JSON out
+    print(json.dumps(llama_cpp_runs(json.loads(sys.stdin.read()))))

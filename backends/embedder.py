@@ -5,6 +5,7 @@ The bundled all-MiniLM-L6-v2 is a Transformer, mean pooling and normalisation
 gives, without importing sentence-transformers, which alone took about 7 of the 17
 seconds of a cold `python -m backends ask`. Models with any other layout go through
 langchain-huggingface's HuggingFaceEmbeddings as before (models.load_embeddings).
+Either way the model computes in a passing thread (`FreshThreadEmbeddings`, backends/threads.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from pathlib import Path
 import torch
 from langchain_core.embeddings import Embeddings
 from transformers import AutoModel, AutoTokenizer
+
+from backends.threads import run_in_fresh_thread
 
 PLAIN_MODULES = ["sentence_transformers.models.Transformer", "sentence_transformers.models.Pooling",
                  "sentence_transformers.models.Normalize"]
@@ -60,3 +63,16 @@ class MeanPoolingEmbeddings(Embeddings):
 
     def embed_query(self, text: str) -> list[float]:
         return self._embed([text])[0]
+
+
+class FreshThreadEmbeddings(Embeddings):
+    """Any langchain Embeddings, computing in a thread that ends afterwards (see backends/threads.py)."""
+
+    def __init__(self, inner: Embeddings):
+        self.inner = inner
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return run_in_fresh_thread(self.inner.embed_documents, list(texts))
+
+    def embed_query(self, text: str) -> list[float]:
+        return run_in_fresh_thread(self.inner.embed_query, text)

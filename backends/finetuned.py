@@ -25,6 +25,7 @@ from backends.config import Settings
 from backends.errors import BadInput
 from backends.models import LoadedLLM, base_model_identity
 from backends.rag import answer_from_stream, check_question
+from backends.threads import run_in_fresh_thread
 from backends.training import ADAPTER_CONFIG, ADAPTER_WEIGHTS, METADATA, chat_messages
 from backends.types import AnswerStream
 
@@ -193,9 +194,11 @@ class AdapterRegistry:
 def _routed_lora_forward(layer, host: "AdapterHost", x, *args, **kwargs):
     """A LoRA layer's forward with each row's adapter taken from `host.routes`.
 
-    peft's own arithmetic (base output + B(A(x)) * scaling, per row) without its per-call
-    checks, which cost as much as the matrix products themselves for a 135M model. Outside
-    a routed batch (routes None) the layer behaves exactly as peft wrote it.
+    peft's own arithmetic (base output + B(A(x)) * scaling) without its per-call checks,
+    which cost as much as the matrix products themselves for a 135M model. A row without the
+    adapter gets its update multiplied by 0 (one multiplication instead of picking rows
+    out and writing them back). Outside a routed batch (routes None) the layer behaves
+    exactly as peft wrote it.
     """
     import torch.nn.functional as F
 
@@ -206,10 +209,10 @@ def _routed_lora_forward(layer, host: "AdapterHost", x, *args, **kwargs):
         if name not in layer.lora_A:
             continue
         a, b, scaling = layer.lora_A[name].weight, layer.lora_B[name].weight, layer.scaling[name]
-        if rows is None:
-            result = result + (F.linear(F.linear(x.to(a.dtype), a), b) * scaling).to(result.dtype)
-        else:
-            result[rows] += (F.linear(F.linear(x[rows].to(a.dtype), a), b) * scaling).to(result.dtype)
+        update = (F.linear(F.linear(x if x.dtype == a.dtype else x.to(a.dtype), a), b) * scaling)
+        if update.dtype != result.dtype:
+            update = update.to(result.dtype)
+        result = result + (update if rows is None else update * rows.view(-1, *[1] * (update.dim() - 1)))
     return result
 
 
@@ -228,21 +231,23 @@ class AdapterHost:
         return llm.companion(cls)
 
     def ensure(self, adapter: AdapterInfo) -> None:
+        with self.llm.lock:
+            if self.loaded.get(adapter.name) != adapter.path:
+                run_in_fresh_thread(self._load, adapter)
+
+    def _load(self, adapter: AdapterInfo) -> None:
         from peft import PeftModel
 
-        with self.llm.lock:
-            if self.loaded.get(adapter.name) == adapter.path:
-                return
-            if adapter.name in self.loaded:  # retrained under the same name
-                self.llm.model.delete_adapter(adapter.name)
-            if isinstance(self.llm.model, PeftModel):
-                self.llm.model.load_adapter(str(adapter.path), adapter_name=adapter.name)
-            else:
-                # Injects LoRA layers into the base model in place: no second copy of the weights.
-                self.llm.model = PeftModel.from_pretrained(self.llm.model, str(adapter.path), adapter_name=adapter.name)
-            self.llm.model.eval()
-            self._route_lora_layers(adapter.name)
-            self.loaded[adapter.name] = adapter.path
+        if adapter.name in self.loaded:  # retrained under the same name
+            self.llm.model.delete_adapter(adapter.name)
+        if isinstance(self.llm.model, PeftModel):
+            self.llm.model.load_adapter(str(adapter.path), adapter_name=adapter.name)
+        else:
+            # Injects LoRA layers into the base model in place: no second copy of the weights.
+            self.llm.model = PeftModel.from_pretrained(self.llm.model, str(adapter.path), adapter_name=adapter.name)
+        self.llm.model.eval()
+        self._route_lora_layers(adapter.name)
+        self.loaded[adapter.name] = adapter.path
 
     def _route_lora_layers(self, name: str) -> None:
         from peft.tuners.lora import Linear as LoraLinear
@@ -255,21 +260,27 @@ class AdapterHost:
 
     @contextlib.contextmanager
     def route(self, adapters: list[str | None]):
-        """Inside: row i of a batch gets adapter adapters[i] (None: the bare base model)."""
+        """Inside: row i of a batch gets adapter adapters[i] (None: the bare base model).
+
+        `routes` holds (adapter, None) when every row has it, else (adapter, 1/0 per row).
+        """
         import torch
 
         missing = {a for a in adapters if a} - self.loaded.keys()
         if missing:
             raise RuntimeError(f"adapter {sorted(missing)} is not loaded on the model")
         names = sorted({a for a in adapters if a})
+        outer = self.routes  # a row's prompt is routed on its own inside its batch's route
         if len(set(adapters)) == 1:
             self.routes = [(name, None) for name in names]
         else:
-            self.routes = [(name, torch.tensor([i for i, a in enumerate(adapters) if a == name])) for name in names]
+            dtype = next(self.llm.model.parameters()).dtype
+            self.routes = [(name, torch.tensor([float(a == name) for a in adapters], dtype=dtype, device=self.llm.device))
+                           for name in names]
         try:
             yield
         finally:
-            self.routes = None
+            self.routes = outer
 
 
 class FineTunedBackend:

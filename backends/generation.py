@@ -248,7 +248,34 @@ class Decoder:
             self._finish(request)
 
     def _prefill(self, batch: list[Request]):
-        """Run the prompts (left-padded) and return their last logits and a one-token step function."""
+        """Run the prompts and return their last logits and a one-token step function."""
+        import torch
+
+        from backends.fastdecode import LlamaStepper
+        from backends.finetuned import AdapterHost
+
+        if not LlamaStepper.supports(self.llm.model):
+            return self._prefill_padded(batch)
+        caches, logits = [], []
+        for request in batch:
+            with AdapterHost.of(self.llm).route([request.adapter]):
+                cache, row_logits = self._prompt(request.input_ids)
+            caches.append(cache)
+            logits.append(row_logits)
+        return torch.cat(logits), LlamaStepper(self.llm.model, caches, max(r.max_new_tokens for r in batch))
+
+    def _prompt(self, input_ids: list[int]):
+        """One prompt alone through the model: its KV cache and last logits."""
+        import torch
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.llm.model.config)
+        out = self.llm.model(input_ids=torch.tensor([input_ids], device=self.llm.device), past_key_values=cache,
+                             use_cache=True, logits_to_keep=1)
+        return cache, out.logits[:, -1, :].float().cpu()
+
+    def _prefill_padded(self, batch: list[Request]):
+        """Any architecture: the prompts left-padded into one forward pass, then model(...) per token."""
         import torch
         from transformers import DynamicCache
 

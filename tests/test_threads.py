@@ -1,0 +1,44 @@
+"""run_in_fresh_thread: the work runs elsewhere, the caller gets its result, errors and progress."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from backends.threads import run_in_fresh_thread
+
+
+def test_the_result_comes_back_from_another_thread_that_has_ended():
+    ran_on = []
+
+    def work(a, b=0):
+        ran_on.append(threading.current_thread())
+        return a + b
+
+    assert run_in_fresh_thread(work, 2, b=3) == 5
+    assert ran_on[0] is not threading.current_thread()
+    ran_on[0].join(timeout=5)
+    assert not ran_on[0].is_alive()
+
+
+def test_an_error_reaches_the_caller_unchanged():
+    def work():
+        raise ValueError("bad document")
+
+    with pytest.raises(ValueError, match="bad document"):
+        run_in_fresh_thread(work)
+
+
+def test_progress_is_reported_in_the_callers_thread_in_order():
+    received = []
+
+    def work(progress):
+        for step in ("converting", "loading"):
+            progress(step)
+        return "ready"
+
+    report = lambda message: received.append((message, threading.current_thread()))
+    assert run_in_fresh_thread(work, progress=report) == "ready"
+    assert [m for m, _ in received] == ["converting", "loading"]
+    assert all(thread is threading.current_thread() for _, thread in received)
