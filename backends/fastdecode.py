@@ -53,6 +53,24 @@ class LlamaStepper:
         self.keys = [self._rows([c.layers[i].keys for c in prompts], max_new_tokens) for i in range(len(self.lm.layers))]
         self.values = [self._rows([c.layers[i].values for c in prompts], max_new_tokens) for i in range(len(self.lm.layers))]
 
+    def keep(self, rows: list[int]) -> None:
+        """Go on with these rows only (the others finished); a lone row drops the padding it no longer needs."""
+        index = torch.tensor(rows, device=self.positions.device)
+        self.positions = self.positions.index_select(0, index)
+        self.keys = [k.index_select(0, index) for k in self.keys]
+        self.values = [v.index_select(0, index) for v in self.values]
+        if self.mask is None:
+            return
+        self.mask = self.mask.index_select(0, index)
+        gap = int(self.mask.argmax(dim=1).min())  # each row's mask is 0...0 1...1: argmax is its first 1
+        if gap:  # columns no remaining row attends to: cut them off the front of every buffer
+            self.mask = self.mask[:, gap:]
+            self.keys = [k[:, :, gap:] for k in self.keys]
+            self.values = [v[:, :, gap:] for v in self.values]
+            self.length -= gap
+        if bool(self.mask.all()):
+            self.mask = None
+
     def _rows(self, parts: list[torch.Tensor], extra: int) -> torch.Tensor:
         """One layer's keys (or values) of every row in one buffer with room for `extra` more tokens."""
         _, heads, _, dim = parts[0].shape

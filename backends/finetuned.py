@@ -200,20 +200,39 @@ def _routed_lora_forward(layer, host: "AdapterHost", x, *args, **kwargs):
     out and writing them back). Outside a routed batch (routes None) the layer behaves
     exactly as peft wrote it.
     """
-    import torch.nn.functional as F
+    import torch
 
     if host.routes is None:
         return type(layer).forward(layer, x, *args, **kwargs)
     result = layer.base_layer(x, *args, **kwargs)
-    for name, rows in host.routes:
-        if name not in layer.lora_A:
+    rows = x.reshape(-1, x.shape[-1])
+    for name, mask in host.routes:
+        weights = layer.duet_lora.get(name)
+        if weights is None:
             continue
-        a, b, scaling = layer.lora_A[name].weight, layer.lora_B[name].weight, layer.scaling[name]
-        update = (F.linear(F.linear(x if x.dtype == a.dtype else x.to(a.dtype), a), b) * scaling)
-        if update.dtype != result.dtype:
-            update = update.to(result.dtype)
-        result = result + (update if rows is None else update * rows.view(-1, *[1] * (update.dim() - 1)))
+        a_t, b_t, scaling = weights
+        # torch.mm with the transposed weight is the kernel F.linear calls: the same numbers, fewer dispatches.
+        low_rank = torch.mm(rows if rows.dtype == a_t.dtype else rows.to(a_t.dtype), a_t)
+        if mask is not None:  # rows without this adapter: an update of exactly 0
+            low_rank = low_rank * mask[:, None]
+        update = torch.mm(low_rank, b_t)
+        if scaling is not None:
+            update = update * scaling
+        result = result + update.to(result.dtype).view(result.shape)
     return result
+
+
+def _routed_weights(layer, name: str):
+    """(A transposed, B transposed, scaling or None) of one adapter on one LoRA layer.
+
+    A power-of-two scaling (alpha 16 / rank 8 = 2) is folded into B: multiplying by a power
+    of two is exact in floating point, so the update is bit for bit peft's, one operation
+    cheaper per layer and token.
+    """
+    a_t, b_t, scaling = layer.lora_A[name].weight.t(), layer.lora_B[name].weight.t(), layer.scaling[name]
+    if scaling > 0 and math.frexp(scaling)[0] == 0.5:
+        return a_t, b_t * scaling, None
+    return a_t, b_t, scaling
 
 
 class AdapterHost:
@@ -257,6 +276,11 @@ class AdapterHost:
                 if name in module.lora_variant:
                     raise BadInput(f"adapter {name!r} is not a plain LoRA adapter (DoRA and other variants are not supported)")
                 module.forward = functools.partial(_routed_lora_forward, module, self)
+                if not hasattr(module, "duet_lora"):
+                    module.duet_lora = {}
+                module.duet_lora.pop(name, None)  # a retrained adapter may target other layers
+                if name in module.lora_A:  # (A transposed, B transposed, scaling): what the routed forward multiplies
+                    module.duet_lora[name] = _routed_weights(module, name)
 
     @contextlib.contextmanager
     def route(self, adapters: list[str | None]):

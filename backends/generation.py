@@ -237,13 +237,20 @@ class Decoder:
 
         from backends.finetuned import AdapterHost
 
-        with torch.inference_mode(), AdapterHost.of(self.llm).route([r.adapter for r in batch]):
+        host = AdapterHost.of(self.llm)
+        with torch.inference_mode():
             logits, step = self._prefill(batch)
+            rows = list(batch)
             for _ in range(max(r.max_new_tokens for r in batch)):
-                tokens = [self._advance(request, logits[row]) for row, request in enumerate(batch)]
-                if all(r.done for r in batch):
+                tokens = [self._advance(request, logits[row]) for row, request in enumerate(rows)]
+                if all(r.done for r in rows):
                     break
-                logits = step(tokens)
+                if any(r.done for r in rows) and hasattr(step, "keep"):  # finished rows stop costing work
+                    kept = [row for row, request in enumerate(rows) if not request.done]
+                    step.keep(kept)
+                    rows, tokens = [rows[row] for row in kept], [tokens[row] for row in kept]
+                with host.route([r.adapter for r in rows]):
+                    logits = step(tokens)
         for request in batch:
             self._finish(request)
 
@@ -279,6 +286,8 @@ class Decoder:
         import torch
         from transformers import DynamicCache
 
+        from backends.finetuned import AdapterHost
+
         pad = self.llm.tokenizer.pad_token_id
         width = max(len(r.input_ids) for r in batch)
         ids = torch.full((len(batch), width), pad, dtype=torch.long)
@@ -303,7 +312,8 @@ class Decoder:
             state["positions"] = state["positions"] + 1
             return forward(torch.tensor(tokens, dtype=torch.long)[:, None], state["positions"])
 
-        return forward(ids, positions.to(device)), step
+        with AdapterHost.of(self.llm).route([r.adapter for r in batch]):
+            return forward(ids, positions.to(device)), step
 
     def _advance(self, request: Request, logits) -> int:
         """Choose the row's next token, stream its text; return the token to feed back."""
