@@ -13,6 +13,7 @@ import streamlit as st
 
 from backends.config import DATA_DIR
 from backends.errors import DuetError
+from backends.gguf_adapter import adapter_gguf_bytes
 from backends.training import TrainConfig, TrainingJob, read_qa_file, store_dataset
 from pages.common import duet, key, literal, may_change_data, page_errors
 
@@ -145,6 +146,9 @@ def adapters_section(allowed: bool) -> None:
     (st.warning if stale.is_stale else st.caption)(f"Index: {stale.describe()}.")
     if info.metadata.get("loss_history"):
         st.plotly_chart(loss_chart(info.metadata["loss_history"], f"Training loss of {chosen}"), key=key(PAGE, "loss"))
+    st.download_button("Download for llama.cpp / Ollama (GGUF)", key=key(PAGE, "gguf"), file_name=f"{chosen}.gguf",
+                       mime="application/octet-stream", data=lambda: adapter_gguf_bytes(duet().settings, info.path),
+                       help="llama.cpp: --lora FILE with the bundled GGUF; Ollama: an ADAPTER line in the Modelfile")
     make_active, confirm, delete = st.columns(3)
     if make_active.button("Make active", disabled=chosen == active or not allowed, key=key(PAGE, "activate")):
         registry.set_active(chosen)

@@ -87,6 +87,7 @@ def test_finetune_page_validates_an_uploaded_dataset():
     app = page("finetune")
     assert app.button(key="finetune.start") is not None and app.number_input(key="finetune.rank").value == 8
     assert "demo" in app.selectbox(key="finetune.chosen").options
+    assert app.get("download_button"), "the chosen adapter can be downloaded as GGUF"
     app.radio(key="finetune.dataset").set_value("Upload a JSONL file").run()
     good = json.dumps({"question": "Q?", "answer": "A."})
     app.file_uploader[0].set_value(("bad.jsonl", f"{good}\n{{\"question\": \"no answer\"}}\n".encode(), "application/json"))
