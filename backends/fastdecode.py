@@ -85,12 +85,6 @@ class LlamaStepper:
         config = base_causal_lm(model).config
         return config.model_type in SUPPORTED_MODEL_TYPES and config._attn_implementation == "sdpa"
 
-    def _room_for(self, prompt_part: torch.Tensor, extra: int) -> torch.Tensor:
-        batch, heads, length, dim = prompt_part.shape
-        buffer = prompt_part.new_empty((batch, heads, length + extra, dim))
-        buffer[:, :, :length] = prompt_part
-        return buffer
-
     def __call__(self, tokens: list[int]) -> torch.Tensor:
         """The next-token logits (rows x vocabulary, float32 on the CPU) after feeding one token per row."""
         device = self.head.weight.device

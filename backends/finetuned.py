@@ -213,8 +213,9 @@ def _routed_lora_forward(layer, host: "AdapterHost", x, *args, **kwargs):
         a_t, b_t, scaling = weights
         # torch.mm with the transposed weight is the kernel F.linear calls: the same numbers, fewer dispatches.
         low_rank = torch.mm(rows if rows.dtype == a_t.dtype else rows.to(a_t.dtype), a_t)
-        if mask is not None:  # rows without this adapter: an update of exactly 0
-            low_rank = low_rank * mask[:, None]
+        if mask is not None:  # a batch row without this adapter (all its positions): an update of exactly 0
+            rank = low_rank.shape[-1]
+            low_rank = (low_rank.view(mask.shape[0], -1, rank) * mask[:, None, None]).view(-1, rank)
         update = torch.mm(low_rank, b_t)
         if scaling is not None:
             update = update * scaling

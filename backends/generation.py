@@ -238,9 +238,10 @@ class Decoder:
         from backends.finetuned import AdapterHost
 
         host = AdapterHost.of(self.llm)
-        with torch.inference_mode():
+        with torch.inference_mode(), contextlib.ExitStack() as routing:
             logits, step = self._prefill(batch)
             rows = list(batch)
+            routing.enter_context(host.route([r.adapter for r in rows]))
             for _ in range(max(r.max_new_tokens for r in batch)):
                 tokens = [self._advance(request, logits[row]) for row, request in enumerate(rows)]
                 if all(r.done for r in rows):
@@ -249,8 +250,9 @@ class Decoder:
                     kept = [row for row, request in enumerate(rows) if not request.done]
                     step.keep(kept)
                     rows, tokens = [rows[row] for row in kept], [tokens[row] for row in kept]
-                with host.route([r.adapter for r in rows]):
-                    logits = step(tokens)
+                    routing.close()  # the remaining rows' adapters, routed anew
+                    routing.enter_context(host.route([r.adapter for r in rows]))
+                logits = step(tokens)
         for request in batch:
             self._finish(request)
 
@@ -313,7 +315,7 @@ class Decoder:
             return forward(torch.tensor(tokens, dtype=torch.long)[:, None], state["positions"])
 
         with AdapterHost.of(self.llm).route([r.adapter for r in batch]):
-            return forward(ids, positions.to(device)), step
+            return forward(ids, positions.to(device)), step  # the steps run inside _run's route
 
     def _advance(self, request: Request, logits) -> int:
         """Choose the row's next token, stream its text; return the token to feed back."""

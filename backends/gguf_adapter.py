@@ -73,6 +73,7 @@ def export_gguf(adapter_dir: Path, base_config: dict, target: Path) -> Path:
         writer.close()
         os.replace(partial, target)
     finally:
+        writer.close()  # again after a failure: the file is closed before it is removed
         partial.unlink(missing_ok=True)
     return target
 

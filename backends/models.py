@@ -188,9 +188,9 @@ def load_llm(settings: Settings, progress: Progress = _quiet) -> LoadedLLM:
 def resolve_weights(setting: str, device: str) -> str:
     """'auto': float32 on CPU (exact copy of the GGUF's values, answers equal to the reference path), bfloat16 on a GPU.
 
-    Measured on 2 AVX2 cores (backends/bench.py): bfloat16 decodes ~1.5x faster but prefills
-    ~5x slower and changed 2 of 24 demo answers; torch's int8/int4 weight-only kernels were
-    slower than float32 there, and int8 changed 6 of 24 answers.
+    Measured on 2 AVX2 cores (backends/bench.py): with the lean decoding step bfloat16 decoded
+    slower than float32 (79 vs 64 ms a token), prefilled ~6x slower and changed 2 of 24 demo
+    answers; torch's int8/int4 weight-only kernels were slower too, and int8 changed 6 of 24.
     """
     if setting != "auto":
         return setting

@@ -47,8 +47,9 @@ def test_query_and_key_rows_follow_the_base_ggufs_order(duet):
     reader = gguf.GGUFReader(str(bundled_gguf_path()))
     stored = {t.name: gguf.quants.dequantize(t.data, t.tensor_type) for t in reader.tensors
               if t.name in ("blk.3.attn_q.weight", "blk.3.attn_k.weight")}
-    attention = duet.llm.model.get_base_model().model.layers[3].self_attn if hasattr(duet.llm.model, "get_base_model") \
-        else duet.llm.model.model.layers[3].self_attn
+    from backends.fastdecode import base_causal_lm
+
+    attention = base_causal_lm(duet.llm.model).model.layers[3].self_attn
     config = duet.llm.model.config
     for name, layer, heads in (("attn_q", attention.q_proj, config.num_attention_heads),
                                ("attn_k", attention.k_proj, config.num_key_value_heads)):
