@@ -16,6 +16,7 @@ position and text, so ingesting the same file twice adds nothing.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -35,6 +36,7 @@ from backends.sandbox import parse_isolated
 from backends.types import DocumentRecord, IngestResult, Source
 
 COLLECTION = "duet"
+COLLECTION_CONFIGURATION = {"hnsw": {"space": "cosine"}}  # scores are 1 - cosine distance
 UPSERT_BATCH = 500
 
 
@@ -73,23 +75,28 @@ class DocumentIndex:
         self.settings = settings
         settings.store_dir.mkdir(parents=True, exist_ok=True)
         self._lease = StoreLease.take(settings.store_dir)  # first: a busy store is reported before slow imports
-        from langchain_chroma import Chroma
-
         from backends.models import load_embeddings
         self.embeddings = embeddings or load_embeddings(settings)
         self._client, self.collection_name = _chroma_client(settings)
-        # embedding_function=None inside langchain-chroma: Chroma's downloading default is never used.
-        self.vectorstore = Chroma(
-            collection_name=self.collection_name,
-            embedding_function=self.embeddings,
-            client=self._client,
-            collection_configuration={"hnsw": {"space": "cosine"}},
-        )
-        self._collection = self._client.get_collection(self.collection_name)
+        # embedding_function=None: Chroma's downloading default is never used (vectors come from self.embeddings).
+        self._collection = self._client.get_or_create_collection(
+            self.collection_name, embedding_function=None, configuration=COLLECTION_CONFIGURATION)
         self._thread_lock = threading.Lock()
         self._journal = settings.store_dir / "journal.json"
         with self.writing():
             self._recover()
+
+    @functools.cached_property
+    def vectorstore(self):
+        """The same collection as a langchain-chroma VectorStore, for langchain chains and retrievers.
+
+        Built on first use only: importing langchain-chroma (langchain-core's tracers, langsmith)
+        took ~1 s of a cold `python -m backends ask`, and `search` needs one Chroma query.
+        """
+        from langchain_chroma import Chroma
+
+        return Chroma(collection_name=self.collection_name, embedding_function=self.embeddings, client=self._client,
+                      collection_configuration=COLLECTION_CONFIGURATION)
 
     # ---- locking and recovery -------------------------------------------------------
     def writing(self):
@@ -246,9 +253,11 @@ class DocumentIndex:
         started = time.perf_counter()
         vector = self.embeddings.embed_query(query)
         embedded = time.perf_counter()
-        hits = self.vectorstore.similarity_search_by_vector_with_relevance_scores(vector, k=k) if self.chunk_count() else []
+        found = self._collection.query(query_embeddings=[vector], n_results=k,
+                                       include=["documents", "metadatas", "distances"]) if self.chunk_count() else None
         retrieved = time.perf_counter()
-        sources = [_source(doc.id, doc.page_content, doc.metadata, 1.0 - distance) for doc, distance in hits]
+        hits = zip(found["ids"][0], found["documents"][0], found["metadatas"][0], found["distances"][0]) if found else []
+        sources = [_source(cid, text, meta, 1.0 - distance) for cid, text, meta, distance in hits]
         return sources, embedded - started, retrieved - embedded
 
     def stats(self) -> dict:

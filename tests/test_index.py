@@ -100,6 +100,17 @@ def test_file_names_never_become_paths():
     assert make_doc_id("../Travel Policy.PDF") == "travel-policy-pdf"
 
 
+def test_search_agrees_with_the_langchain_vectorstore_view(index):
+    """`search` queries Chroma itself; langchain-chroma over the same collection finds the same chunks and scores."""
+    index.ingest_bytes("fleet.txt", "\n\n".join(f"Vessel {i} carries {i * 7} containers to port {i % 5}." for i in range(90)).encode())
+    question = "How many containers does vessel 12 carry?"
+    sources, _, _ = index.search(question, 4)
+    hits = index.vectorstore.similarity_search_with_relevance_scores(question, k=4)
+    assert [s.chunk_id for s in sources] == [doc.id for doc, _ in hits]
+    assert [s.score for s in sources] == pytest.approx([score for _, score in hits], abs=1e-3)
+    assert len(sources) == 4 and sources[0].score >= sources[-1].score
+
+
 def test_manifest_is_valid_json_after_writes(index, store_settings):
     index.ingest_bytes("one.txt", b"one")
     manifest = json.loads(store_settings.manifest_path.read_text())
