@@ -71,6 +71,16 @@ class LlamaStepper:
         if bool(self.mask.all()):
             self.mask = None
 
+    def lone_cache(self):
+        """The KV cache of the one row left (after `keep`), as a transformers DynamicCache to go on with model(...)."""
+        from transformers import DynamicCache
+
+        assert self.mask is None and self.positions.shape[0] == 1, "one row, no padding"
+        cache = DynamicCache(config=self.lm.config)
+        for index, (keys, values) in enumerate(zip(self.keys, self.values)):
+            cache.update(keys[:, :, :self.length], values[:, :, :self.length], index)
+        return cache
+
     def _rows(self, parts: list[torch.Tensor], extra: int) -> torch.Tensor:
         """One layer's keys (or values) of every row in one buffer with room for `extra` more tokens."""
         _, heads, _, dim = parts[0].shape

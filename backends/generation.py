@@ -4,8 +4,9 @@ Every inference forward pass of a model goes through its `Decoder`: a worker thr
 takes the requests waiting for it and runs them as one batch, one forward pass per token
 for all rows. Compare's two columns join a `BatchGroup`, so the RAG and the fine-tuned
 answer are generated together: the weights are read once per token for both, and peft
-applies the adapter per row (`AdapterHost.route`). Side by side then costs little more than
-the slower answer alone.
+applies the adapter per row (`AdapterHost.route`). A copy-constrained (RAG) answer needs the
+model only where it can go two ways: the tokens its constraint forces are fed in chunks
+(`Decoder._copy_rest`), so alone it takes a few forward passes instead of one per token.
 
 The loop is our own rather than `model.generate`: it computes logits for the last position
 only, applies the few rules we use (repetition penalty, copy-constrained decoding, EOS)
@@ -170,6 +171,13 @@ class Request:
         allowed = self.constraint.allowed(self.generated)
         return allowed[int(torch.argmax(logits[allowed]))]
 
+    def forced_token(self) -> int | None:
+        """The next token when the copy constraint leaves only one (it continues a span): no logits can change it."""
+        if self.constraint is None or self.done:
+            return None
+        allowed = self.constraint.allowed(self.generated)
+        return allowed[0] if len(allowed) == 1 else None
+
 
 class Decoder:
     """The batched greedy decoder of one loaded model (one worker thread, started on first use)."""
@@ -238,6 +246,12 @@ class Decoder:
         from backends.finetuned import AdapterHost
 
         host = AdapterHost.of(self.llm)
+        if len(batch) == 1 and batch[0].constraint is not None:
+            with torch.inference_mode(), host.route([batch[0].adapter]):
+                cache, logits = self._prompt(batch[0].input_ids)
+                self._copy_rest(batch[0], cache, [self._advance(batch[0], logits[0])])
+            self._finish(batch[0])
+            return
         with torch.inference_mode(), contextlib.ExitStack() as routing:
             logits, step = self._prefill(batch)
             rows = list(batch)
@@ -252,6 +266,9 @@ class Decoder:
                     rows, tokens = [rows[row] for row in kept], [tokens[row] for row in kept]
                     routing.close()  # the remaining rows' adapters, routed anew
                     routing.enter_context(host.route([r.adapter for r in rows]))
+                    if len(rows) == 1 and rows[0].constraint is not None and hasattr(step, "lone_cache"):
+                        self._copy_rest(rows[0], step.lone_cache(), tokens)
+                        break
                 logits = step(tokens)
         for request in batch:
             self._finish(request)
@@ -273,15 +290,32 @@ class Decoder:
             logits.append(row_logits)
         return torch.cat(logits), LlamaStepper(self.llm.model, caches, max(r.max_new_tokens for r in batch))
 
-    def _prompt(self, input_ids: list[int]):
-        """One prompt alone through the model: its KV cache and last logits."""
+    def _prompt(self, input_ids: list[int], cache=None):
+        """Tokens of one row through the model (a prompt, or more tokens on its `cache`): the cache and last logits."""
         import torch
         from transformers import DynamicCache
 
-        cache = DynamicCache(config=self.llm.model.config)
+        cache = cache if cache is not None else DynamicCache(config=self.llm.model.config)
         out = self.llm.model(input_ids=torch.tensor([input_ids], device=self.llm.device), past_key_values=cache,
                              use_cache=True, logits_to_keep=1)
         return cache, out.logits[:, -1, :].float().cpu()
+
+    def _copy_rest(self, request: Request, cache, chunk: list[int]) -> None:
+        """A copy-constrained row alone, from its `cache` and its accepted tokens not yet fed (`chunk`).
+
+        Inside a copied span only one token is allowed, so the model is consulted only where
+        the answer can go two ways (where it starts, whether it stops at a sentence end); the
+        tokens the constraint forces in between join the next forward pass as one chunk, like a
+        prompt. Same tokens as one step per token, far fewer passes (a RAG answer of ~35
+        tokens: 1-4 instead of 35). In Compare's batch this starts once the other row is done.
+        """
+        while True:
+            while (forced := request.forced_token()) is not None:
+                chunk.append(self._accept(request, forced))
+            if request.done:
+                return
+            cache, logits = self._prompt(chunk, cache)
+            chunk = [self._advance(request, logits[0])]
 
     def _prefill_padded(self, batch: list[Request]):
         """Any architecture: the prompts left-padded into one forward pass, then model(...) per token."""
@@ -321,7 +355,10 @@ class Decoder:
         """Choose the row's next token, stream its text; return the token to feed back."""
         if request.done:
             return self.llm.tokenizer.pad_token_id
-        token = request.choose(logits)
+        return self._accept(request, request.choose(logits))
+
+    def _accept(self, request: Request, token: int) -> int:
+        """Append the row's next token, decide whether the row is done, stream its text."""
         request.generated.append(token)
         request.seen.add(token)
         ended = token in self.eos or (request.constraint is not None and token == request.constraint.eos_id)

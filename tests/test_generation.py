@@ -67,6 +67,23 @@ def test_rag_greedy_output_equals_generate(duet, question):
     assert decoder_text(duet.llm, messages, 24) == free
 
 
+def test_copied_spans_go_through_the_model_as_chunks(duet):
+    """Tokens the copy constraint forces are not decoded one by one (the answer itself equals generate's, above)."""
+    from backends.fastdecode import base_causal_lm
+
+    passes = []  # tokens per pass: every decoding path embeds the tokens it feeds
+    embed = base_causal_lm(duet.llm.model).model.embed_tokens
+    hook = embed.register_forward_pre_hook(lambda module, args: passes.append(args[0].shape[-1]))
+    try:
+        answer = duet.ask("rag", QUESTIONS[1])
+    finally:
+        hook.remove()
+    prompt, *chunks = passes
+    assert answer.tokens_out >= 10 and prompt > answer.tokens_out
+    assert len(passes) <= answer.tokens_out // 3
+    assert sum(chunks) < answer.tokens_out  # each token fed at most once; the last one needs no pass
+
+
 @pytest.mark.parametrize("lean_step", [True, False], ids=["lean step", "plain step"])
 def test_both_columns_run_as_one_batch_and_answer_as_alone(duet, tiny_adapter, monkeypatch, lean_step):
     from backends.fastdecode import LlamaStepper
