@@ -31,6 +31,8 @@ from backends.models import LoadedLLM
 REPETITION_PENALTY = 1.15
 # How long a batch waits for the other members of its group (a slow retrieval, a model load).
 GATHER_TIMEOUT_S = 5.0
+# Prompt prefixes (system messages) whose KV cache a decoder keeps for the next prompt that starts with one.
+PREFIX_CACHE_SIZE = 8
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,14 @@ def sentence_end_tokens(tokenizer, passages: list[list[int]]) -> frozenset[int]:
     return frozenset(t for t in tokens if tokenizer.decode([t]).rstrip().endswith((".", "!", "?", ";")))
 
 
+def system_prefix_length(llm: LoadedLLM, messages: list[dict], input_ids: list[int]) -> int:
+    """How many leading prompt tokens are the system message (0 when the template does not keep them apart)."""
+    if not messages or messages[0]["role"] != "system" or len(messages) < 2:
+        return 0
+    head = list(llm.tokenizer.apply_chat_template(messages[:1], return_dict=True)["input_ids"])
+    return len(head) if input_ids[:len(head)] == head else 0
+
+
 def copy_constraint(llm: LoadedLLM, copy_from: list[str], prompt_length: int) -> CopyFromSpans:
     passages = [llm.tokenizer.encode(" " + p.strip(), add_special_tokens=False) for p in copy_from]
     return CopyFromSpans(passages, prompt_length, llm.tokenizer.eos_token_id,
@@ -144,6 +154,7 @@ class Request:
     input_ids: list[int]
     max_new_tokens: int
     adapter: str | None = None
+    prefix_length: int = 0  # leading tokens shared by many prompts (the system message): their KV may be reused
     constraint: CopyFromSpans | None = None
     repetition_penalty: float = 1.0
     stop_at_eos: bool = True  # False: always max_new_tokens tokens (the benchmark's fixed-length decode)
@@ -191,6 +202,7 @@ class Decoder:
         eos = generation_eos if generation_eos is not None else llm.tokenizer.eos_token_id
         self.eos = set(eos) if isinstance(eos, (list, tuple)) else {eos}
         self.batches = 0  # how many batches ran (tests check that Compare's columns share one)
+        self.prefixes: dict[tuple[int, ...], object] = {}  # prompt prefix -> its KV cache (base model)
         self.stopping = False
 
     @classmethod
@@ -248,7 +260,7 @@ class Decoder:
         host = AdapterHost.of(self.llm)
         if len(batch) == 1 and batch[0].constraint is not None:
             with torch.inference_mode(), host.route([batch[0].adapter]):
-                cache, logits = self._prompt(batch[0].input_ids)
+                cache, logits = self._prompt_of(batch[0])
                 self._copy_rest(batch[0], cache, [self._advance(batch[0], logits[0])])
             self._finish(batch[0])
             return
@@ -285,7 +297,7 @@ class Decoder:
         caches, logits = [], []
         for request in batch:
             with AdapterHost.of(self.llm).route([request.adapter]):
-                cache, row_logits = self._prompt(request.input_ids)
+                cache, row_logits = self._prompt_of(request)
             caches.append(cache)
             logits.append(row_logits)
         return torch.cat(logits), LlamaStepper(self.llm.model, caches, max(r.max_new_tokens for r in batch))
@@ -299,6 +311,31 @@ class Decoder:
         out = self.llm.model(input_ids=torch.tensor([input_ids], device=self.llm.device), past_key_values=cache,
                              use_cache=True, logits_to_keep=1)
         return cache, out.logits[:, -1, :].float().cpu()
+
+    def _prompt_of(self, request: Request):
+        """The request's prompt through the model, its system message's KV taken from earlier prompts when it can.
+
+        Base model only: an adapter changes the keys and values, and can be retrained under
+        the same name. Every RAG prompt starts with the same ~80-token system message.
+        """
+        n = request.prefix_length
+        if request.adapter is not None or not 0 < n < len(request.input_ids):
+            return self._prompt(request.input_ids)
+        key = tuple(request.input_ids[:n])
+        if key not in self.prefixes:
+            while len(self.prefixes) >= PREFIX_CACHE_SIZE:
+                self.prefixes.pop(next(iter(self.prefixes)))
+            self.prefixes[key], _ = self._prompt(list(key))
+        return self._prompt(request.input_ids[n:], self._fork(self.prefixes[key]))
+
+    def _fork(self, prefix):
+        """A new cache that starts with `prefix`'s keys and values (which later tokens never write into)."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.llm.model.config)
+        for index, layer in enumerate(prefix.layers):
+            cache.update(layer.keys, layer.values, index)
+        return cache
 
     def _copy_rest(self, request: Request, cache, chunk: list[int]) -> None:
         """A copy-constrained row alone, from its `cache` and its accepted tokens not yet fed (`chunk`).
@@ -397,6 +434,7 @@ def stream_chat(
     input_ids = encode_chat(llm, messages)
     request = Request(
         input_ids=input_ids, max_new_tokens=max_new_tokens, adapter=adapter,
+        prefix_length=system_prefix_length(llm, messages, input_ids),
         constraint=copy_constraint(llm, copy_from, len(input_ids)) if copy_from else None,
         repetition_penalty=1.0 if copy_from else REPETITION_PENALTY, stop_at_eos=stop_at_eos,
     )
