@@ -101,6 +101,56 @@ def test_both_columns_run_as_one_batch_and_answer_as_alone(duet, tiny_adapter, m
     assert {name: answer.text for name, answer in finals.items()} == alone
 
 
+def test_a_copied_row_left_alone_in_a_batch_goes_on_in_chunks(duet, monkeypatch):
+    import threading
+
+    from backends.fastdecode import LlamaStepper
+    from backends.generation import BatchGroup
+
+    question = QUESTIONS[1]
+    sources, _, _ = duet.index.search(question, 3)
+    evidence = rank_evidence(question, sources, duet.index.embeddings)[:2]
+    copied = dict(messages=build_messages(question, evidence), max_new_tokens=40,
+                  copy_from=[" ".join(e.text for e in evidence)])
+    alone = decoder_text(duet.llm, **copied)
+    handed_over, lone_cache = [], LlamaStepper.lone_cache
+    monkeypatch.setattr(LlamaStepper, "lone_cache", lambda self: handed_over.append(self) or lone_cache(self))
+    group, texts = BatchGroup(2), {}
+
+    def member(name, **request):
+        with group.member():
+            texts[name] = decoder_text(duet.llm, **request)
+
+    rows = [threading.Thread(target=member, args=("copied",), kwargs=copied),
+            threading.Thread(target=member, args=("short",), kwargs=dict(messages=chat_messages(QUESTIONS[0]), max_new_tokens=3))]
+    for row in rows:
+        row.start()
+    for row in rows:
+        row.join(120)
+    assert len(handed_over) == 1  # the short row ended first; the copied one went on alone, in chunks
+    assert texts["copied"] == alone and texts["short"]
+
+
+def test_the_lone_rows_cache_goes_on_exactly_where_the_batch_was(duet):
+    """The hand-over above: the remaining row's keys and values, as a DynamicCache, give the stepper's logits."""
+    import torch
+
+    from backends.fastdecode import LlamaStepper
+
+    decoder = Decoder.of(duet.llm)
+    questions = [QUESTIONS[0] + " Answer with the exact number of days and the policy it comes from.", QUESTIONS[1]]
+    prompts = [encode_chat(duet.llm, chat_messages(question)) for question in questions]
+    assert len(prompts[0]) > len(prompts[1])  # the kept row has a gap in front of it in the batch's buffers
+    with duet.llm.lock, torch.inference_mode():
+        step = LlamaStepper(duet.llm.model, [decoder._prompt(ids)[0] for ids in prompts], 8)
+        step([11, 12])
+        step([13, 14])
+        step.keep([1])  # the longer prompt's row ended: the gap is cut off
+        _, via_cache = decoder._prompt([15], step.lone_cache())
+        via_step = step([15])
+    assert torch.allclose(via_cache, via_step, atol=1e-3)
+
+
 def test_an_abandoned_stream_frees_the_decoder(duet):
     stream = stream_chat(duet.llm, chat_messages("Describe the company in detail."), 64)
     next(stream)
