@@ -104,7 +104,10 @@ def system_prefix_length(llm: LoadedLLM, messages: list[dict], input_ids: list[i
     """How many leading prompt tokens are the system message (0 when the template does not keep them apart)."""
     if not messages or messages[0]["role"] != "system" or len(messages) < 2:
         return 0
-    head = list(llm.tokenizer.apply_chat_template(messages[:1], return_dict=True)["input_ids"])
+    try:
+        head = list(llm.tokenizer.apply_chat_template(messages[:1], return_dict=True)["input_ids"])
+    except Exception:  # some templates refuse a conversation of a system message alone
+        return 0
     return len(head) if input_ids[:len(head)] == head else 0
 
 

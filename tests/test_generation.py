@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from backends.config import DATA_DIR
-from backends.generation import REPETITION_PENALTY, Decoder, copy_constraint, encode_chat, stream_chat
+from backends.generation import (
+    REPETITION_PENALTY, Decoder, copy_constraint, encode_chat, stream_chat, system_prefix_length,
+)
 from backends.rag import build_messages, rank_evidence
 from backends.training import chat_messages
 from backends.types import Answer
@@ -149,6 +151,20 @@ def test_the_lone_rows_cache_goes_on_exactly_where_the_batch_was(duet):
         _, via_cache = decoder._prompt([15], step.lone_cache())
         via_step = step([15])
     assert torch.allclose(via_cache, via_step, atol=1e-3)
+
+
+def test_the_system_prefix_is_found_and_a_refusing_template_only_turns_reuse_off(duet):
+    import copy
+    import types
+
+    messages = build_messages("What is the per diem?", [])
+    ids = encode_chat(duet.llm, messages)
+    n = system_prefix_length(duet.llm, messages, ids)
+    assert 0 < n < len(ids) and "per diem" not in duet.llm.tokenizer.decode(ids[:n])
+    tokenizer = copy.deepcopy(duet.llm.tokenizer)  # a template that wants user and assistant turns
+    tokenizer.chat_template = ("{% if messages|length < 2 %}{{ raise_exception('roles must alternate') }}{% endif %}"
+                               + tokenizer.chat_template)
+    assert system_prefix_length(types.SimpleNamespace(tokenizer=tokenizer), messages, ids) == 0
 
 
 def test_an_abandoned_stream_frees_the_decoder(duet):
