@@ -29,6 +29,16 @@ def base_causal_lm(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def dynamic_cache(config, layers):
+    """A transformers DynamicCache holding these (keys, values) per layer; later tokens never write into them."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=config)
+    for index, (keys, values) in enumerate(layers):
+        cache.update(keys, values, index)
+    return cache
+
+
 class LlamaStepper:
     """Decodes one token per row per call, from a prompt's KV cache (a transformers DynamicCache)."""
 
@@ -73,13 +83,9 @@ class LlamaStepper:
 
     def lone_cache(self):
         """The KV cache of the one row left (after `keep`), as a transformers DynamicCache to go on with model(...)."""
-        from transformers import DynamicCache
-
         assert self.mask is None and self.positions.shape[0] == 1, "one row, no padding"
-        cache = DynamicCache(config=self.lm.config)
-        for index, (keys, values) in enumerate(zip(self.keys, self.values)):
-            cache.update(keys[:, :, :self.length], values[:, :, :self.length], index)
-        return cache
+        return dynamic_cache(self.lm.config, [(k[:, :, :self.length], v[:, :, :self.length])
+                                              for k, v in zip(self.keys, self.values)])
 
     def _rows(self, parts: list[torch.Tensor], extra: int) -> torch.Tensor:
         """One layer's keys (or values) of every row in one buffer with room for `extra` more tokens."""

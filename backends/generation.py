@@ -193,6 +193,11 @@ class Request:
         return allowed[0] if len(allowed) == 1 else None
 
 
+def _copying_alone(rows: list[Request]) -> bool:
+    """One copy-constrained row, nothing else in its batch: its forced tokens can go through in chunks."""
+    return len(rows) == 1 and rows[0].constraint is not None
+
+
 class Decoder:
     """The batched greedy decoder of one loaded model (one worker thread, started on first use)."""
 
@@ -261,7 +266,7 @@ class Decoder:
         from backends.finetuned import AdapterHost
 
         host = AdapterHost.of(self.llm)
-        if len(batch) == 1 and batch[0].constraint is not None:
+        if _copying_alone(batch):
             with torch.inference_mode(), host.route([batch[0].adapter]):
                 cache, logits = self._prompt_of(batch[0])
                 self._copy_rest(batch[0], cache, [self._advance(batch[0], logits[0])])
@@ -281,7 +286,7 @@ class Decoder:
                     rows, tokens = [rows[row] for row in kept], [tokens[row] for row in kept]
                     routing.close()  # the remaining rows' adapters, routed anew
                     routing.enter_context(host.route([r.adapter for r in rows]))
-                    if len(rows) == 1 and rows[0].constraint is not None and hasattr(step, "lone_cache"):
+                    if _copying_alone(rows) and hasattr(step, "lone_cache"):
                         self._copy_rest(rows[0], step.lone_cache(), tokens)
                         break
                 logits = step(tokens)
@@ -329,16 +334,10 @@ class Decoder:
             while len(self.prefixes) >= PREFIX_CACHE_SIZE:
                 self.prefixes.pop(next(iter(self.prefixes)))
             self.prefixes[key], _ = self._prompt(list(key))
-        return self._prompt(request.input_ids[n:], self._fork(self.prefixes[key]))
+        from backends.fastdecode import dynamic_cache
 
-    def _fork(self, prefix):
-        """A new cache that starts with `prefix`'s keys and values (which later tokens never write into)."""
-        from transformers import DynamicCache
-
-        cache = DynamicCache(config=self.llm.model.config)
-        for index, layer in enumerate(prefix.layers):
-            cache.update(layer.keys, layer.values, index)
-        return cache
+        prefix = dynamic_cache(self.llm.model.config, [(layer.keys, layer.values) for layer in self.prefixes[key].layers])
+        return self._prompt(request.input_ids[n:], prefix)
 
     def _copy_rest(self, request: Request, cache, chunk: list[int]) -> None:
         """A copy-constrained row alone, from its `cache` and its accepted tokens not yet fed (`chunk`).

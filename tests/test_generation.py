@@ -45,6 +45,13 @@ def decoder_text(llm, messages, max_new_tokens, adapter=None, copy_from=None) ->
     return stats.text
 
 
+def rag_prompt(duet, question: str) -> tuple[list[dict], list[str]]:
+    """The extractive RAG backend's messages and copy passage for a question."""
+    sources, _, _ = duet.index.search(question, 3)
+    evidence = rank_evidence(question, sources, duet.index.embeddings)[:2]
+    return build_messages(question, evidence), [" ".join(e.text for e in evidence)]
+
+
 def as_text(llm, tokens) -> str:
     return llm.tokenizer.decode(tokens, skip_special_tokens=True).strip()
 
@@ -59,10 +66,7 @@ def test_fine_tuned_greedy_output_equals_generate(duet, tiny_adapter, question):
 
 @pytest.mark.parametrize("question", QUESTIONS[:2])
 def test_rag_greedy_output_equals_generate(duet, question):
-    sources, _, _ = duet.index.search(question, 3)
-    evidence = rank_evidence(question, sources, duet.index.embeddings)[:2]
-    messages = build_messages(question, evidence)
-    copy_from = [" ".join(e.text for e in evidence)]
+    messages, copy_from = rag_prompt(duet, question)
     expected = as_text(duet.llm, reference_tokens(duet.llm, messages, 40, copy_from=copy_from))
     assert decoder_text(duet.llm, messages, 40, copy_from=copy_from) == expected
     free = as_text(duet.llm, reference_tokens(duet.llm, messages, 24))
@@ -109,11 +113,8 @@ def test_a_copied_row_left_alone_in_a_batch_goes_on_in_chunks(duet, monkeypatch)
     from backends.fastdecode import LlamaStepper
     from backends.generation import BatchGroup
 
-    question = QUESTIONS[1]
-    sources, _, _ = duet.index.search(question, 3)
-    evidence = rank_evidence(question, sources, duet.index.embeddings)[:2]
-    copied = dict(messages=build_messages(question, evidence), max_new_tokens=40,
-                  copy_from=[" ".join(e.text for e in evidence)])
+    messages, copy_from = rag_prompt(duet, QUESTIONS[1])
+    copied = dict(messages=messages, max_new_tokens=40, copy_from=copy_from)
     alone = decoder_text(duet.llm, **copied)
     handed_over, lone_cache = [], LlamaStepper.lone_cache
     monkeypatch.setattr(LlamaStepper, "lone_cache", lambda self: handed_over.append(self) or lone_cache(self))
