@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.duet-installed
 PORT ?= 8501
 
-.PHONY: install setup run test browser bench
+.PHONY: install setup run test browser bench engine
 
 install: $(STAMP)
 
@@ -34,3 +34,8 @@ test: setup browser
 
 bench: setup
 	$(BIN)/python -m backends bench
+
+# Optional: the llama.cpp engine (DUET_ENGINE=llama.cpp, backends/llamacpp.py). pip compiles llama.cpp from
+# source here (gcc and cmake, a few minutes), so it is not part of the default install.
+engine: install
+	$(BIN)/pip install -q --disable-pip-version-check llama-cpp-python==0.3.36 -c constraints.txt

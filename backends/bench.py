@@ -41,6 +41,9 @@ WORDS = ("policy travel invoice warranty sensor calibration leave allowance mana
          "supplier shipment battery firmware meeting quarter revenue customer ticket escalation audit safety "
          "training laptop office parking holiday refund order region report").split()
 
+# Figure names per generation engine (settings.engine); "llama_cpp" is llama.cpp's own run beside them.
+ENGINE_KEYS = {"transformers": "transformers", "llama.cpp": "duet_llama_cpp"}
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -107,18 +110,24 @@ def engine_figures(duet, report: Report, plan: Plan, adapter: str) -> None:
     from backends.generation import stream_chat
     from backends.training import chat_messages
 
-    messages = chat_messages(PROMPT_QUESTION)
     duet.host.ensure(duet.ft.adapter_info(adapter))
+    engine = ENGINE_KEYS[duet.llm.engine]
     for label, name in (("base (RAG)", None), ("adapter (fine-tuned)", adapter)):
-        report.progress(f"decode: transformers, {label}")
-        stream_chat_stats = lambda: list(stream_chat(duet.llm, messages, plan.decode_tokens, name, stop_at_eos=False))[-1]
-        stream_chat_stats()  # warm-up
-        runs = [stream_chat_stats() for _ in range(plan.repeats)]
+        report.progress(f"decode: {duet.llm.engine} engine, {label}")
+
+        def stream_chat_stats(run: int):
+            # Each run's question starts differently: an engine that keeps the last prompt's KV cache (llama.cpp)
+            # re-uses only the system message, as the transformers engine does, so first-token times compare.
+            messages = chat_messages(f"({run}) {PROMPT_QUESTION}")
+            return list(stream_chat(duet.llm, messages, plan.decode_tokens, name, stop_at_eos=False))[-1]
+
+        stream_chat_stats(0)  # warm-up
+        runs = [stream_chat_stats(run) for run in range(1, plan.repeats + 1)]
         key = "adapter" if name else "base"
-        report.add(f"decode_tokens_per_s.transformers.{key}", "tokens/s",
+        report.add(f"decode_tokens_per_s.{engine}.{key}", "tokens/s",
                    [(s.tokens_out - 1) / max(s.generate_s - s.first_token_s, 1e-9) for s in runs])
-        report.add(f"first_token_s.transformers.{key}", "s", [s.first_token_s for s in runs])
-    llama_cpp_figures(duet, report, plan, messages)
+        report.add(f"first_token_s.{engine}.{key}", "s", [s.first_token_s for s in runs])
+    llama_cpp_figures(duet, report, plan, chat_messages(f"(1) {PROMPT_QUESTION}"))
 
 
 def llama_cpp_figures(duet, report: Report, plan: Plan, messages: list[dict]) -> None:
@@ -298,8 +307,7 @@ def cold_start_figures(duet, report: Report, plan: Plan) -> None:
 
 def judge(report: Report) -> None:
     llama = report.median("decode_tokens_per_s.llama_cpp.base")
-    for key in ("base", "adapter"):
-        name = f"decode_tokens_per_s.transformers.{key}"
+    for name in [f"decode_tokens_per_s.{engine}.{key}" for engine in ENGINE_KEYS.values() for key in ("base", "adapter")]:
         mine = report.median(name)
         report.judge(name, ">= 50% of llama.cpp", None if llama is None or mine is None else mine >= 0.5 * llama)
     ratio = report.median("side_by_side.ratio")
@@ -331,7 +339,7 @@ def run_bench(duet, quick: bool = False, progress: Callable[[str], None] = lambd
         "quick": quick, "seconds": round(time.perf_counter() - started, 1),
         "machine": {"cpus": os.cpu_count(), "threads": torch.get_num_threads(), "device": duet.llm.device,
                     "python": platform.python_version(), "torch": torch.__version__, "processor": platform.processor()},
-        "model": duet.llm.name, "adapter": adapter, "weights": duet.llm.weights,
+        "model": duet.llm.name, "adapter": adapter, "weights": duet.llm.weights, "engine": duet.llm.engine,
         "figures": {name: figure.to_dict() for name, figure in report.figures.items()},
         "skipped": report.skipped,
     }
@@ -348,7 +356,7 @@ def format_table(result: dict) -> str:
         rows.append(f"{name:44} {f['median']:>10.3f} {f['min']:>10.3f} {f['max']:>10.3f} {f['p95']:>10.3f}  {f['runs']:>3}  "
                     f"{f['target']} {mark}".rstrip() + f"  [{f['unit']}]")
     rows += [f"skipped {name}: {why}" for name, why in result["skipped"].items()]
-    rows.append(f"{result['model']}, adapter {result['adapter']}, weights {result['weights']}, "
+    rows.append(f"{result['model']}, adapter {result['adapter']}, {result['engine']} engine, weights {result['weights']}, "
                 f"{result['machine']['threads']} threads on {result['machine']['device']}; {result['seconds']} s")
     return "\n".join(rows)
 

@@ -18,6 +18,7 @@ from backends.errors import BadInput
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = REPO_ROOT / "data"
 BUNDLED = "bundled"
+ENGINES = ("transformers", "llama.cpp")
 
 
 def _help(text: str, default):
@@ -37,6 +38,10 @@ class Settings:
     llm_weights: str = _help("Inference weights of the LLM: 'auto' (float32 on CPU, bfloat16 on GPU), 'float32' or "
                              "'bfloat16' (faster decoding on CPU, slower prompts, answers may differ). Training uses float32.",
                              "auto")
+    engine: str = _help("What generates the answers: 'transformers' (any model; no compiler needed) or 'llama.cpp' (the "
+                        "configured .gguf file run by llama-cpp-python, several times faster on a CPU; `make engine` "
+                        "installs it, which compiles llama.cpp). Training always uses transformers and peft.",
+                        "transformers")
     chunk_size: int = _help("Characters per chunk when splitting documents.", 700)
     chunk_overlap: int = _help("Characters shared by neighbouring chunks.", 100)
     csv_rows_per_chunk: int = _help("Maximum CSV rows grouped into one chunk.", 8)
@@ -122,5 +127,7 @@ def _validate(settings: Settings) -> None:
         raise BadInput("rag_mode must be 'extractive' or 'free'")
     if settings.llm_weights not in ("auto", "float32", "bfloat16"):
         raise BadInput("llm_weights must be 'auto', 'float32' or 'bfloat16'")
+    if settings.engine not in ENGINES:
+        raise BadInput("engine must be 'transformers' or 'llama.cpp'")
     if settings.device not in ("auto", "cpu", "cuda"):
         raise BadInput("device must be 'auto', 'cpu' or 'cuda'")

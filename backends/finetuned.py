@@ -256,15 +256,19 @@ class AdapterHost:
                 run_in_fresh_thread(self._load, adapter)
 
     def _load(self, adapter: AdapterInfo) -> None:
+        import warnings
+
         from peft import PeftModel
 
         if adapter.name in self.loaded:  # retrained under the same name
             self.llm.model.delete_adapter(adapter.name)
-        if isinstance(self.llm.model, PeftModel):
-            self.llm.model.load_adapter(str(adapter.path), adapter_name=adapter.name)
-        else:
-            # Injects LoRA layers into the base model in place: no second copy of the weights.
-            self.llm.model = PeftModel.from_pretrained(self.llm.model, str(adapter.path), adapter_name=adapter.name)
+        with warnings.catch_warnings():  # peft calls a transformers method deprecated for v6: noise on every CLI answer
+            warnings.filterwarnings("ignore", category=FutureWarning, message=".*is_gradient_checkpointing")
+            if isinstance(self.llm.model, PeftModel):
+                self.llm.model.load_adapter(str(adapter.path), adapter_name=adapter.name)
+            else:
+                # Injects LoRA layers into the base model in place: no second copy of the weights.
+                self.llm.model = PeftModel.from_pretrained(self.llm.model, str(adapter.path), adapter_name=adapter.name)
         self.llm.model.eval()
         self._route_lora_layers(adapter.name)
         self.loaded[adapter.name] = adapter.path

@@ -173,17 +173,22 @@ class Request:
         self.seen.update(self.input_ids)
 
     def choose(self, logits) -> int:
-        """The greedy next token of this row (logits: a 1-D float tensor, changed in place)."""
-        import torch
+        """The greedy next token of this row (logits: a 1-D float32 array or CPU tensor, changed in place).
 
+        numpy, not torch: the llama.cpp engine's worker threads are still spinning when its
+        logits arrive, and a torch operation here would wake torch's own pool beside them.
+        """
+        import numpy as np
+
+        scores = np.asarray(logits)
         if self.repetition_penalty != 1.0:
-            seen = torch.tensor(sorted(self.seen), dtype=torch.long)
-            picked = logits[seen]
-            logits[seen] = torch.where(picked < 0, picked * self.repetition_penalty, picked / self.repetition_penalty)
+            seen = np.fromiter(self.seen, dtype=np.int64, count=len(self.seen))
+            picked = scores[seen]
+            scores[seen] = np.where(picked < 0, picked * self.repetition_penalty, picked / self.repetition_penalty)
         if self.constraint is None:
-            return int(torch.argmax(logits))
+            return int(np.argmax(scores))
         allowed = self.constraint.allowed(self.generated)
-        return allowed[int(torch.argmax(logits[allowed]))]
+        return allowed[int(np.argmax(scores[allowed]))]
 
     def forced_token(self) -> int | None:
         """The next token when the copy constraint leaves only one (it continues a span): no logits can change it."""
@@ -219,12 +224,20 @@ class Decoder:
         return llm.companion(cls)
 
     def stop(self) -> None:
-        """End the worker (at interpreter exit: a thread still inside torch then aborts the process)."""
+        """End the worker, and with it its OpenMP pool; a later request starts a new one.
+
+        At interpreter exit a thread still inside torch aborts the process. And the engines share
+        one libgomp (llama.cpp's resolves to torch's): two long-lived pools in one process make it
+        stop spinning between operations, which halves the speed of both.
+        """
         with self.wakeup:
             self.stopping = True
             self.wakeup.notify()
         if self.worker is not None:
             self.worker.join(timeout=30)
+        with self.wakeup:
+            if self.worker is None or not self.worker.is_alive():
+                self.worker, self.stopping = None, False
 
     def submit(self, request: Request) -> None:
         with self.wakeup:
@@ -235,6 +248,7 @@ class Decoder:
             if self.worker is None:
                 self.worker = threading.Thread(target=self._serve, name="duet-decoder", daemon=True)
                 self.worker.start()
+                atexit.unregister(self.stop)  # once, however often the worker was restarted
                 atexit.register(self.stop)
             self.wakeup.notify()
 
@@ -349,12 +363,16 @@ class Decoder:
         tokens: 1-4 instead of 35). In Compare's batch this starts once the other row is done.
         """
         while True:
-            while (forced := request.forced_token()) is not None:
-                chunk.append(self._accept(request, forced))
+            self._take_forced(request, chunk)
             if request.done:
                 return
             cache, logits = self._prompt(chunk, cache)
             chunk = [self._advance(request, logits[0])]
+
+    def _take_forced(self, request: Request, chunk: list[int]) -> None:
+        """Accept the tokens the row's copy constraint forces next, appending them to the `chunk` to feed."""
+        while (forced := request.forced_token()) is not None:
+            chunk.append(self._accept(request, forced))
 
     def _prefill_padded(self, batch: list[Request]):
         """Any architecture: the prompts left-padded into one forward pass, then model(...) per token."""
@@ -419,6 +437,15 @@ class Decoder:
         request.output.put(("done", text.strip(), len(request.generated)))
 
 
+def decoder_of(llm: LoadedLLM) -> Decoder:
+    """The decoder of the model's engine: torch (`Decoder`) or llama.cpp (`backends.llamacpp`)."""
+    if llm.engine == "llama.cpp":
+        from backends.llamacpp import LlamaCppDecoder
+
+        return LlamaCppDecoder.of(llm)
+    return Decoder.of(llm)
+
+
 def stream_chat(
     llm: LoadedLLM,
     messages: list[dict],
@@ -442,7 +469,7 @@ def stream_chat(
     )
     prompt_s = time.perf_counter() - started
     gen_start = time.perf_counter()
-    Decoder.of(llm).submit(request)
+    decoder_of(llm).submit(request)
     first_token_s = 0.0
     try:
         while True:

@@ -158,6 +158,8 @@ class LoadedLLM:
     name: str
     device: str
     weights: str = "float32"  # or bfloat16
+    engine: str = "transformers"  # or llama.cpp: what generates the answers (backends/llamacpp.py)
+    gguf: str | None = None  # the .gguf file the model came from, if it did (what llama.cpp loads)
     lock: threading.RLock = field(default_factory=threading.RLock)
     # Objects that exist once per loaded model (its adapter host, its decoder), made on first use.
     companions: dict = field(default_factory=dict)
@@ -178,7 +180,7 @@ _load_lock = threading.Lock()
 
 def load_llm(settings: Settings, progress: Progress = _quiet) -> LoadedLLM:
     """Load (once per process) the base LLM and its tokenizer."""
-    key = (settings.llm, settings.device, settings.llm_weights, str(settings.model_cache_dir))
+    key = (settings.llm, settings.device, settings.llm_weights, settings.engine, str(settings.model_cache_dir))
     with _load_lock:
         if key not in _llm_cache:
             _llm_cache[key] = run_in_fresh_thread(_load_llm_uncached, settings, progress=progress)
@@ -201,6 +203,12 @@ def _load_llm_uncached(settings: Settings, progress: Progress = _quiet) -> Loade
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    source = llm_source(settings)
+    gguf = source if source.endswith(".gguf") else None
+    if settings.engine == "llama.cpp":
+        from backends.llamacpp import require_engine
+
+        require_engine(gguf)
     path = prepare_llm(settings, progress)
     _quiet_loading()
     device = resolve_device(settings.device)
@@ -220,7 +228,9 @@ def _load_llm_uncached(settings: Settings, progress: Progress = _quiet) -> Loade
         use_decode_linear(model)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return LoadedLLM(model=model, tokenizer=tokenizer, name=llm_display_name(settings), device=device, weights=weights)
+    name = llm_display_name(settings) + (" via llama.cpp" if settings.engine == "llama.cpp" else "")
+    return LoadedLLM(model=model, tokenizer=tokenizer, name=name, device=device, weights=weights,
+                     engine=settings.engine, gguf=gguf)
 
 
 def _quiet_loading() -> None:

@@ -9,8 +9,8 @@ import sys
 from backends.config import REPO_ROOT
 
 
-def run_cli(*args, settings, timeout=300):
-    env = {**os.environ, "DUET_ADAPTERS_DIR": str(settings.adapters_dir), "DUET_MAX_NEW_TOKENS": "24"}
+def run_cli(*args, settings, timeout=300, env: dict | None = None):
+    env = {**os.environ, "DUET_ADAPTERS_DIR": str(settings.adapters_dir), "DUET_MAX_NEW_TOKENS": "24", **(env or {})}
     return subprocess.run([sys.executable, "-m", "backends", *args], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 

@@ -1,0 +1,191 @@
+"""The optional llama.cpp engine (`DUET_ENGINE=llama.cpp`): the same answers, decoded by llama.cpp.
+
+llama-cpp-python runs the configured .gguf file itself (the bundled Q4_1 SmolLM2 reads
+~85 MB of weights a token where torch reads 540 MB of de-quantised float32), with the same
+tokenizer and token ids as the transformers path. Everything else stays as it is: prompts
+are built and tokenized by transformers, `generation.Request` applies the same rules
+(repetition penalty, copy-constrained spans, EOS), adapters are trained with peft and
+exported with `gguf_adapter.export_gguf` for llama.cpp to apply.
+
+llama.cpp applies a LoRA adapter to a whole context, so each adapter (and the bare base
+model) gets contexts of its own, kept for the next request: its KV cache then still holds
+the last prompt, and a new prompt re-uses the part they share (the system message). The
+rows are not batched into one forward pass, since their contexts differ; they take turns,
+one forward pass each, and a request joins the turns as soon as it arrives (a batch group
+would only make the fine-tuned answer wait for RAG's retrieval).
+
+Optional because installing llama-cpp-python compiles llama.cpp (`make engine`, a few
+minutes); the default install stays compiler-free.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from backends.errors import BadInput, ModelUnavailable
+from backends.generation import Decoder, Request
+from backends.models import LoadedLLM
+
+# Tokens a context holds (prompt and answer). llama.cpp allocates and clears its KV cache up front
+# (~94 MB for the bundled model at this size), so not the model's full 8192.
+CONTEXT_TOKENS = 4096
+# Idle contexts kept per adapter: enough for Compare and a second user at once.
+IDLE_CONTEXTS = 2
+
+
+def require_engine(gguf: str | None) -> None:
+    """Refuse the engine where it cannot run, saying what to do."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise ModelUnavailable("engine 'llama.cpp' needs llama-cpp-python: run `make engine` (it compiles llama.cpp, "
+                               "a few minutes), or use DUET_ENGINE=transformers")
+    if gguf is None:
+        raise ModelUnavailable("engine 'llama.cpp' runs .gguf files only: set DUET_LLM to a .gguf file (or 'bundled'), "
+                               "or use DUET_ENGINE=transformers")
+
+
+def shared_prefix(a: list[int], b: list[int]) -> int:
+    """How many leading tokens the two sequences share."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class EngineContext:
+    """One llama.cpp context (the model with one adapter or none) and the tokens its KV cache holds."""
+
+    def __init__(self, gguf: str, lora: str | None, threads: int):
+        from llama_cpp import Llama
+
+        self.llama = Llama(model_path=gguf, lora_path=lora, n_ctx=CONTEXT_TOKENS, n_threads=threads,
+                           n_threads_batch=threads, verbose=False)
+        self.tokens: list[int] = []
+
+    def prompt(self, input_ids: list[int]):
+        """A new prompt: the logits after it, the part it shares with what the cache holds not computed again."""
+        keep = min(shared_prefix(self.tokens, input_ids), len(input_ids) - 1)  # at least one token gives logits
+        return self._eval(input_ids[keep:], keep)
+
+    def feed(self, tokens: list[int]):
+        """More tokens after those the cache holds: the logits after the last."""
+        return self._eval(tokens, len(self.tokens))
+
+    def _eval(self, tokens: list[int], keep: int):
+        import numpy as np
+
+        self.tokens = []  # unknown if eval fails half-way: the next prompt then starts afresh
+        self.llama.n_tokens = keep  # eval drops the cache beyond n_tokens before it appends
+        self.llama.eval(tokens)
+        self.tokens = list(self.llama.input_ids[: self.llama.n_tokens])
+        logits = self.llama._ctx.get_logits_ith(-1)
+        return np.ctypeslib.as_array(logits, shape=(self.llama.n_vocab(),)).copy()
+
+    def close(self) -> None:
+        self.llama.close()
+
+
+@dataclass(eq=False)
+class Row:
+    """A request being answered: its context, and its accepted tokens not yet fed to that context."""
+
+    request: Request
+    context: EngineContext
+    key: tuple
+    chunk: list[int] = field(default_factory=list)
+
+
+class LlamaCppDecoder(Decoder):
+    """The decoder of a model run by llama.cpp: requests take turns, one forward pass each."""
+
+    def __init__(self, llm: LoadedLLM):
+        super().__init__(llm)
+        import torch
+
+        self.threads = torch.get_num_threads()  # the thread count torch decodes with, for a fair comparison
+        self.idle: dict[tuple, list[EngineContext]] = {}
+        self.exported = tempfile.TemporaryDirectory(prefix="duet-llamacpp-")  # adapters as GGUF, for this process
+
+    def _next_batch(self) -> list[Request]:
+        """Whatever is waiting, at once: rows in different contexts gain nothing from starting together."""
+        with self.wakeup:
+            while not self.stopping and not self.pending:
+                self.wakeup.wait()
+            batch, self.pending = self.pending, []
+            return batch
+
+    def _run(self, batch: list[Request]) -> None:
+        rows = self._start(batch)
+        while rows:
+            for row in rows:
+                self._step(row)
+            for row in rows:
+                if row.request.done:
+                    self._finish(row.request)
+                    self._release(row)
+            rows = [row for row in rows if not row.request.done]
+            with self.wakeup:  # requests that arrived meanwhile join the turns
+                arrived, self.pending = self.pending, []
+            batch.extend(arrived)  # so that a failure is reported to them too
+            rows += self._start(arrived)
+
+    def _start(self, requests: list[Request]) -> list[Row]:
+        rows = []
+        for request in requests:
+            if len(request.input_ids) + request.max_new_tokens > CONTEXT_TOKENS:
+                request.output.put(BadInput(
+                    f"the prompt ({len(request.input_ids)} tokens) and its answer ({request.max_new_tokens}) do not fit "
+                    f"llama.cpp's context of {CONTEXT_TOKENS} tokens: lower top_k, chunk_size or max_new_tokens"))
+                continue
+            key = self._adapter_key(request.adapter)
+            row = Row(request, self._take(key, request.adapter), key)
+            row.chunk = [self._advance(request, row.context.prompt(request.input_ids))]
+            rows.append(row)
+        return rows
+
+    def _step(self, row: Row) -> None:
+        """One forward pass of the row: its last token and any the copy constraint forces after it."""
+        self._take_forced(row.request, row.chunk)
+        if not row.request.done:
+            row.chunk = [self._advance(row.request, row.context.feed(row.chunk))]
+
+    def _adapter_key(self, adapter: str | None) -> tuple:
+        """Which contexts can serve this adapter: its name and the version of its weights on disk."""
+        if adapter is None:
+            return (None,)
+        from backends.finetuned import AdapterHost
+        from backends.training import ADAPTER_WEIGHTS
+
+        folder = AdapterHost.of(self.llm).loaded[adapter]
+        stat = (folder / ADAPTER_WEIGHTS).stat()
+        return (adapter, str(folder), stat.st_mtime_ns, stat.st_size)
+
+    def _take(self, key: tuple, adapter: str | None) -> EngineContext:
+        if self.idle.get(key):
+            return self.idle[key].pop()
+        for old in [k for k in self.idle if k[0] == adapter and k != key]:  # a retrained adapter's old contexts
+            for context in self.idle.pop(old):
+                context.close()
+        return EngineContext(self.llm.gguf, self._adapter_gguf(key), self.threads)
+
+    def _release(self, row: Row) -> None:
+        idle = self.idle.setdefault(row.key, [])
+        if len(idle) < IDLE_CONTEXTS:
+            idle.append(row.context)
+        else:
+            row.context.close()
+
+    def _adapter_gguf(self, key: tuple) -> str | None:
+        """The adapter as a GGUF file llama.cpp can apply (exported once per version of its weights)."""
+        if key[0] is None:
+            return None
+        from backends.gguf_adapter import export_gguf
+
+        target = Path(self.exported.name) / f"{key[0]}-{key[2]}-{key[3]}.gguf"
+        if not target.is_file():
+            export_gguf(Path(key[1]), self.llm.model.config.to_dict(), target)
+        return str(target)
