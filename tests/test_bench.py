@@ -22,5 +22,6 @@ def test_quick_bench_prints_every_figure_as_json(settings, tmp_path):
         figure = result["figures"][name]
         assert figure["runs"] >= 1 and figure["min"] <= figure["median"] <= figure["max"], name
         assert figure["median"] > 0, name
+    assert result["engine"] == "transformers"
     assert ("decode_tokens_per_s.llama_cpp.base" in result["figures"]) != ("llama_cpp" in result["skipped"])
     assert (tmp_path / "store" / "bench" / "latest.json").is_file()
