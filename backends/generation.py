@@ -212,9 +212,7 @@ class Decoder:
         self.pending: list[Request] = []
         self.wakeup = threading.Condition()
         self.worker: threading.Thread | None = None
-        generation_eos = getattr(llm.model.generation_config, "eos_token_id", None)
-        eos = generation_eos if generation_eos is not None else llm.tokenizer.eos_token_id
-        self.eos = set(eos) if isinstance(eos, (list, tuple)) else {eos}
+        self.eos = llm.eos
         self.batches = 0  # how many batches ran (tests check that Compare's columns share one)
         self.prefixes: dict[tuple[int, ...], object] = {}  # prompt prefix -> its KV cache (base model)
         self.stopping = False

@@ -153,11 +153,13 @@ def base_model_identity(settings: Settings) -> dict:
 class LoadedLLM:
     """The one base model of the process, its tokenizer, and the lock that guards generation."""
 
-    model: object
+    model: object  # the torch model; None with the llama.cpp engine, which reads the GGUF itself
     tokenizer: object
     name: str
     device: str
-    weights: str = "float32"  # or bfloat16
+    weights: str = "float32"  # or bfloat16 (torch), gguf (llama.cpp)
+    config: object = None  # the model's transformers config
+    eos: frozenset[int] = frozenset()  # tokens that end an answer
     engine: str = "transformers"  # or llama.cpp: what generates the answers (backends/llamacpp.py)
     gguf: str | None = None  # the .gguf file the model came from, if it did (what llama.cpp loads)
     lock: threading.RLock = field(default_factory=threading.RLock)
@@ -200,8 +202,7 @@ def resolve_weights(setting: str, device: str) -> str:
 
 
 def _load_llm_uncached(settings: Settings, progress: Progress = _quiet) -> LoadedLLM:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
     source = llm_source(settings)
     gguf = source if source.endswith(".gguf") else None
@@ -212,25 +213,50 @@ def _load_llm_uncached(settings: Settings, progress: Progress = _quiet) -> Loade
     path = prepare_llm(settings, progress)
     _quiet_loading()
     device = resolve_device(settings.device)
-    weights = resolve_weights(settings.llm_weights, device)
     local = Path(path).is_dir()
-    progress(f"Loading {llm_display_name(settings)} on {device} ({weights} weights)…")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local)
-        dtype = torch.bfloat16 if weights == "bfloat16" else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=local).to(device)
+        if settings.engine == "llama.cpp":  # llama.cpp reads the GGUF itself: torch's copy of the weights is not needed
+            progress(f"Preparing {llm_display_name(settings)} for llama.cpp…")
+            model, weights = None, "gguf"
+            config = AutoConfig.from_pretrained(path, local_files_only=local)
+            try:
+                generation = GenerationConfig.from_pretrained(path, local_files_only=local)
+            except OSError:  # as transformers does for a model without generation_config.json
+                generation = GenerationConfig.from_model_config(config)
+        else:
+            weights = resolve_weights(settings.llm_weights, device)
+            progress(f"Loading {llm_display_name(settings)} on {device} ({weights} weights)…")
+            model = _load_torch_model(path, local, device, weights)
+            config, generation = model.config, model.generation_config
     except OSError as error:
         raise ModelUnavailable(f"cannot load LLM {path!r}: {error}") from error
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    name = llm_display_name(settings) + (" via llama.cpp" if settings.engine == "llama.cpp" else "")
+    return LoadedLLM(model=model, tokenizer=tokenizer, name=name, device=device, weights=weights, config=config,
+                     eos=eos_ids(generation, tokenizer), engine=settings.engine, gguf=gguf)
+
+
+def _load_torch_model(path: str, local: bool, device: str, weights: str):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dtype = torch.bfloat16 if weights == "bfloat16" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=local).to(device)
     model.eval()
     if device == "cpu":
         from backends.fastlinear import use_decode_linear
 
         use_decode_linear(model)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    name = llm_display_name(settings) + (" via llama.cpp" if settings.engine == "llama.cpp" else "")
-    return LoadedLLM(model=model, tokenizer=tokenizer, name=name, device=device, weights=weights,
-                     engine=settings.engine, gguf=gguf)
+    return model
+
+
+def eos_ids(generation_config, tokenizer) -> frozenset[int]:
+    """The tokens that end an answer: the generation config's, else the tokenizer's."""
+    eos = getattr(generation_config, "eos_token_id", None)
+    eos = eos if eos is not None else tokenizer.eos_token_id
+    return frozenset(eos) if isinstance(eos, (list, tuple)) else frozenset({eos})
 
 
 def _quiet_loading() -> None:

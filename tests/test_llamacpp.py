@@ -89,6 +89,13 @@ def test_fine_tuned_answers_keep_their_quality(duet, settings, engine_llm, demo_
 
 
 @needs_engine
+def test_the_engine_answers_with_an_adapter_without_torchs_copy_of_the_weights(engine_llm, settings, demo_adapter):
+    answer = decoder_text(engine_llm, chat_messages(QUESTIONS[0]), 24, on_model(engine_llm, settings, demo_adapter))
+    assert answer and engine_llm.model is None and engine_llm.weights == "gguf"
+    assert engine_llm.eos == {engine_llm.tokenizer.eos_token_id}  # from the model's generation config
+
+
+@needs_engine
 def test_a_new_prompt_computes_only_what_it_does_not_share_with_the_last(duet, engine_llm):
     messages_a, copy_a = rag_prompt(duet, QUESTIONS[0])
     messages_b, copy_b = rag_prompt(duet, QUESTIONS[1])
