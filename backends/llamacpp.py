@@ -80,13 +80,14 @@ class EngineContext:
         return self._eval(tokens, len(self.tokens))
 
     def _eval(self, tokens: list[int], keep: int):
+        import llama_cpp
         import numpy as np
 
         self.tokens = []  # unknown if eval fails half-way: the next prompt then starts afresh
         self.llama.n_tokens = keep  # eval drops the cache beyond n_tokens before it appends
         self.llama.eval(tokens)
         self.tokens = list(self.llama.input_ids[: self.llama.n_tokens])
-        logits = self.llama._ctx.get_logits_ith(-1)
+        logits = llama_cpp.llama_get_logits_ith(self.llama.ctx, -1)  # the last token's, the only one computed
         return np.ctypeslib.as_array(logits, shape=(self.llama.n_vocab(),)).copy()
 
     def close(self) -> None:
@@ -140,16 +141,22 @@ class LlamaCppDecoder(Decoder):
     def _start(self, requests: list[Request]) -> list[Row]:
         rows = []
         for request in requests:
-            if len(request.input_ids) + request.max_new_tokens > CONTEXT_TOKENS:
-                request.output.put(BadInput(
-                    f"the prompt ({len(request.input_ids)} tokens) and its answer ({request.max_new_tokens}) do not fit "
-                    f"llama.cpp's context of {CONTEXT_TOKENS} tokens: lower top_k, chunk_size or max_new_tokens"))
-                continue
-            key = self._adapter_key(request.adapter)
-            row = Row(request, self._take(key, request.adapter), key)
-            row.chunk = [self._advance(request, row.context.prompt(request.input_ids, request.prefix_length))]
-            rows.append(row)
+            try:
+                rows.append(self._row(request))
+            except Exception as error:  # this request's alone (a prompt too long, an adapter llama.cpp cannot apply)
+                request.output.put(error)
         return rows
+
+    def _row(self, request: Request) -> Row:
+        """The request's prompt through a context of its adapter; its first token chosen."""
+        if len(request.input_ids) + request.max_new_tokens > CONTEXT_TOKENS:
+            raise BadInput(f"the prompt ({len(request.input_ids)} tokens) and its answer ({request.max_new_tokens}) do "
+                           f"not fit llama.cpp's context of {CONTEXT_TOKENS} tokens: lower top_k, chunk_size or "
+                           "max_new_tokens")
+        key = self._adapter_key(request.adapter)
+        row = Row(request, self._take(key, request.adapter), key)
+        row.chunk = [self._advance(request, row.context.prompt(request.input_ids, request.prefix_length))]
+        return row
 
     def _step(self, row: Row) -> None:
         """One forward pass of the row: its last token and any the copy constraint forces after it."""
