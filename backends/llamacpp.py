@@ -28,6 +28,7 @@ import importlib.util
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from backends.errors import BadInput, ModelUnavailable
 from backends.generation import Decoder, Request
@@ -94,13 +95,25 @@ class EngineContext:
         self.llama.close()
 
 
+class AdapterVersion(NamedTuple):
+    """Which contexts can serve a request: its adapter as its weights file is now (all None/0: the bare model)."""
+
+    name: str | None
+    folder: str = ""
+    mtime_ns: int = 0
+    size: int = 0
+
+
+BASE_MODEL = AdapterVersion(None)
+
+
 @dataclass(eq=False)
 class Row:
     """A request being answered: its context, and its accepted tokens not yet fed to that context."""
 
     request: Request
     context: EngineContext
-    key: tuple
+    version: AdapterVersion
     chunk: list[int] = field(default_factory=list)
 
 
@@ -112,7 +125,7 @@ class LlamaCppDecoder(Decoder):
         import torch
 
         self.threads = torch.get_num_threads()  # the thread count torch decodes with, for a fair comparison
-        self.idle: dict[tuple, list[EngineContext]] = {}
+        self.idle: dict[AdapterVersion, list[EngineContext]] = {}
         self.exported = tempfile.TemporaryDirectory(prefix="duet-llamacpp-")  # adapters as GGUF, for this process
 
     def _next_batch(self) -> list[Request]:
@@ -153,8 +166,8 @@ class LlamaCppDecoder(Decoder):
             raise BadInput(f"the prompt ({len(request.input_ids)} tokens) and its answer ({request.max_new_tokens}) do "
                            f"not fit llama.cpp's context of {CONTEXT_TOKENS} tokens: lower top_k, chunk_size or "
                            "max_new_tokens")
-        key = self._adapter_key(request.adapter)
-        row = Row(request, self._take(key, request.adapter), key)
+        version = self._adapter_version(request.adapter)
+        row = Row(request, self._take(version), version)
         row.chunk = [self._advance(request, row.context.prompt(request.input_ids, request.prefix_length))]
         return row
 
@@ -164,39 +177,38 @@ class LlamaCppDecoder(Decoder):
         if not row.request.done:
             row.chunk = [self._advance(row.request, row.context.feed(row.chunk))]
 
-    def _adapter_key(self, adapter: str | None) -> tuple:
-        """Which contexts can serve this adapter: its name and the version of its weights on disk."""
+    def _adapter_version(self, adapter: str | None) -> AdapterVersion:
         if adapter is None:
-            return (None,)
+            return BASE_MODEL
         from backends.finetuned import AdapterHost
         from backends.training import ADAPTER_WEIGHTS
 
         folder = AdapterHost.of(self.llm).loaded[adapter]
         stat = (folder / ADAPTER_WEIGHTS).stat()
-        return (adapter, str(folder), stat.st_mtime_ns, stat.st_size)
+        return AdapterVersion(adapter, str(folder), stat.st_mtime_ns, stat.st_size)
 
-    def _take(self, key: tuple, adapter: str | None) -> EngineContext:
-        if self.idle.get(key):
-            return self.idle[key].pop()
-        for old in [k for k in self.idle if k[0] == adapter and k != key]:  # a retrained adapter's old contexts
+    def _take(self, version: AdapterVersion) -> EngineContext:
+        if self.idle.get(version):
+            return self.idle[version].pop()
+        for old in [v for v in self.idle if v.name == version.name and v != version]:  # a retrained adapter's
             for context in self.idle.pop(old):
                 context.close()
-        return EngineContext(self.llm.gguf, self._adapter_gguf(key), self.threads)
+        return EngineContext(self.llm.gguf, self._adapter_gguf(version), self.threads)
 
     def _release(self, row: Row) -> None:
-        idle = self.idle.setdefault(row.key, [])
+        idle = self.idle.setdefault(row.version, [])
         if len(idle) < IDLE_CONTEXTS:
             idle.append(row.context)
         else:
             row.context.close()
 
-    def _adapter_gguf(self, key: tuple) -> str | None:
+    def _adapter_gguf(self, version: AdapterVersion) -> str | None:
         """The adapter as a GGUF file llama.cpp can apply (exported once per version of its weights)."""
-        if key[0] is None:
+        if version.name is None:
             return None
         from backends.gguf_adapter import export_gguf
 
-        target = Path(self.exported.name) / f"{key[0]}-{key[2]}-{key[3]}.gguf"
+        target = Path(self.exported.name) / f"{version.name}-{version.mtime_ns}-{version.size}.gguf"
         if not target.is_file():
-            export_gguf(Path(key[1]), self.llm.config.to_dict(), target)
+            export_gguf(Path(version.folder), self.llm.config.to_dict(), target)
         return str(target)

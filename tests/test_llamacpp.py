@@ -100,7 +100,9 @@ def test_a_new_prompt_computes_only_what_it_does_not_share_with_the_last(duet, e
     messages_a, copy_a = rag_prompt(duet, QUESTIONS[0])
     messages_b, copy_b = rag_prompt(duet, QUESTIONS[1])
     decoder_text(engine_llm, messages_a, 40, copy_from=copy_a)
-    context = engine_decoder(engine_llm).idle[(None,)][-1]
+    from backends.llamacpp import BASE_MODEL
+
+    context = engine_decoder(engine_llm).idle[BASE_MODEL][-1]
     fed, eval_tokens = [], context.llama.eval
     context.llama.eval = lambda tokens: (fed.append(len(tokens)), eval_tokens(tokens))[1]
     try:
@@ -150,8 +152,9 @@ def test_a_retrained_adapter_is_not_answered_from_its_old_context(engine_llm, se
         after = decoder_text(engine_llm, messages, 24, adapter)
         tiny = decoder_text(engine_llm, messages, 24, on_model(engine_llm, settings, "tiny"))
         assert after == tiny != before
-        assert [key for key in engine_decoder(engine_llm).idle if key[0] == "retrained"] == [
-            engine_decoder(engine_llm)._adapter_key("retrained")]  # the old version's contexts were closed
+        decoder = engine_decoder(engine_llm)
+        kept = [version for version in decoder.idle if version.name == "retrained"]
+        assert kept == [decoder._adapter_version("retrained")]  # the old version's contexts were closed
     finally:
         shutil.rmtree(registered)
 
