@@ -224,3 +224,29 @@ def test_the_cli_refuses_an_engine_it_cannot_run_with_exit_code_2(settings, tmp_
                    env={"DUET_ENGINE": "llama.cpp", "DUET_LLM": str(tmp_path)})
     assert done.returncode == 2
     assert "DUET_ENGINE=transformers" in done.stderr and "Traceback" not in done.stderr
+
+
+@needs_engine
+def test_the_compare_page_answers_on_the_engine(engine_llm, tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from backends.config import REPO_ROOT
+    from pages import common
+    from tests.conftest import copy_demo_store
+    from tests.test_pages import PER_DIEM
+
+    monkeypatch.setenv("DUET_STORE", str(copy_demo_store(tmp_path / "store")))
+    monkeypatch.setenv("DUET_ENGINE", "llama.cpp")
+    common.app_settings.clear()
+    common.duet.clear()
+    try:
+        app = AppTest.from_file(str(REPO_ROOT / "pages" / "compare.py"), default_timeout=240)
+        app.run()
+        app.selectbox(key="compare.demo").select(PER_DIEM)
+        app.button[0].click().run()
+        assert not app.exception and not app.error
+        assert "55 euros" in app.text[0].value
+        assert any("via llama" in c.value for c in app.caption)  # the model caption names the engine
+    finally:
+        common.app_settings.clear()
+        common.duet.clear()
