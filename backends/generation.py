@@ -179,9 +179,10 @@ class Request:
         warm between steps: ~5% faster decoding than numpy here), numpy's for llama.cpp's logits
         (a torch operation in that decoder's thread would start a second OpenMP pool, see `stop`).
         """
-        import numpy
+        import numpy as xp
 
-        xp = numpy if isinstance(logits, numpy.ndarray) else __import__("torch")
+        if not isinstance(logits, xp.ndarray):
+            import torch as xp
         if self.repetition_penalty != 1.0:
             seen = xp.asarray(sorted(self.seen))
             picked = logits[seen]
@@ -328,7 +329,7 @@ class Decoder:
         import torch
         from transformers import DynamicCache
 
-        cache = cache if cache is not None else DynamicCache(config=self.llm.model.config)
+        cache = cache if cache is not None else DynamicCache(config=self.llm.config)
         out = self.llm.model(input_ids=torch.tensor([input_ids], device=self.llm.device), past_key_values=cache,
                              use_cache=True, logits_to_keep=1)
         return cache, out.logits[:, -1, :].float().cpu()
@@ -349,7 +350,7 @@ class Decoder:
             self.prefixes[key], _ = self._prompt(list(key))
         from backends.fastdecode import dynamic_cache
 
-        prefix = dynamic_cache(self.llm.model.config, [(layer.keys, layer.values) for layer in self.prefixes[key].layers])
+        prefix = dynamic_cache(self.llm.config, [(layer.keys, layer.values) for layer in self.prefixes[key].layers])
         return self._prompt(request.input_ids[n:], prefix)
 
     def _copy_rest(self, request: Request, cache, chunk: list[int]) -> None:
@@ -388,7 +389,7 @@ class Decoder:
             ids[row, width - len(request.input_ids):] = torch.tensor(request.input_ids)
             mask[row, width - len(request.input_ids):] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache(config=self.llm.model.config)
+        cache = DynamicCache(config=self.llm.config)
         device = self.llm.device
         # A single row has no padding: no mask lets attention take its faster causal path.
         state = {"mask": mask.to(device) if len(batch) > 1 else None, "positions": positions[:, -1:].to(device)}

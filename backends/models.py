@@ -202,7 +202,7 @@ def resolve_weights(setting: str, device: str) -> str:
 
 
 def _load_llm_uncached(settings: Settings, progress: Progress = _quiet) -> LoadedLLM:
-    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+    from transformers import AutoTokenizer
 
     source = llm_source(settings)
     gguf = source if source.endswith(".gguf") else None
@@ -219,11 +219,7 @@ def _load_llm_uncached(settings: Settings, progress: Progress = _quiet) -> Loade
         if settings.engine == "llama.cpp":  # llama.cpp reads the GGUF itself: torch's copy of the weights is not needed
             progress(f"Preparing {llm_display_name(settings)} for llama.cpp…")
             model, weights = None, "gguf"
-            config = AutoConfig.from_pretrained(path, local_files_only=local)
-            try:
-                generation = GenerationConfig.from_pretrained(path, local_files_only=local)
-            except OSError:  # as transformers does for a model without generation_config.json
-                generation = GenerationConfig.from_model_config(config)
+            config, generation = _configs(path, local)
         else:
             weights = resolve_weights(settings.llm_weights, device)
             progress(f"Loading {llm_display_name(settings)} on {device} ({weights} weights)…")
@@ -236,6 +232,17 @@ def _load_llm_uncached(settings: Settings, progress: Progress = _quiet) -> Loade
     name = llm_display_name(settings) + (" via llama.cpp" if settings.engine == "llama.cpp" else "")
     return LoadedLLM(model=model, tokenizer=tokenizer, name=name, device=device, weights=weights, config=config,
                      eos=eos_ids(generation, tokenizer), engine=settings.engine, gguf=gguf)
+
+
+def _configs(path: str, local: bool):
+    """The model's config and generation config, read from its folder without its weights."""
+    from transformers import AutoConfig, GenerationConfig
+
+    config = AutoConfig.from_pretrained(path, local_files_only=local)
+    try:
+        return config, GenerationConfig.from_pretrained(path, local_files_only=local)
+    except OSError:  # as transformers does for a model without generation_config.json
+        return config, GenerationConfig.from_model_config(config)
 
 
 def _load_torch_model(path: str, local: bool, device: str, weights: str):
