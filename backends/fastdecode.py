@@ -81,12 +81,6 @@ class LlamaStepper:
         if bool(self.mask.all()):
             self.mask = None
 
-    def lone_cache(self):
-        """The KV cache of the one row left (after `keep`), as a transformers DynamicCache to go on with model(...)."""
-        assert self.mask is None and self.positions.shape[0] == 1, "one row, no padding"
-        return dynamic_cache(self.lm.config, [(k[:, :, :self.length], v[:, :, :self.length])
-                                              for k, v in zip(self.keys, self.values)])
-
     def _rows(self, parts: list[torch.Tensor], extra: int) -> torch.Tensor:
         """One layer's keys (or values) of every row in one buffer with room for `extra` more tokens."""
         _, heads, _, dim = parts[0].shape

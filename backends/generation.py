@@ -2,11 +2,12 @@
 
 Every inference forward pass of a model goes through its `Decoder`: a worker thread that
 takes the requests waiting for it and runs them as one batch, one forward pass per token
-for all rows. Compare's two columns join a `BatchGroup`, so the RAG and the fine-tuned
-answer are generated together: the weights are read once per token for both, and peft
-applies the adapter per row (`AdapterHost.route`). A copy-constrained (RAG) answer needs the
-model only where it can go two ways: the tokens its constraint forces are fed in chunks
-(`Decoder._copy_rest`), so alone it takes a few forward passes instead of one per token.
+for all rows. Compare's columns join a `BatchGroup`, so their answers are generated
+together: free-writing rows (fine-tuned, RAG + fine-tuned) share one forward pass per token,
+the weights read once for all, and peft applies the adapter per row (`AdapterHost.route`).
+A copy-constrained (RAG) answer needs the model only where it can go two ways: the tokens
+its constraint forces are fed in chunks (`Decoder._copy_turns`), so it takes a few forward
+passes of its own, between the others' steps, instead of one per token.
 
 The loop is our own rather than `model.generate`: it computes logits for the last position
 only, applies the few rules we use (repetition penalty, copy-constrained decoding, EOS)
@@ -118,36 +119,59 @@ def copy_constraint(llm: LoadedLLM, copy_from: list[str], prompt_length: int) ->
 
 
 class BatchGroup:
-    """Requests meant to run together (Compare's columns): the decoder waits for all of them.
+    """Requests meant to run together (Compare's columns): the decoder waits for the members that hold it back.
 
-    Each member thread enters `member()`; a member that ends without generating (an error,
-    a bad question) leaves the group, so the others never wait for it.
+    Each member thread enters `member()`. A member that ends without generating (an error,
+    a bad question) leaves the group, so the others never wait for it. A member entered with
+    `joins_running=True` (RAG's copy-constrained answer, which shares no forward pass with the
+    others) is not waited for: its request joins the batch running by then.
     """
 
-    _current: contextvars.ContextVar["BatchGroup | None"] = contextvars.ContextVar("duet_batch_group", default=None)
+    _current: contextvars.ContextVar["_Seat | None"] = contextvars.ContextVar("duet_batch_seat", default=None)
 
     def __init__(self, size: int):
-        self.size, self.arrived, self.left = size, 0, 0
+        self.waiting_for = size  # members neither arrived nor left that the batch waits for
         self.created = time.monotonic()
+        self.lock = threading.Lock()
 
     @property
     def complete(self) -> bool:
-        return self.arrived + self.left >= self.size or time.monotonic() - self.created > GATHER_TIMEOUT_S
+        return self.waiting_for <= 0 or time.monotonic() - self.created > GATHER_TIMEOUT_S
 
     @contextlib.contextmanager
-    def member(self):
-        token = self._current.set(self)
-        arrived = self.arrived
+    def member(self, joins_running: bool = False):
+        seat = _Seat(self)
+        if joins_running:
+            seat.take()
+        token = self._current.set(seat)
         try:
             yield
         finally:
             self._current.reset(token)
-            if self.arrived == arrived:  # this member never reached the decoder
-                self.left += 1
+            seat.take()  # a member that never reached the decoder is not waited for either
 
     @classmethod
-    def current(cls) -> "BatchGroup | None":
-        return cls._current.get()
+    def arrive(cls) -> "BatchGroup | None":
+        """The group of the calling member, now arrived at the decoder (None outside a group)."""
+        seat = cls._current.get()
+        if seat is None:
+            return None
+        seat.take()
+        return seat.group
+
+
+@dataclass(eq=False)
+class _Seat:
+    """One member of a BatchGroup: counted in `waiting_for` until it arrives, leaves or is told to join running."""
+
+    group: BatchGroup
+    counted: bool = True
+
+    def take(self) -> None:
+        with self.group.lock:
+            if self.counted:
+                self.counted = False
+                self.group.waiting_for -= 1
 
 
 @dataclass(eq=False)
@@ -200,11 +224,6 @@ class Request:
         return allowed[0] if len(allowed) == 1 else None
 
 
-def _copying_alone(rows: list[Request]) -> bool:
-    """One copy-constrained row, nothing else in its batch: its forced tokens can go through in chunks."""
-    return len(rows) == 1 and rows[0].constraint is not None
-
-
 class Decoder:
     """The batched greedy decoder of one loaded model (one worker thread, started on first use)."""
 
@@ -241,9 +260,7 @@ class Decoder:
 
     def submit(self, request: Request) -> None:
         with self.wakeup:
-            request.group = BatchGroup.current()
-            if request.group is not None:
-                request.group.arrived += 1
+            request.group = BatchGroup.arrive()
             self.pending.append(request)
             if self.worker is None:
                 self.worker = threading.Thread(target=self._serve, name="duet-decoder", daemon=True)
@@ -275,37 +292,69 @@ class Decoder:
                     request.output.put(error)
 
     def _run(self, batch: list[Request]) -> None:
+        """Turns until every row is done: one forward pass for all free rows, then one per copied row.
+
+        A copy-constrained row (RAG's) is not a row of the free rows' steps: one step per
+        token would cost it a step for each of its forced tokens. It takes passes of its own
+        instead (`_copy_turns`), so beside a fine-tuned answer it costs what it costs alone,
+        and it may join a batch already running (`BatchGroup.member(joins_running=True)`): the
+        fine-tuned answer need not wait for RAG's retrieval. A row's answer is finished as soon
+        as it is done, not when the batch is.
+        """
         import torch
 
+        finished: set[Request] = set()
+        turns = self._turns_of(batch)
+        try:
+            with torch.inference_mode():
+                while turns:
+                    turns = [turn for turn in turns if next(turn, None) is not None]
+                    joining = self._joining()
+                    batch.extend(joining)  # so that a failure is reported to them too
+                    turns += self._turns_of(joining)
+                    for request in batch:
+                        if request.done and request not in finished:
+                            finished.add(request)
+                            self._finish(request)
+        finally:
+            for turn in turns:  # a failed batch: the other turns leave their adapter routes now
+                turn.close()
+        for request in batch:
+            if request not in finished:
+                self._finish(request)
+
+    def _turns_of(self, requests: list[Request]) -> list[Iterator[bool]]:
+        free = [r for r in requests if r.constraint is None]
+        return ([self._free_turns(free)] if free else []) + [self._copy_turns(r) for r in requests if r.constraint]
+
+    def _joining(self) -> list[Request]:
+        """Copy-constrained requests that arrived while a batch runs: they join its turns (they share no pass)."""
+        with self.wakeup:
+            joining = [r for r in self.pending if r.constraint is not None]
+            self.pending = [r for r in self.pending if r.constraint is None]
+        return joining
+
+    def _free_turns(self, batch: list[Request]) -> Iterator[bool]:
+        """The free rows' prompts, then one step for all of them per turn (a generator: a turn per `next`)."""
         from backends.finetuned import AdapterHost
 
         host = AdapterHost.of(self.llm)
-        if _copying_alone(batch):
-            with torch.inference_mode(), host.route([batch[0].adapter]):
-                cache, logits = self._prompt_of(batch[0])
-                self._copy_rest(batch[0], cache, [self._advance(batch[0], logits[0])])
-            self._finish(batch[0])
-            return
-        with torch.inference_mode(), contextlib.ExitStack() as routing:
+        with contextlib.ExitStack() as routing:
             logits, step = self._prefill(batch)
             rows = list(batch)
             routing.enter_context(host.route([r.adapter for r in rows]))
             for _ in range(max(r.max_new_tokens for r in batch)):
                 tokens = [self._advance(request, logits[row]) for row, request in enumerate(rows)]
                 if all(r.done for r in rows):
-                    break
+                    return
                 if any(r.done for r in rows) and hasattr(step, "keep"):  # finished rows stop costing work
                     kept = [row for row, request in enumerate(rows) if not request.done]
                     step.keep(kept)
                     rows, tokens = [rows[row] for row in kept], [tokens[row] for row in kept]
                     routing.close()  # the remaining rows' adapters, routed anew
                     routing.enter_context(host.route([r.adapter for r in rows]))
-                    if _copying_alone(rows) and hasattr(step, "lone_cache"):
-                        self._copy_rest(rows[0], step.lone_cache(), tokens)
-                        break
                 logits = step(tokens)
-        for request in batch:
-            self._finish(request)
+                yield True
 
     def _prefill(self, batch: list[Request]):
         """Run the prompts and return their last logits and a one-token step function."""
@@ -353,21 +402,24 @@ class Decoder:
         prefix = dynamic_cache(self.llm.config, [(layer.keys, layer.values) for layer in self.prefixes[key].layers])
         return self._prompt(request.input_ids[n:], prefix)
 
-    def _copy_rest(self, request: Request, cache, chunk: list[int]) -> None:
-        """A copy-constrained row alone, from its `cache` and its accepted tokens not yet fed (`chunk`).
+    def _copy_turns(self, request: Request) -> Iterator[bool]:
+        """A copy-constrained row, one forward pass per turn: its prompt, then the tokens it accepted since.
 
         Inside a copied span only one token is allowed, so the model is consulted only where
         the answer can go two ways (where it starts, whether it stops at a sentence end); the
         tokens the constraint forces in between join the next forward pass as one chunk, like a
         prompt. Same tokens as one step per token, far fewer passes (a RAG answer of ~35
-        tokens: 1-4 instead of 35). In Compare's batch this starts once the other row is done.
+        tokens: 1-4 instead of 35).
         """
-        while True:
-            self._take_forced(request, chunk)
-            if request.done:
-                return
-            cache, logits = self._prompt(chunk, cache)
+        from backends.finetuned import AdapterHost
+
+        cache, chunk = None, []
+        while not request.done:
+            with AdapterHost.of(self.llm).route([request.adapter]):
+                cache, logits = self._prompt_of(request) if cache is None else self._prompt(chunk, cache)
             chunk = [self._advance(request, logits[0])]
+            self._take_forced(request, chunk)
+            yield True
 
     def _take_forced(self, request: Request, chunk: list[int]) -> None:
         """Accept the tokens the row's copy constraint forces next, appending them to the `chunk` to feed."""

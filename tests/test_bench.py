@@ -8,7 +8,8 @@ from tests.test_cli import run_cli
 
 FIGURES = ["decode_tokens_per_s.transformers.base", "decode_tokens_per_s.transformers.adapter",
            "first_token_s.transformers.base", "first_token_s.transformers.adapter",
-           "answer.rag.first_token_s", "answer.ft.tokens_per_s", "side_by_side.ratio", "retrieval_ms.1000",
+           "answer.rag.first_token_s", "answer.ft.tokens_per_s", "side_by_side.ratio", "side_by_side.both_vs_sum",
+           "side_by_side.rag.done_s", "side_by_side.ft.done_s", "retrieval_ms.1000",
            "ingest.chunks_per_s", "embedding.chunks_per_s", "ingest.overhead", "cold_start_s",
            "peak_memory_mb.bench_process"]
 

@@ -93,49 +93,88 @@ def test_copied_spans_go_through_the_model_as_chunks(duet):
 
 
 @pytest.mark.parametrize("lean_step", [True, False], ids=["lean step", "plain step"])
-def test_both_columns_run_as_one_batch_and_answer_as_alone(duet, tiny_adapter, monkeypatch, lean_step):
+def test_both_columns_answer_side_by_side_as_alone(duet, tiny_adapter, monkeypatch, lean_step):
     from backends.fastdecode import LlamaStepper
 
     if not lean_step:  # the path of architectures LlamaStepper does not know: one padded prompt batch
         monkeypatch.setattr(LlamaStepper, "supports", staticmethod(lambda model: False))
     question = QUESTIONS[1]
     alone = {name: duet.ask(name, question, "tiny").text for name in ("rag", "ft")}
-    decoder = Decoder.of(duet.llm)
-    before = decoder.batches
     finals = {name: item for name, item in duet.stream_both(question, "tiny") if isinstance(item, Answer)}
-    assert decoder.batches == before + 1  # both answers came out of one batch
     assert {name: answer.text for name, answer in finals.items()} == alone
 
 
-def test_a_copied_row_left_alone_in_a_batch_goes_on_in_chunks(duet, monkeypatch):
+def test_a_copied_row_joins_the_running_batch_with_only_its_own_passes(duet, monkeypatch):
+    """RAG's row in Compare: not waited for, joins the free row's batch, costs the passes it costs alone, ends first."""
     import threading
+    import time
 
     from backends.fastdecode import LlamaStepper
     from backends.generation import BatchGroup
 
     messages, copy_from = rag_prompt(duet, QUESTIONS[1])
     copied = dict(messages=messages, max_new_tokens=40, copy_from=copy_from)
+    passes, copy_turns = [], Decoder._copy_turns
+
+    def counted(self, request):
+        for turn in copy_turns(self, request):
+            passes.append(request)
+            yield turn
+
+    monkeypatch.setattr(Decoder, "_copy_turns", counted)
+    step_rows, step = [], LlamaStepper.__call__
+    monkeypatch.setattr(LlamaStepper, "__call__", lambda self, tokens: step_rows.append(len(tokens)) or step(self, tokens))
     alone = decoder_text(duet.llm, **copied)
-    handed_over, lone_cache = [], LlamaStepper.lone_cache
-    monkeypatch.setattr(LlamaStepper, "lone_cache", lambda self: handed_over.append(self) or lone_cache(self))
-    group, texts = BatchGroup(2), {}
+    passes_alone = len(passes)
+    decoder, passes[:] = Decoder.of(duet.llm), []
+    before, group, texts, ended = decoder.batches, BatchGroup(2), {}, {}
 
-    def member(name, **request):
-        with group.member():
+    def member(name, joins_running, delay, **request):
+        with group.member(joins_running=joins_running):
+            time.sleep(delay)  # the copied row's retrieval: the free row starts without it
             texts[name] = decoder_text(duet.llm, **request)
+            ended[name] = time.monotonic()
 
-    rows = [threading.Thread(target=member, args=("copied",), kwargs=copied),
-            threading.Thread(target=member, args=("short",), kwargs=dict(messages=chat_messages(QUESTIONS[0]), max_new_tokens=3))]
+    rows = [threading.Thread(target=member, args=("free", False, 0.0),
+                             kwargs=dict(messages=chat_messages("Describe the company in detail."), max_new_tokens=60)),
+            threading.Thread(target=member, args=("copied", True, 1.0), kwargs=copied)]
     for row in rows:
         row.start()
     for row in rows:
         row.join(120)
-    assert len(handed_over) == 1  # the short row ended first; the copied one went on alone, in chunks
-    assert texts["copied"] == alone and texts["short"]
+    assert decoder.batches == before + 1  # the copied row joined the batch already running
+    assert len(passes) == passes_alone and set(step_rows[-10:]) == {1}  # its own passes; the steps: the free row's
+    assert texts["copied"] == alone and texts["free"]
+    assert ended["copied"] < ended["free"]  # finished when done, not when the batch was
 
 
-def test_the_lone_rows_cache_goes_on_exactly_where_the_batch_was(duet):
-    """The hand-over above: the remaining row's keys and values, as a DynamicCache, give the stepper's logits."""
+def test_a_member_that_never_reaches_the_decoder_or_joins_running_is_not_waited_for():
+    import threading
+
+    from backends.generation import BatchGroup
+
+    def member(group, entered, release):
+        with group.member():
+            entered.set()
+            release.wait(10)  # then fails before reaching the decoder (a bad question, say)
+
+    group, entered, release = BatchGroup(2), threading.Event(), threading.Event()
+    failing = threading.Thread(target=member, args=(group, entered, release))
+    failing.start()
+    entered.wait(10)
+    with group.member():
+        assert BatchGroup.arrive() is group and not group.complete  # the other member may still come
+        release.set()
+        failing.join(10)
+        assert group.complete  # it left after this one arrived: nobody waits for it
+    joining = BatchGroup(2)
+    with joining.member(joins_running=True), joining.member():
+        BatchGroup.arrive()
+        assert joining.complete  # the member that joins a running batch holds nothing back
+
+
+def test_a_kept_row_goes_on_exactly_as_alone(duet):
+    """A batch of free rows whose longer row ended: the rest, cut from the shared buffers, decodes as alone."""
     import torch
 
     from backends.fastdecode import LlamaStepper
@@ -149,9 +188,9 @@ def test_the_lone_rows_cache_goes_on_exactly_where_the_batch_was(duet):
         step([11, 12])
         step([13, 14])
         step.keep([1])  # the longer prompt's row ended: the gap is cut off
-        _, via_cache = decoder._prompt([15], step.lone_cache())
         via_step = step([15])
-    assert torch.allclose(via_cache, via_step, atol=1e-3)
+        _, alone = decoder._prompt(prompts[1] + [12, 14, 15])
+    assert torch.allclose(via_step, alone, atol=1e-3)
 
 
 def test_the_system_prefix_is_found_and_a_refusing_template_only_turns_reuse_off(duet):
