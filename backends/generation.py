@@ -325,7 +325,8 @@ class Decoder:
 
     def _turns_of(self, requests: list[Request]) -> list[Iterator[bool]]:
         free = [r for r in requests if r.constraint is None]
-        return ([self._free_turns(free)] if free else []) + [self._copy_turns(r) for r in requests if r.constraint]
+        copied = [r for r in requests if r.constraint is not None]
+        return ([self._free_turns(free)] if free else []) + [self._copy_turns(r) for r in copied]
 
     def _joining(self) -> list[Request]:
         """Copy-constrained requests that arrived while a batch runs: they join its turns (they share no pass)."""
