@@ -124,7 +124,8 @@ class BatchGroup:
     Each member thread enters `member()`. A member that ends without generating (an error,
     a bad question) leaves the group, so the others never wait for it. A member entered with
     `joins_running=True` (RAG's copy-constrained answer, which shares no forward pass with the
-    others) is not waited for: its request joins the batch running by then.
+    others) is not waited for: its request joins the batch running by then (a copied row takes
+    passes of its own; should it write freely after all, with no evidence to copy, its own steps).
     """
 
     _current: contextvars.ContextVar["_Seat | None"] = contextvars.ContextVar("duet_batch_seat", default=None)
@@ -140,7 +141,7 @@ class BatchGroup:
 
     @contextlib.contextmanager
     def member(self, joins_running: bool = False):
-        seat = _Seat(self)
+        seat = _Seat(self, joins_running)
         if joins_running:
             seat.take()
         token = self._current.set(seat)
@@ -151,13 +152,12 @@ class BatchGroup:
             seat.take()  # a member that never reached the decoder is not waited for either
 
     @classmethod
-    def arrive(cls) -> "BatchGroup | None":
-        """The group of the calling member, now arrived at the decoder (None outside a group)."""
+    def arrive(cls) -> "_Seat | None":
+        """The seat of the calling member, now arrived at the decoder (None outside a group)."""
         seat = cls._current.get()
-        if seat is None:
-            return None
-        seat.take()
-        return seat.group
+        if seat is not None:
+            seat.take()
+        return seat
 
 
 @dataclass(eq=False)
@@ -165,6 +165,7 @@ class _Seat:
     """One member of a BatchGroup: counted in `waiting_for` until it arrives, leaves or is told to join running."""
 
     group: BatchGroup
+    joins_running: bool = False
     counted: bool = True
 
     def take(self) -> None:
@@ -186,6 +187,7 @@ class Request:
     repetition_penalty: float = 1.0
     stop_at_eos: bool = True  # False: always max_new_tokens tokens (the benchmark's fixed-length decode)
     group: BatchGroup | None = None
+    joins_running: bool = False  # may join a running batch (its group does not wait for it)
     output: queue.Queue = field(default_factory=queue.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     generated: list[int] = field(default_factory=list)
@@ -260,7 +262,9 @@ class Decoder:
 
     def submit(self, request: Request) -> None:
         with self.wakeup:
-            request.group = BatchGroup.arrive()
+            seat = BatchGroup.arrive()
+            if seat is not None:
+                request.group, request.joins_running = seat.group, seat.joins_running
             self.pending.append(request)
             if self.worker is None:
                 self.worker = threading.Thread(target=self._serve, name="duet-decoder", daemon=True)
@@ -329,10 +333,14 @@ class Decoder:
         return ([self._free_turns(free)] if free else []) + [self._copy_turns(r) for r in copied]
 
     def _joining(self) -> list[Request]:
-        """Copy-constrained requests that arrived while a batch runs: they join its turns (they share no pass)."""
+        """Requests that arrived while a batch runs and need not wait for the next: they join its turns.
+
+        Copy-constrained rows (they share no pass with the others), and any row of a group member
+        that the group did not wait for.
+        """
         with self.wakeup:
-            joining = [r for r in self.pending if r.constraint is not None]
-            self.pending = [r for r in self.pending if r.constraint is None]
+            joining = [r for r in self.pending if r.constraint is not None or r.joins_running]
+            self.pending = [r for r in self.pending if r not in joining]
         return joining
 
     def _free_turns(self, batch: list[Request]) -> Iterator[bool]:
