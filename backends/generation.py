@@ -1,13 +1,14 @@
 """Generation: one batched greedy decoder per loaded model, with streaming and per-stage timing.
 
 Every inference forward pass of a model goes through its `Decoder`: a worker thread that
-takes the requests waiting for it and runs them as one batch, one forward pass per token
-for all rows. Compare's columns join a `BatchGroup`, so their answers are generated
-together: free-writing rows (fine-tuned, RAG + fine-tuned) share one forward pass per token,
-the weights read once for all, and peft applies the adapter per row (`AdapterHost.route`).
-A copy-constrained (RAG) answer needs the model only where it can go two ways: the tokens
-its constraint forces are fed in chunks (`Decoder._copy_turns`), so it takes a few forward
-passes of its own, between the others' steps, instead of one per token.
+takes the requests waiting for it and runs them as one batch, in turns. Free-writing rows
+(fine-tuned, RAG + fine-tuned) share one forward pass per token, the weights read once for
+all, and peft applies the adapter per row (`AdapterHost.route`); Compare's columns join a
+`BatchGroup` so that they start together. A copy-constrained (RAG) answer needs the model
+only where it can go two ways: the tokens its constraint forces are fed in chunks
+(`Decoder._copy_turns`), so it takes a few forward passes of its own between the others'
+steps instead of one per token, and it joins a batch already running rather than being
+waited for. Each answer is finished as soon as it is done.
 
 The loop is our own rather than `model.generate`: it computes logits for the last position
 only, applies the few rules we use (repetition penalty, copy-constrained decoding, EOS)
@@ -235,7 +236,7 @@ class Decoder:
         self.wakeup = threading.Condition()
         self.worker: threading.Thread | None = None
         self.eos = llm.eos
-        self.batches = 0  # how many batches ran (tests check that Compare's columns share one)
+        self.batches = 0  # how many batches ran (tests check that a late RAG row joined the running one)
         self.prefixes: dict[tuple[int, ...], object] = {}  # prompt prefix -> its KV cache (base model)
         self.stopping = False
 
