@@ -25,7 +25,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Iterator, Union
+from typing import Iterator, NamedTuple, Union
 
 from backends.models import LoadedLLM
 
@@ -227,6 +227,13 @@ class Request:
         return allowed[0] if len(allowed) == 1 else None
 
 
+class Turns(NamedTuple):
+    """Rows that take their forward passes together (`Decoder._run`): one pass per `next(steps)`."""
+
+    steps: Iterator[bool]
+    rows: list[Request]
+
+
 class Decoder:
     """The batched greedy decoder of one loaded model (one worker thread, started on first use)."""
 
@@ -313,7 +320,7 @@ class Decoder:
         try:
             with torch.inference_mode():
                 while turns:
-                    turns = [turn for turn in turns if next(turn, None) is not None]
+                    turns = [turn for turn in turns if self._take_turn(turn, finished)]
                     joining = self._joining()
                     batch.extend(joining)  # so that a failure is reported to them too
                     turns += self._turns_of(joining)
@@ -323,15 +330,26 @@ class Decoder:
                             self._finish(request)
         finally:
             for turn in turns:  # a failed batch: the other turns leave their adapter routes now
-                turn.close()
+                turn.steps.close()
         for request in batch:
             if request not in finished:
                 self._finish(request)
 
-    def _turns_of(self, requests: list[Request]) -> list[Iterator[bool]]:
+    def _turns_of(self, requests: list[Request]) -> list["Turns"]:
         free = [r for r in requests if r.constraint is None]
         copied = [r for r in requests if r.constraint is not None]
-        return ([self._free_turns(free)] if free else []) + [self._copy_turns(r) for r in copied]
+        return ([Turns(self._free_turns(free), free)] if free else []) + [Turns(self._copy_turns(r), [r]) for r in copied]
+
+    @staticmethod
+    def _take_turn(turn: "Turns", finished: set[Request]) -> bool:
+        """One turn of these rows; False once they are done, or failed: then the error is theirs alone."""
+        try:
+            return next(turn.steps, None) is not None
+        except Exception as error:  # e.g. a copied row's adapter not loaded: the rows beside it go on
+            for request in turn.rows:
+                request.output.put(error)
+                finished.add(request)
+            return False
 
     def _joining(self) -> list[Request]:
         """Requests that arrived while a batch runs and need not wait for the next: they join its turns.

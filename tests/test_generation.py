@@ -12,6 +12,7 @@ from backends.rag import build_messages, rank_evidence
 from backends.training import chat_messages
 from backends.types import Answer
 
+LONG_FREE_ROW = dict(messages=chat_messages("Describe the company in detail."), max_new_tokens=60)
 QUESTIONS = ["How many days of annual leave do employees get?", "What is the daily meal allowance for travel?",
              "Who approves expenses above the limit?"]
 
@@ -104,14 +105,40 @@ def test_both_columns_answer_side_by_side_as_alone(duet, tiny_adapter, monkeypat
     assert {name: answer.text for name, answer in finals.items()} == alone
 
 
-@pytest.mark.parametrize("copied", [True, False], ids=["copied row", "free row (no evidence to copy)"])
-def test_rags_row_joins_the_running_batch_with_only_its_own_passes(duet, monkeypatch, copied):
-    """RAG's row in Compare: not waited for, joins the free row's batch, costs the passes it costs alone, ends first."""
+def side_by_side(duet, late: dict) -> tuple[dict, dict]:
+    """A long free row, and 1 s later (RAG's retrieval) the `late` request of a member that joins running.
+
+    Returns each row's text (or the exception it raised) and when it ended.
+    """
     import threading
     import time
 
-    from backends.fastdecode import LlamaStepper
     from backends.generation import BatchGroup
+
+    group, texts, ended = BatchGroup(2), {}, {}
+
+    def member(name, joins_running, delay, **request):
+        with group.member(joins_running=joins_running):
+            time.sleep(delay)
+            try:
+                texts[name] = decoder_text(duet.llm, **request)
+            except Exception as error:  # the test looks at it
+                texts[name] = error
+            ended[name] = time.monotonic()
+
+    rows = [threading.Thread(target=member, args=("free", False, 0.0), kwargs=LONG_FREE_ROW),
+            threading.Thread(target=member, args=("rag", True, 1.0), kwargs=late)]
+    for row in rows:
+        row.start()
+    for row in rows:
+        row.join(120)
+    return texts, ended
+
+
+@pytest.mark.parametrize("copied", [True, False], ids=["copied row", "free row (no evidence to copy)"])
+def test_rags_row_joins_the_running_batch_with_only_its_own_passes(duet, monkeypatch, copied):
+    """RAG's row in Compare: not waited for, joins the free row's batch, costs the passes it costs alone, ends first."""
+    from backends.fastdecode import LlamaStepper
 
     messages, copy_from = rag_prompt(duet, QUESTIONS[1])
     late = dict(messages=messages, max_new_tokens=40 if copied else 8, copy_from=copy_from if copied else None)
@@ -128,26 +155,22 @@ def test_rags_row_joins_the_running_batch_with_only_its_own_passes(duet, monkeyp
     alone = decoder_text(duet.llm, **late)
     passes_alone = len(passes)
     decoder, passes[:] = Decoder.of(duet.llm), []
-    before, group, texts, ended = decoder.batches, BatchGroup(2), {}, {}
-
-    def member(name, joins_running, delay, **request):
-        with group.member(joins_running=joins_running):
-            time.sleep(delay)  # RAG's retrieval: the free row starts without it
-            texts[name] = decoder_text(duet.llm, **request)
-            ended[name] = time.monotonic()
-
-    rows = [threading.Thread(target=member, args=("free", False, 0.0),
-                             kwargs=dict(messages=chat_messages("Describe the company in detail."), max_new_tokens=60)),
-            threading.Thread(target=member, args=("rag", True, 1.0), kwargs=late)]
-    for row in rows:
-        row.start()
-    for row in rows:
-        row.join(120)
+    before = decoder.batches
+    texts, ended = side_by_side(duet, late)
     assert decoder.batches == before + 1  # RAG's row joined the batch already running
     assert texts["rag"] == alone and texts["free"]
     assert ended["rag"] < ended["free"]  # finished when done, not when the batch was
     if copied:  # its own passes, as many as alone; every step is the free row's alone
         assert len(passes) == passes_alone > 0 and set(step_rows[-10:]) == {1}
+
+
+def test_a_row_that_fails_fails_alone(duet):
+    """A copied row that cannot run (its adapter is not loaded) fails; the free row in its batch answers as alone."""
+    messages, copy_from = rag_prompt(duet, QUESTIONS[1])
+    alone = decoder_text(duet.llm, **LONG_FREE_ROW)
+    texts, _ = side_by_side(duet, dict(messages=messages, max_new_tokens=40, adapter="not-loaded", copy_from=copy_from))
+    assert isinstance(texts["rag"], RuntimeError) and "not loaded" in str(texts["rag"])
+    assert texts["free"] == alone
 
 
 def test_a_member_that_never_reaches_the_decoder_or_joins_running_is_not_waited_for():
