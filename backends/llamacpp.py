@@ -12,9 +12,9 @@ llama.cpp applies a LoRA adapter to a whole context, so each adapter (and the ba
 model) gets contexts of its own, kept for the next request: its KV cache then still holds
 the last prompt, and a new prompt re-uses its system message from there, as the transformers
 engine does (no more: the same question asked twice costs the same on both engines). The
-rows are not batched into one forward pass, since their contexts differ; they take turns,
-one forward pass each, and a request joins the turns as soon as it arrives (a batch group
-would only make the fine-tuned answer wait for RAG's retrieval).
+rows are not batched into one forward pass, since their contexts differ; they take the
+decoder's turns (`Decoder._run`), one forward pass each, and a request joins them as soon
+as it arrives (a batch group would only make the fine-tuned answer wait for RAG's retrieval).
 
 Optional because installing llama-cpp-python compiles llama.cpp (`make engine`, a few
 minutes); the default install stays compiler-free. One engine per process: llama.cpp's
@@ -28,10 +28,10 @@ import importlib.util
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 from backends.errors import BadInput, ModelUnavailable
-from backends.generation import Decoder, Request
+from backends.generation import Decoder, Request, Turns
 from backends.models import LoadedLLM
 
 # Tokens a context holds (prompt and answer). llama.cpp allocates and clears its KV cache up front
@@ -136,29 +136,26 @@ class LlamaCppDecoder(Decoder):
             batch, self.pending = self.pending, []
             return batch
 
-    def _run(self, batch: list[Request]) -> None:
-        rows = self._start(batch)
-        while rows:
-            for row in rows:
-                self._step(row)
-            for row in rows:
-                if row.request.done:
-                    self._finish(row.request)
-                    self._release(row)
-            rows = [row for row in rows if not row.request.done]
-            with self.wakeup:  # requests that arrived meanwhile join the turns
-                arrived, self.pending = self.pending, []
-            batch.extend(arrived)  # so that a failure is reported to them too
-            rows += self._start(arrived)
+    def _turns_of(self, requests: list[Request]) -> list[Turns]:
+        """Each request its own turns (its context differs from the others'); a failure is its own alone."""
+        return [Turns(self._answer_turns(request), [request]) for request in requests]
 
-    def _start(self, requests: list[Request]) -> list[Row]:
-        rows = []
-        for request in requests:
-            try:
-                rows.append(self._row(request))
-            except Exception as error:  # this request's alone (a prompt too long, an adapter llama.cpp cannot apply)
-                request.output.put(error)
-        return rows
+    def _joining(self) -> list[Request]:
+        """Whatever arrived while the turns run joins them at once."""
+        with self.wakeup:
+            joining, self.pending = self.pending, []
+        return joining
+
+    def _answer_turns(self, request: Request) -> Iterator[bool]:
+        """The request's prompt, then one forward pass per turn; its context is kept for the next request."""
+        row = self._row(request)  # a prompt too long, an adapter llama.cpp cannot apply: this request fails alone
+        try:
+            yield True
+            while not request.done:
+                self._step(row)
+                yield True
+        finally:
+            self._release(row)
 
     def _row(self, request: Request) -> Row:
         """The request's prompt through a context of its adapter; its first token chosen."""
