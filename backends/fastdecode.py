@@ -1,27 +1,33 @@
-"""One decoding step of a Llama-family model without transformers' per-call machinery.
+"""One forward pass of a Llama-family model for several answers at once, without transformers' per-call machinery.
 
-A step of the bundled 135M model is ~40 ms of matrix products and, through
-`model(...)`, another ~30 ms of Python and small tensor work around them: building the
-causal mask, output records, decorators, and a KV cache that copies every layer's keys and
-values into a new tensor at every token (`torch.cat`). `LlamaStepper` runs the very same
-modules and functions (the model's own linear layers, with their LoRA routing; its norms,
-rotary embedding and transformers' SDPA attention) layer by layer, on a KV cache allocated
-once for the whole answer. Prompts still go through `model(...)`, one row at a time: a
-batch's short prompt (a fine-tuned question) is not padded to the long one (a RAG prompt
-with its sources), which doubled the prompt work of Compare. tests/test_generation.py
-checks the greedy tokens against `model.generate`.
+Decoding is memory-bound: a pass of the bundled 135M model reads its 538 MB of float32
+weights (~40 ms here) whether it carries one token or a dozen, and through `model(...)`
+another ~30 ms of Python and small tensor work go around it (the causal mask, output
+records, decorators, a KV cache copied into a new tensor at every token). `LlamaPass` runs
+the very same modules and functions (the model's own linear layers, with their LoRA
+routing; its norms, rotary embedding and transformers' SDPA attention) layer by layer, and
+takes in one pass whatever each answer has to feed: a fine-tuned answer's next token, a RAG
+answer's prompt or the chunk of tokens its copy constraint forced, another answer's
+prompt. The rows are laid end to end along one sequence: everything but attention works
+token by token, and attention runs per row on that row's own KV cache (`RowCache`, allocated
+once for its prompt and answer), so rows of any length share the weight reads without
+padding. tests/test_generation.py checks the greedy tokens against `model.generate`.
 
-Other architectures, or attention other than SDPA, use the plain `model(...)` step
-(`LlamaStepper.supports`).
+Other architectures, or attention other than SDPA, go through `ModelPass`: `model(...)`
+once per row on a transformers DynamicCache (`passes_for` picks).
 """
 
 from __future__ import annotations
 
 import sys
+from typing import Callable, ContextManager, NamedTuple
 
 import torch
 
 SUPPORTED_MODEL_TYPES = {"llama"}
+
+# Routes each fed token to its row's adapter: AdapterHost.route, given one adapter name (or None) per token.
+Route = Callable[[list], ContextManager]
 
 
 def base_causal_lm(model):
@@ -29,98 +35,133 @@ def base_causal_lm(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def dynamic_cache(config, layers):
-    """A transformers DynamicCache holding these (keys, values) per layer; later tokens never write into them."""
-    from transformers import DynamicCache
+class Feed(NamedTuple):
+    """What one row feeds in a pass: tokens after those its cache holds, and the adapter they go through."""
 
-    cache = DynamicCache(config=config)
-    for index, (keys, values) in enumerate(layers):
-        cache.update(keys, values, index)
-    return cache
+    cache: object  # a RowCache (LlamaPass) or a DynamicCache (ModelPass)
+    tokens: list[int]
+    adapter: str | None
 
 
-class LlamaStepper:
-    """Decodes one token per row per call, from a prompt's KV cache (a transformers DynamicCache)."""
+class RowCache:
+    """One answer's keys and values for every layer, in buffers allocated once for its prompt and answer."""
 
-    def __init__(self, model, prompts: list, max_new_tokens: int):
-        """`prompts`: one DynamicCache per row, each from its own prompt alone (no padding computed)."""
+    def __init__(self, layers: int, heads: int, head_dim: int, capacity: int, like: torch.Tensor):
+        shape = (1, heads, capacity, head_dim)  # never read beyond `length`: no need to clear
+        self.keys = [like.new_empty(shape) for _ in range(layers)]
+        self.values = [like.new_empty(shape) for _ in range(layers)]
+        self.length = 0  # tokens held
+
+    def start_from(self, prefix: "RowCache") -> "RowCache":
+        """Hold the prefix's tokens (a system message computed once) as this cache's first ones."""
+        n = prefix.length
+        for mine, theirs in zip(self.keys + self.values, prefix.keys + prefix.values):
+            mine[:, :, :n] = theirs[:, :, :n]
+        self.length = n
+        return self
+
+
+class LlamaPass:
+    """Feeds several rows their tokens in one forward pass; each row keeps its own KV cache."""
+
+    def __init__(self, model):
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         causal_lm = base_causal_lm(model)
+        self.config = causal_lm.config
         self.lm, self.head = causal_lm.model, causal_lm.lm_head
         self.rotate = sys.modules[type(causal_lm).__module__].apply_rotary_pos_emb
         self.attend = sdpa_attention_forward
-        lengths = [cache.get_seq_length() for cache in prompts]
-        self.length = max(lengths)
-        device = self.head.weight.device
-        self.positions = torch.tensor([[n - 1] for n in lengths], device=device)
-        # Rows are left-aligned to the longest prompt; the mask hides the gap (a single row needs none).
-        self.mask = None
-        if len(prompts) > 1:
-            self.mask = torch.zeros((len(prompts), self.length), dtype=torch.long, device=device)
-            for row, n in enumerate(lengths):
-                self.mask[row, self.length - n:] = 1
-        self.keys = [self._rows([c.layers[i].keys for c in prompts], max_new_tokens) for i in range(len(self.lm.layers))]
-        self.values = [self._rows([c.layers[i].values for c in prompts], max_new_tokens) for i in range(len(self.lm.layers))]
-
-    def keep(self, rows: list[int]) -> None:
-        """Go on with these rows only (the others finished); a lone row drops the padding it no longer needs."""
-        index = torch.tensor(rows, device=self.positions.device)
-        self.positions = self.positions.index_select(0, index)
-        self.keys = [k.index_select(0, index) for k in self.keys]
-        self.values = [v.index_select(0, index) for v in self.values]
-        if self.mask is None:
-            return
-        self.mask = self.mask.index_select(0, index)
-        gap = int(self.mask.argmax(dim=1).min())  # each row's mask is 0...0 1...1: argmax is its first 1
-        if gap:  # columns no remaining row attends to: cut them off the front of every buffer
-            self.mask = self.mask[:, gap:]
-            self.keys = [k[:, :, gap:] for k in self.keys]
-            self.values = [v[:, :, gap:] for v in self.values]
-            self.length -= gap
-        if bool(self.mask.all()):
-            self.mask = None
-
-    def _rows(self, parts: list[torch.Tensor], extra: int) -> torch.Tensor:
-        """One layer's keys (or values) of every row in one buffer with room for `extra` more tokens."""
-        _, heads, _, dim = parts[0].shape
-        # Zeros, not garbage, in the gaps: a masked position still multiplies its value by 0.
-        buffer = parts[0].new_zeros((len(parts), heads, self.length + extra, dim))
-        for row, part in enumerate(parts):
-            buffer[row, :, self.length - part.shape[2]:self.length] = part[0]
-        return buffer
 
     @staticmethod
     def supports(model) -> bool:
         config = base_causal_lm(model).config
         return config.model_type in SUPPORTED_MODEL_TYPES and config._attn_implementation == "sdpa"
 
-    def __call__(self, tokens: list[int]) -> torch.Tensor:
-        """The next-token logits (rows x vocabulary, float32 on the CPU) after feeding one token per row."""
-        device = self.head.weight.device
-        self.positions = self.positions + 1
-        if self.mask is not None:
-            self.mask = torch.cat([self.mask, self.mask.new_ones((self.mask.shape[0], 1))], dim=1)
-        hidden = self.lm.embed_tokens(torch.tensor(tokens, dtype=torch.long, device=device)[:, None])
-        cos_sin = self.lm.rotary_emb(hidden, position_ids=self.positions)
-        mask = self.mask[:, None, None, :].bool() if self.mask is not None else None
-        for index, layer in enumerate(self.lm.layers):
-            hidden = self._layer(layer, index, hidden, cos_sin, mask)
-        self.length += 1
-        return self.head(self.lm.norm(hidden)[:, -1:, :])[:, -1, :].float().cpu()
+    def cache(self, capacity: int, prefix: RowCache | None = None) -> RowCache:
+        """An empty cache with room for `capacity` tokens, or one that starts with the prefix's."""
+        attention = self.lm.layers[0].self_attn
+        cache = RowCache(len(self.lm.layers), self.config.num_key_value_heads, attention.head_dim, capacity,
+                         self.head.weight)
+        return cache.start_from(prefix) if prefix is not None else cache
 
-    def _layer(self, layer, index: int, hidden: torch.Tensor, cos_sin, mask) -> torch.Tensor:
+    def __call__(self, feeds: list[Feed], route: Route) -> torch.Tensor:
+        """The logits after each row's last fed token (rows x vocabulary, float32 on the CPU)."""
+        device = self.head.weight.device
+        ids = [token for feed in feeds for token in feed.tokens]
+        positions = [feed.cache.length + i for feed in feeds for i in range(len(feed.tokens))]
+        spans, start = [], 0
+        for feed in feeds:
+            spans.append((feed.cache, start, start + len(feed.tokens), _causal_mask(feed.cache.length, len(feed.tokens), device)))
+            start += len(feed.tokens)
+        with route([feed.adapter for feed in feeds for _ in feed.tokens]):
+            hidden = self.lm.embed_tokens(torch.tensor([ids], dtype=torch.long, device=device))
+            cos_sin = self.lm.rotary_emb(hidden, position_ids=torch.tensor([positions], device=device))
+            for index, layer in enumerate(self.lm.layers):
+                hidden = self._layer(layer, index, hidden, cos_sin, spans)
+            last = torch.tensor([end - 1 for _, _, end, _ in spans], device=device)
+            logits = self.head(self.lm.norm(hidden.index_select(1, last)))[0].float().cpu()
+        for feed in feeds:  # only now: a pass that failed half-way leaves every cache as it was
+            feed.cache.length += len(feed.tokens)
+        return logits
+
+    def _layer(self, layer, index: int, hidden: torch.Tensor, cos_sin, spans: list) -> torch.Tensor:
         attention = layer.self_attn
         normed = layer.input_layernorm(hidden)
-        shape = (hidden.shape[0], 1, -1, attention.head_dim)
+        shape = (1, hidden.shape[1], -1, attention.head_dim)
         query = attention.q_proj(normed).view(shape).transpose(1, 2)
         key = attention.k_proj(normed).view(shape).transpose(1, 2)
         value = attention.v_proj(normed).view(shape).transpose(1, 2)
         query, key = self.rotate(query, key, *cos_sin)
-        end = self.length + 1
-        self.keys[index][:, :, self.length:end] = key
-        self.values[index][:, :, self.length:end] = value
-        attended, _ = self.attend(attention, query, self.keys[index][:, :, :end], self.values[index][:, :, :end], mask,
-                                  dropout=0.0, scaling=attention.scaling)
-        hidden = hidden + attention.o_proj(attended.reshape(hidden.shape[0], 1, -1).contiguous())
+        attended = [self._attend(attention, index, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], cache, mask)
+                    for cache, a, b, mask in spans]
+        attended = attended[0] if len(attended) == 1 else torch.cat(attended, dim=1)
+        hidden = hidden + attention.o_proj(attended.reshape(1, hidden.shape[1], -1))
         return hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+
+    def _attend(self, attention, index: int, query, key, value, cache: RowCache, mask) -> torch.Tensor:
+        """One row's attention over its cache and its new tokens (written into the cache)."""
+        start, end = cache.length, cache.length + query.shape[2]
+        cache.keys[index][:, :, start:end] = key
+        cache.values[index][:, :, start:end] = value
+        attended, _ = self.attend(attention, query, cache.keys[index][:, :, :end], cache.values[index][:, :, :end], mask,
+                                  dropout=0.0, scaling=attention.scaling)
+        return attended
+
+
+def _causal_mask(held: int, new: int, device) -> torch.Tensor | None:
+    """Which held and new positions each new token sees (None: all held, or a fresh prompt's plain causal order)."""
+    if new == 1 or held == 0:
+        return None
+    return torch.ones((new, held + new), dtype=torch.bool, device=device).tril(diagonal=held)[None, None]
+
+
+class ModelPass:
+    """Any architecture: each row's tokens through `model(...)` on its own DynamicCache, one row after the other."""
+
+    def __init__(self, model):
+        self.model = model
+        self.config = base_causal_lm(model).config
+
+    def cache(self, capacity: int, prefix=None):
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.config)
+        for index, layer in enumerate(prefix.layers if prefix is not None else []):  # later tokens never write into these
+            cache.update(layer.keys, layer.values, index)
+        return cache
+
+    def __call__(self, feeds: list[Feed], route: Route) -> torch.Tensor:
+        logits = []
+        device = base_causal_lm(self.model).lm_head.weight.device
+        for feed in feeds:
+            with route([feed.adapter]):
+                out = self.model(input_ids=torch.tensor([feed.tokens], device=device), past_key_values=feed.cache,
+                                 use_cache=True, logits_to_keep=1)
+            logits.append(out.logits[:, -1, :].float().cpu())
+        return torch.cat(logits)
+
+
+def passes_for(model) -> "LlamaPass | ModelPass":
+    """The forward pass this model decodes with: the lean shared one where the architecture allows."""
+    return LlamaPass(model) if LlamaPass.supports(model) else ModelPass(model)

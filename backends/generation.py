@@ -1,14 +1,15 @@
 """Generation: one batched greedy decoder per loaded model, with streaming and per-stage timing.
 
 Every inference forward pass of a model goes through its `Decoder`: a worker thread that
-takes the requests waiting for it and runs them as one batch, in turns. Free-writing rows
-(fine-tuned, RAG + fine-tuned) share one forward pass per token, the weights read once for
-all, and peft applies the adapter per row (`AdapterHost.route`); Compare's columns join a
-`BatchGroup` so that they start together. A copy-constrained (RAG) answer needs the model
-only where it can go two ways: the tokens its constraint forces are fed in chunks
-(`Decoder._copy_turns`), so it takes a few forward passes of its own between the others'
-steps instead of one per token, and it joins a batch already running rather than being
-waited for. Each answer is finished as soon as it is done.
+takes the requests waiting for it and runs them together, one forward pass a round for all
+of them (`fastdecode.LlamaPass`), the weights read once for all, with peft applying each
+row's adapter to its tokens (`AdapterHost.route`). Each row feeds what it has to: a
+free-writing answer (fine-tuned, RAG + fine-tuned) its last token; a copy-constrained (RAG)
+answer, which needs the model only where it can go two ways, the tokens its constraint
+forced since, in one chunk; a new request its prompt. A request that arrives while others
+run joins them at the next round, so RAG's answer in Compare rides on the fine-tuned
+answer's steps and is not waited for (`BatchGroup`). Each answer is finished as soon as it
+is done.
 
 The loop is our own rather than `model.generate`: it computes logits for the last position
 only, applies the few rules we use (repetition penalty, copy-constrained decoding, EOS)
@@ -25,7 +26,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Iterator, NamedTuple, Union
+from typing import Iterator, Union
 
 from backends.models import LoadedLLM
 
@@ -124,9 +125,8 @@ class BatchGroup:
 
     Each member thread enters `member()`. A member that ends without generating (an error,
     a bad question) leaves the group, so the others never wait for it. A member entered with
-    `joins_running=True` (RAG's copy-constrained answer, which shares no forward pass with the
-    others) is not waited for: its request joins the batch running by then (a copied row takes
-    passes of its own; should it write freely after all, with no evidence to copy, its own steps).
+    `joins_running=True` (RAG's answer, which first has to retrieve) is not waited for: its
+    request joins the rounds running by then.
     """
 
     _current: contextvars.ContextVar["_Seat | None"] = contextvars.ContextVar("duet_batch_seat", default=None)
@@ -227,11 +227,14 @@ class Request:
         return allowed[0] if len(allowed) == 1 else None
 
 
-class Turns(NamedTuple):
-    """Rows that take their forward passes together (`Decoder._run`): one pass per `next(steps)`."""
+@dataclass(eq=False)
+class Row:
+    """A request being answered: its engine's KV cache of it, and its tokens that cache does not hold yet."""
 
-    steps: Iterator[bool]
-    rows: list[Request]
+    request: Request
+    cache: object
+    feed: list[int]
+    prompted: bool = False  # its prompt went through the model
 
 
 class Decoder:
@@ -244,7 +247,7 @@ class Decoder:
         self.worker: threading.Thread | None = None
         self.eos = llm.eos
         self.batches = 0  # how many batches ran (tests check that a late RAG row joined the running one)
-        self.prefixes: dict[tuple[int, ...], object] = {}  # prompt prefix -> its KV cache (base model)
+        self.prefixes: dict[tuple, object] = {}  # (pass kind, prompt prefix...) -> its KV cache (base model)
         self.stopping = False
 
     @classmethod
@@ -304,189 +307,106 @@ class Decoder:
                     request.output.put(error)
 
     def _run(self, batch: list[Request]) -> None:
-        """Turns until every row is done: one forward pass for all free rows, then one per copied row.
+        """Forward passes until every row is done: one pass a round, every row feeding what it has to.
 
-        A copy-constrained row (RAG's) is not a row of the free rows' steps: one step per
-        token would cost it a step for each of its forced tokens. It takes passes of its own
-        instead (`_copy_turns`), so beside a fine-tuned answer it costs what it costs alone,
-        and it may join a batch already running (`BatchGroup.member(joins_running=True)`): the
-        fine-tuned answer need not wait for RAG's retrieval. A row's answer is finished as soon
-        as it is done, not when the batch is.
+        A free row feeds its last token; a copy-constrained row (RAG's) the tokens its
+        constraint forced since its last choice, in one chunk; a row that just arrived its
+        prompt. So Compare's two answers read the weights once for both: RAG's prompt and
+        chunks ride on the fine-tuned answer's steps instead of costing passes of their own.
+        Requests that arrive meanwhile join at the next round (a RAG row need not be waited
+        for); each answer is finished as soon as it is done.
         """
         import torch
 
-        finished: set[Request] = set()
-        turns = self._turns_of(batch)
-        try:
-            with torch.inference_mode():
-                while turns:
-                    turns = [turn for turn in turns if self._take_turn(turn, finished)]
-                    joining = self._joining()
-                    batch.extend(joining)  # so that a failure is reported to them too
-                    turns += self._turns_of(joining)
-                    for request in batch:
-                        if request.done and request not in finished:
-                            finished.add(request)
-                            self._finish(request)
-        finally:
-            for turn in turns:  # a failed batch: the other turns leave their adapter routes now
-                turn.steps.close()
-        for request in batch:
-            if request not in finished:
-                self._finish(request)
+        rows: list[Row] = []
+        arrived = batch
+        with torch.inference_mode():
+            while arrived or rows:
+                rows += self._open_rows(arrived)
+                if rows:
+                    self._pass(rows)
+                for row in rows:
+                    if row.request.done:
+                        self._finish(row)
+                rows = [row for row in rows if not row.request.done]
+                arrived = self._joining()
+                batch.extend(arrived)  # so that a failure is reported to them too
 
-    def _turns_of(self, requests: list[Request]) -> list["Turns"]:
-        free = [r for r in requests if r.constraint is None]
-        copied = [r for r in requests if r.constraint is not None]
-        return ([Turns(self._free_turns(free), free)] if free else []) + [Turns(self._copy_turns(r), [r]) for r in copied]
-
-    @staticmethod
-    def _take_turn(turn: "Turns", finished: set[Request]) -> bool:
-        """One turn of these rows; False once they are done, or failed: then the error is theirs alone."""
-        try:
-            return next(turn.steps, None) is not None
-        except Exception as error:  # e.g. a copied row's adapter not loaded: the rows beside it go on
-            for request in turn.rows:
+    def _open_rows(self, requests: list[Request]) -> list[Row]:
+        """Rows for the requests that can start; one that cannot (its adapter not loaded, say) fails alone."""
+        rows = []
+        for request in requests:
+            try:
+                rows.append(self._open(request))
+            except Exception as error:
+                request.done = True
                 request.output.put(error)
-                finished.add(request)
-            return False
+        return rows
 
-    def _joining(self) -> list[Request]:
-        """Requests that arrived while a batch runs and need not wait for the next: they join its turns.
-
-        Copy-constrained rows (they share no pass with the others), and any row of a group member
-        that the group did not wait for.
-        """
-        with self.wakeup:
-            joining = [r for r in self.pending if r.constraint is not None or r.joins_running]
-            self.pending = [r for r in self.pending if r not in joining]
-        return joining
-
-    def _free_turns(self, batch: list[Request]) -> Iterator[bool]:
-        """The free rows' prompts, then one step for all of them per turn (a generator: a turn per `next`)."""
-        from backends.finetuned import AdapterHost
-
-        host = AdapterHost.of(self.llm)
-        with contextlib.ExitStack() as routing:
-            logits, step = self._prefill(batch)
-            rows = list(batch)
-            routing.enter_context(host.route([r.adapter for r in rows]))
-            for _ in range(max(r.max_new_tokens for r in batch)):
-                tokens = [self._advance(request, logits[row]) for row, request in enumerate(rows)]
-                if all(r.done for r in rows):
-                    return
-                if any(r.done for r in rows) and hasattr(step, "keep"):  # finished rows stop costing work
-                    kept = [row for row, request in enumerate(rows) if not request.done]
-                    step.keep(kept)
-                    rows, tokens = [rows[row] for row in kept], [tokens[row] for row in kept]
-                    routing.close()  # the remaining rows' adapters, routed anew
-                    routing.enter_context(host.route([r.adapter for r in rows]))
-                logits = step(tokens)
-                yield True
-
-    def _prefill(self, batch: list[Request]):
-        """Run the prompts and return their last logits and a one-token step function."""
-        import torch
-
-        from backends.fastdecode import LlamaStepper
-        from backends.finetuned import AdapterHost
-
-        if not LlamaStepper.supports(self.llm.model):
-            return self._prefill_padded(batch)
-        caches, logits = [], []
-        for request in batch:
-            with AdapterHost.of(self.llm).route([request.adapter]):
-                cache, row_logits = self._prompt_of(request)
-            caches.append(cache)
-            logits.append(row_logits)
-        return torch.cat(logits), LlamaStepper(self.llm.model, caches, max(r.max_new_tokens for r in batch))
-
-    def _prompt(self, input_ids: list[int], cache=None):
-        """Tokens of one row through the model (a prompt, or more tokens on its `cache`): the cache and last logits."""
-        import torch
-        from transformers import DynamicCache
-
-        cache = cache if cache is not None else DynamicCache(config=self.llm.config)
-        out = self.llm.model(input_ids=torch.tensor([input_ids], device=self.llm.device), past_key_values=cache,
-                             use_cache=True, logits_to_keep=1)
-        return cache, out.logits[:, -1, :].float().cpu()
-
-    def _prompt_of(self, request: Request):
-        """The request's prompt through the model, its system message's KV taken from earlier prompts when it can.
+    def _open(self, request: Request) -> Row:
+        """The request's row: a KV cache with room for its prompt and answer, its system message's KV in it if known.
 
         Base model only: an adapter changes the keys and values, and can be retrained under
         the same name. Every RAG prompt starts with the same ~80-token system message.
         """
+        from backends.finetuned import AdapterHost
+
+        AdapterHost.of(self.llm).check_loaded([request.adapter])
+        passes = self._passes()
+        capacity = len(request.input_ids) + request.max_new_tokens
         n = request.prefix_length
         if request.adapter is not None or not 0 < n < len(request.input_ids):
-            return self._prompt(request.input_ids)
-        key = tuple(request.input_ids[:n])
+            return Row(request, passes.cache(capacity), list(request.input_ids))
+        key = (type(passes).__name__, *request.input_ids[:n])  # each pass keeps its own kind of cache
         if key not in self.prefixes:
             while len(self.prefixes) >= PREFIX_CACHE_SIZE:
                 self.prefixes.pop(next(iter(self.prefixes)))
-            self.prefixes[key], _ = self._prompt(list(key))
-        from backends.fastdecode import dynamic_cache
+            prefix = passes.cache(n)
+            self._forward([Row(request, prefix, request.input_ids[:n])])
+            self.prefixes[key] = prefix
+        return Row(request, passes.cache(capacity, self.prefixes[key]), request.input_ids[n:])
 
-        prefix = dynamic_cache(self.llm.config, [(layer.keys, layer.values) for layer in self.prefixes[key].layers])
-        return self._prompt(request.input_ids[n:], prefix)
+    def _passes(self):
+        """How the model runs a forward pass of several rows (the lean shared pass where its architecture allows)."""
+        from backends.fastdecode import passes_for
 
-    def _copy_turns(self, request: Request) -> Iterator[bool]:
-        """A copy-constrained row, one forward pass per turn: its prompt, then the tokens it accepted since.
+        return passes_for(self.llm.model)
+
+    def _pass(self, rows: list[Row]) -> None:
+        """One forward pass of every row; each then chooses its next token and takes those its constraint forces."""
+        for row, logits in zip(rows, self._forward(rows)):
+            row.prompted = True
+            row.feed = [self._advance(row.request, logits)]
+            self._take_forced(row.request, row.feed)
+
+    def _forward(self, rows: list[Row]):
+        """The logits after each row's feed (one row of logits per row), from one forward pass of them all."""
+        from backends.fastdecode import Feed
+        from backends.finetuned import AdapterHost
+
+        feeds = [Feed(row.cache, row.feed, row.request.adapter) for row in rows]
+        return self._passes()(feeds, AdapterHost.of(self.llm).route)
+
+    def _joining(self) -> list[Request]:
+        """Requests that arrived while a batch runs and need not wait for the next: they join its rounds.
+
+        Any request but a member of a group still gathering (that one starts with its group).
+        """
+        with self.wakeup:
+            joining = [r for r in self.pending if r.group is None or r.joins_running or r.group.complete]
+            self.pending = [r for r in self.pending if r not in joining]
+        return joining
+
+    def _take_forced(self, request: Request, chunk: list[int]) -> None:
+        """Accept the tokens the row's copy constraint forces next, appending them to the `chunk` to feed.
 
         Inside a copied span only one token is allowed, so the model is consulted only where
         the answer can go two ways (where it starts, whether it stops at a sentence end); the
-        tokens the constraint forces in between join the next forward pass as one chunk, like a
-        prompt. Same tokens as one step per token, far fewer passes (a RAG answer of ~35
-        tokens: 1-4 instead of 35).
+        forced tokens in between go through the next pass together, like a prompt (a RAG
+        answer of ~35 tokens: 1-4 passes instead of 35).
         """
-        from backends.finetuned import AdapterHost
-
-        cache, chunk = None, []
-        while not request.done:
-            with AdapterHost.of(self.llm).route([request.adapter]):
-                cache, logits = self._prompt_of(request) if cache is None else self._prompt(chunk, cache)
-            chunk = [self._advance(request, logits[0])]
-            self._take_forced(request, chunk)
-            yield True
-
-    def _take_forced(self, request: Request, chunk: list[int]) -> None:
-        """Accept the tokens the row's copy constraint forces next, appending them to the `chunk` to feed."""
         while (forced := request.forced_token()) is not None:
             chunk.append(self._accept(request, forced))
-
-    def _prefill_padded(self, batch: list[Request]):
-        """Any architecture: the prompts left-padded into one forward pass, then model(...) per token."""
-        import torch
-        from transformers import DynamicCache
-
-        from backends.finetuned import AdapterHost
-
-        pad = self.llm.tokenizer.pad_token_id
-        width = max(len(r.input_ids) for r in batch)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, request in enumerate(batch):
-            ids[row, width - len(request.input_ids):] = torch.tensor(request.input_ids)
-            mask[row, width - len(request.input_ids):] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache(config=self.llm.config)
-        device = self.llm.device
-        # A single row has no padding: no mask lets attention take its faster causal path.
-        state = {"mask": mask.to(device) if len(batch) > 1 else None, "positions": positions[:, -1:].to(device)}
-
-        def forward(input_ids, position_ids):
-            out = self.llm.model(input_ids=input_ids.to(device), attention_mask=state["mask"], position_ids=position_ids,
-                                 past_key_values=cache, use_cache=True, logits_to_keep=1)
-            return out.logits[:, -1, :].float().cpu()
-
-        def step(tokens: list[int]):
-            if state["mask"] is not None:
-                state["mask"] = torch.cat([state["mask"], state["mask"].new_ones((len(batch), 1))], dim=1)
-            state["positions"] = state["positions"] + 1
-            return forward(torch.tensor(tokens, dtype=torch.long)[:, None], state["positions"])
-
-        with AdapterHost.of(self.llm).route([r.adapter for r in batch]):
-            return forward(ids, positions.to(device)), step  # the steps run inside _run's route
 
     def _advance(self, request: Request, logits) -> int:
         """Choose the row's next token, stream its text; return the token to feed back."""
@@ -512,7 +432,8 @@ class Decoder:
             request.output.put(text[request.printed:])
             request.printed = len(text)
 
-    def _finish(self, request: Request) -> None:
+    def _finish(self, row: Row) -> None:
+        request = row.request
         text = self.llm.tokenizer.decode(request.generated, skip_special_tokens=True)
         request.output.put(("done", text.strip(), len(request.generated)))
 

@@ -12,9 +12,9 @@ llama.cpp applies a LoRA adapter to a whole context, so each adapter (and the ba
 model) gets contexts of its own, kept for the next request: its KV cache then still holds
 the last prompt, and a new prompt re-uses its system message from there, as the transformers
 engine does (no more: the same question asked twice costs the same on both engines). The
-rows are not batched into one forward pass, since their contexts differ; they take the
-decoder's turns (`Decoder._run`), one forward pass each, and a request joins them as soon
-as it arrives (a batch group would only make the fine-tuned answer wait for RAG's retrieval).
+rows are not batched into one forward pass, since their contexts differ: in each of the
+decoder's rounds (`Decoder._run`) each row takes a forward pass of its own, and a request
+joins them as soon as it arrives (a batch group would only make the fine-tuned answer wait for RAG's retrieval).
 
 Optional because installing llama-cpp-python compiles llama.cpp (`make engine`, a few
 minutes); the default install stays compiler-free. One engine per process: llama.cpp's
@@ -26,12 +26,11 @@ from __future__ import annotations
 
 import importlib.util
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 from backends.errors import BadInput, ModelUnavailable
-from backends.generation import Decoder, Request, Turns
+from backends.generation import Decoder, Request, Row
 from backends.models import LoadedLLM
 
 # Tokens a context holds (prompt and answer). llama.cpp allocates and clears its KV cache up front
@@ -64,9 +63,10 @@ def shared_prefix(a: list[int], b: list[int]) -> int:
 class EngineContext:
     """One llama.cpp context (the model with one adapter or none) and the tokens its KV cache holds."""
 
-    def __init__(self, gguf: str, lora: str | None, threads: int):
+    def __init__(self, gguf: str, lora: str | None, threads: int, version: "AdapterVersion"):
         from llama_cpp import Llama
 
+        self.version = version  # which adapter, as its weights file was, the context applies
         self.llama = Llama(model_path=gguf, lora_path=lora, n_ctx=CONTEXT_TOKENS, n_threads=threads,
                            n_threads_batch=threads, verbose=False)
         self.tokens: list[int] = []
@@ -107,18 +107,8 @@ class AdapterVersion(NamedTuple):
 BASE_MODEL = AdapterVersion(None)
 
 
-@dataclass(eq=False)
-class Row:
-    """A request being answered: its context, and its accepted tokens not yet fed to that context."""
-
-    request: Request
-    context: EngineContext
-    version: AdapterVersion
-    chunk: list[int] = field(default_factory=list)
-
-
 class LlamaCppDecoder(Decoder):
-    """The decoder of a model run by llama.cpp: requests take turns, one forward pass each."""
+    """The decoder of a model run by llama.cpp: each row a forward pass of its own per round, in its context."""
 
     def __init__(self, llm: LoadedLLM):
         super().__init__(llm)
@@ -136,43 +126,28 @@ class LlamaCppDecoder(Decoder):
             batch, self.pending = self.pending, []
             return batch
 
-    def _turns_of(self, requests: list[Request]) -> list[Turns]:
-        """Each request its own turns (its context differs from the others'); a failure is its own alone."""
-        return [Turns(self._answer_turns(request), [request]) for request in requests]
-
     def _joining(self) -> list[Request]:
-        """Whatever arrived while the turns run joins them at once."""
+        """Whatever arrived meanwhile joins the rounds at once."""
         with self.wakeup:
             joining, self.pending = self.pending, []
         return joining
 
-    def _answer_turns(self, request: Request) -> Iterator[bool]:
-        """The request's prompt, then one forward pass per turn; its context is kept for the next request."""
-        row = self._row(request)  # a prompt too long, an adapter llama.cpp cannot apply: this request fails alone
-        try:
-            yield True
-            while not request.done:
-                self._step(row)
-                yield True
-        finally:
-            self._release(row)
-
-    def _row(self, request: Request) -> Row:
-        """The request's prompt through a context of its adapter; its first token chosen."""
+    def _open(self, request: Request) -> Row:
+        """The request's row: a context of its adapter (kept for the next request), to be fed the whole prompt."""
         if len(request.input_ids) + request.max_new_tokens > CONTEXT_TOKENS:
             raise BadInput(f"the prompt ({len(request.input_ids)} tokens) and its answer ({request.max_new_tokens}) do "
                            f"not fit llama.cpp's context of {CONTEXT_TOKENS} tokens: lower top_k, chunk_size or "
                            "max_new_tokens")
-        version = self._adapter_version(request.adapter)
-        row = Row(request, self._take(version), version)
-        row.chunk = [self._advance(request, row.context.prompt(request.input_ids, request.prefix_length))]
-        return row
+        return Row(request, self._take(self._adapter_version(request.adapter)), list(request.input_ids))
 
-    def _step(self, row: Row) -> None:
-        """One forward pass of the row: its last token and any the copy constraint forces after it."""
-        self._take_forced(row.request, row.chunk)
-        if not row.request.done:
-            row.chunk = [self._advance(row.request, row.context.feed(row.chunk))]
+    def _forward(self, rows: list[Row]) -> list:
+        """The rows one after the other, each in its own context: its prompt (re-using what the context holds), or its feed."""
+        return [row.cache.feed(row.feed) if row.prompted else row.cache.prompt(row.feed, row.request.prefix_length)
+                for row in rows]
+
+    def _finish(self, row: Row) -> None:
+        self._release(row.cache)
+        super()._finish(row)
 
     def _adapter_version(self, adapter: str | None) -> AdapterVersion:
         if adapter is None:
@@ -190,14 +165,14 @@ class LlamaCppDecoder(Decoder):
         for old in [v for v in self.idle if v.name == version.name and v != version]:  # a retrained adapter's
             for context in self.idle.pop(old):
                 context.close()
-        return EngineContext(self.llm.gguf, self._adapter_gguf(version), self.threads)
+        return EngineContext(self.llm.gguf, self._adapter_gguf(version), self.threads, version)
 
-    def _release(self, row: Row) -> None:
-        idle = self.idle.setdefault(row.version, [])
+    def _release(self, context: EngineContext) -> None:
+        idle = self.idle.setdefault(context.version, [])
         if len(idle) < IDLE_CONTEXTS:
-            idle.append(row.context)
+            idle.append(context)
         else:
-            row.context.close()
+            context.close()
 
     def _adapter_gguf(self, version: AdapterVersion) -> str | None:
         """The adapter as a GGUF file llama.cpp can apply (exported once per version of its weights)."""

@@ -90,9 +90,8 @@ class Duet:
     def stream_both(self, question: str, adapter: str | None = None, backends=("rag", "ft")):
         """Run the backends at the same time; yield (backend, text piece or final Answer) as they come.
 
-        Their generations run as one batch (a `BatchGroup`): one forward pass per token for the
-        free-writing ones; RAG's copy-constrained answer (extractive mode) shares no pass, so the
-        batch does not wait for its retrieval, and it joins the batch running by then.
+        Their generations share the decoder's forward passes (a `BatchGroup`); a backend that
+        retrieves first is not waited for: its answer joins the passes running by then.
         An error in one backend is yielded as (backend, exception) and does not stop the other.
         """
         from backends.generation import BatchGroup
@@ -103,7 +102,7 @@ class Duet:
 
         def run(name: str) -> None:
             try:
-                with group.member(joins_running=name == "rag" and self.settings.rag_mode == "extractive"):
+                with group.member(joins_running=name in ("rag", "rag_ft")):
                     for item in self.stream(name, question, adapter):
                         events.put((name, item))
             except Exception as error:  # reported to the caller, per backend

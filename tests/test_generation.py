@@ -95,10 +95,10 @@ def test_copied_spans_go_through_the_model_as_chunks(duet):
 
 @pytest.mark.parametrize("lean_step", [True, False], ids=["lean step", "plain step"])
 def test_both_columns_answer_side_by_side_as_alone(duet, tiny_adapter, monkeypatch, lean_step):
-    from backends.fastdecode import LlamaStepper
+    from backends.fastdecode import LlamaPass
 
-    if not lean_step:  # the path of architectures LlamaStepper does not know: one padded prompt batch
-        monkeypatch.setattr(LlamaStepper, "supports", staticmethod(lambda model: False))
+    if not lean_step:  # the path of architectures LlamaPass does not know: model(...) per row
+        monkeypatch.setattr(LlamaPass, "supports", staticmethod(lambda model: False))
     question = QUESTIONS[1]
     alone = {name: duet.ask(name, question, "tiny").text for name in ("rag", "ft")}
     finals = {name: item for name, item in duet.stream_both(question, "tiny") if isinstance(item, Answer)}
@@ -136,32 +136,22 @@ def side_by_side(duet, late: dict) -> tuple[dict, dict]:
 
 
 @pytest.mark.parametrize("copied", [True, False], ids=["copied row", "free row (no evidence to copy)"])
-def test_rags_row_joins_the_running_batch_with_only_its_own_passes(duet, monkeypatch, copied):
-    """RAG's row in Compare: not waited for, joins the free row's batch, costs the passes it costs alone, ends first."""
-    from backends.fastdecode import LlamaStepper
-
+def test_rags_row_joins_the_running_batch_and_rides_on_its_passes(duet, monkeypatch, copied):
+    """RAG's row in Compare: not waited for, joins the free row's passes (no pass of its own), ends first, same text."""
     messages, copy_from = rag_prompt(duet, QUESTIONS[1])
     late = dict(messages=messages, max_new_tokens=40 if copied else 8, copy_from=copy_from if copied else None)
-    passes, copy_turns = [], Decoder._copy_turns
-
-    def counted(self, request):
-        for turn in copy_turns(self, request):
-            passes.append(request)
-            yield turn
-
-    monkeypatch.setattr(Decoder, "_copy_turns", counted)
-    step_rows, step = [], LlamaStepper.__call__
-    monkeypatch.setattr(LlamaStepper, "__call__", lambda self, tokens: step_rows.append(len(tokens)) or step(self, tokens))
+    passes, forward = [], Decoder._forward
+    monkeypatch.setattr(Decoder, "_forward", lambda self, rows: passes.append(len(rows)) or forward(self, rows))
     alone = decoder_text(duet.llm, **late)
-    passes_alone = len(passes)
+    free_alone = decoder_text(duet.llm, **LONG_FREE_ROW)
     decoder, passes[:] = Decoder.of(duet.llm), []
-    before = decoder.batches
+    free_passes_alone = (decoder_text(duet.llm, **LONG_FREE_ROW), len(passes))[1]
+    before, passes[:] = decoder.batches, []
     texts, ended = side_by_side(duet, late)
     assert decoder.batches == before + 1  # RAG's row joined the batch already running
-    assert texts["rag"] == alone and texts["free"]
+    assert texts == {"rag": alone, "free": free_alone}
     assert ended["rag"] < ended["free"]  # finished when done, not when the batch was
-    if copied:  # its own passes, as many as alone; every step is the free row's alone
-        assert len(passes) == passes_alone > 0 and set(step_rows[-10:]) == {1}
+    assert len(passes) == free_passes_alone and 2 in passes  # RAG's prompt and chunks took no pass of their own
 
 
 def test_a_row_that_fails_fails_alone(duet):
@@ -198,24 +188,32 @@ def test_a_member_that_never_reaches_the_decoder_or_joins_running_is_not_waited_
         assert joining.complete  # the member that joins a running batch holds nothing back
 
 
-def test_a_kept_row_goes_on_exactly_as_alone(duet):
-    """A batch of free rows whose longer row ended: the rest, cut from the shared buffers, decodes as alone."""
+def test_one_pass_gives_each_row_what_it_gets_alone(duet, tiny_adapter):
+    """Rows of any length, on caches of any length, with and without an adapter, laid end to end in one pass."""
     import torch
 
-    from backends.fastdecode import LlamaStepper
+    from backends.fastdecode import Feed, LlamaPass, ModelPass
+    from backends.finetuned import AdapterHost
 
-    decoder = Decoder.of(duet.llm)
-    questions = [QUESTIONS[0] + " Answer with the exact number of days and the policy it comes from.", QUESTIONS[1]]
-    prompts = [encode_chat(duet.llm, chat_messages(question)) for question in questions]
-    assert len(prompts[0]) > len(prompts[1])  # the kept row has a gap in front of it in the batch's buffers
+    duet.host.ensure(duet.registry.get("tiny"))
+    route = AdapterHost.of(duet.llm).route
+    prompts = [encode_chat(duet.llm, chat_messages(question)) for question in QUESTIONS[:2]]
+    feeds = [[(prompts[0], "tiny"), (prompts[1], None)], [([11], "tiny"), ([12, 13, 14], None)]]  # prompts, then more
+
+    def logits_of(passes, together: bool) -> list[torch.Tensor]:
+        caches, out = [passes.cache(64), passes.cache(64)], []
+        for fed in feeds:
+            rows = [Feed(cache, tokens, adapter) for cache, (tokens, adapter) in zip(caches, fed)]
+            out += [passes(rows, route)] if together else [passes([row], route) for row in rows]
+        return list(torch.cat(out))
+
     with duet.llm.lock, torch.inference_mode():
-        step = LlamaStepper(duet.llm.model, [decoder._prompt(ids)[0] for ids in prompts], 8)
-        step([11, 12])
-        step([13, 14])
-        step.keep([1])  # the longer prompt's row ended: the gap is cut off
-        via_step = step([15])
-        _, alone = decoder._prompt(prompts[1] + [12, 14, 15])
-    assert torch.allclose(via_step, alone, atol=1e-3)
+        lean = LlamaPass(duet.llm.model)
+        together, alone, plain = logits_of(lean, True), logits_of(lean, False), logits_of(ModelPass(duet.llm.model), False)
+    for row in range(4):
+        assert torch.allclose(together[row], alone[row], atol=1e-4)
+        assert torch.allclose(together[row], plain[row], atol=1e-3)  # model(...) with peft's own LoRA
+    assert not torch.allclose(together[0], together[1], atol=1e-1)  # the rows did not see each other's tokens
 
 
 def test_the_system_prefix_is_found_and_a_refusing_template_only_turns_reuse_off(duet):
@@ -241,20 +239,20 @@ def test_an_abandoned_stream_frees_the_decoder(duet):
 
 
 def test_the_bundled_model_decodes_with_the_lean_step(duet, tiny_adapter):
-    # The greedy-equality tests above then cover LlamaStepper, with and without the peft wrapper.
-    from backends.fastdecode import LlamaStepper
+    # The greedy-equality tests above then cover LlamaPass, with and without the peft wrapper.
+    from backends.fastdecode import LlamaPass, passes_for
 
     duet.host.ensure(duet.registry.get("tiny"))
-    assert LlamaStepper.supports(duet.llm.model)
+    assert isinstance(passes_for(duet.llm.model), LlamaPass)
 
 
 def test_the_plain_step_gives_the_same_answer(duet, monkeypatch):
-    # Architectures LlamaStepper does not know decode through model(...): same tokens.
-    from backends.fastdecode import LlamaStepper
+    # Architectures LlamaPass does not know decode through model(...): same tokens.
+    from backends.fastdecode import LlamaPass
 
     messages = chat_messages(QUESTIONS[0])
     lean = decoder_text(duet.llm, messages, 24)
-    monkeypatch.setattr(LlamaStepper, "supports", staticmethod(lambda model: False))
+    monkeypatch.setattr(LlamaPass, "supports", staticmethod(lambda model: False))
     assert decoder_text(duet.llm, messages, 24) == lean
 
 
@@ -262,9 +260,11 @@ def test_models_compute_only_in_the_decoder_or_passing_threads(duet):
     """A caller's thread never computes with torch (its OpenMP pool would slow the decoder: backends/threads.py)."""
     import threading
 
+    from backends.fastdecode import base_causal_lm
+
     seen = []
     record = lambda module, args: seen.append((type(module).__name__, threading.current_thread().name))
-    hooks = [duet.llm.model.register_forward_pre_hook(record),
+    hooks = [base_causal_lm(duet.llm.model).model.embed_tokens.register_forward_pre_hook(record),  # every pass embeds
              duet.index.embeddings.inner.model.register_forward_pre_hook(record)]
     try:
         answer = duet.ask("rag", QUESTIONS[1])
@@ -274,5 +274,5 @@ def test_models_compute_only_in_the_decoder_or_passing_threads(duet):
     assert answer.text
     threads = {thread for _, thread in seen}
     assert threading.current_thread().name not in threads
-    assert {name for name, _ in seen} >= {"BertModel", type(duet.llm.model).__name__}
+    assert {name for name, _ in seen} >= {"BertModel", "Embedding"}
     assert threads <= {"duet-decoder", "duet-embed_query", "duet-embed_documents"}

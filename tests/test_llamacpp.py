@@ -116,7 +116,7 @@ def test_a_new_prompt_computes_only_what_it_does_not_share_with_the_last(duet, e
 
 
 @needs_engine
-def test_a_request_joins_the_running_turns_and_answers_as_alone(duet, engine_llm, settings, demo_adapter):
+def test_a_request_joins_the_running_rounds_and_answers_as_alone(duet, engine_llm, settings, demo_adapter):
     adapter = on_model(engine_llm, settings, demo_adapter)
     messages, copy_from = rag_prompt(duet, QUESTIONS[0])
     alone = decoder_text(engine_llm, messages, 40, copy_from=copy_from)
