@@ -410,8 +410,6 @@ class Decoder:
 
     def _advance(self, request: Request, logits) -> int:
         """Choose the row's next token, stream its text; return the token to feed back."""
-        if request.done:
-            return self.llm.tokenizer.pad_token_id
         return self._accept(request, request.choose(logits))
 
     def _accept(self, request: Request, token: int) -> int:
