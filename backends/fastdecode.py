@@ -13,7 +13,8 @@ token by token, and attention runs per row on that row's own KV cache (`RowCache
 once for its prompt and answer), so rows of any length share the weight reads without
 padding. tests/test_generation.py checks the greedy tokens against `model.generate`.
 
-Other architectures, or attention other than SDPA, go through `ModelPass`: `model(...)`
+Llama and Qwen2 models take it; other architectures, sliding-window attention, or attention other than SDPA go
+through `ModelPass`: `model(...)`
 once per row on a transformers DynamicCache (`passes_for` picks).
 """
 
@@ -24,7 +25,8 @@ from typing import Callable, ContextManager, NamedTuple
 
 import torch
 
-SUPPORTED_MODEL_TYPES = {"llama"}
+# Decoder layers of the Llama shape (Qwen2's differ in biases, which its linear layers carry, and a sliding window).
+SUPPORTED_MODEL_TYPES = {"llama", "qwen2"}
 
 # Routes each fed token to its row's adapter: AdapterHost.route, given one adapter name (or None) per token.
 Route = Callable[[list], ContextManager]
@@ -76,7 +78,8 @@ class LlamaPass:
     @staticmethod
     def supports(model) -> bool:
         config = base_causal_lm(model).config
-        return config.model_type in SUPPORTED_MODEL_TYPES and config._attn_implementation == "sdpa"
+        windowed = "sliding_attention" in (getattr(config, "layer_types", None) or [])  # attention this pass lacks
+        return config.model_type in SUPPORTED_MODEL_TYPES and config._attn_implementation == "sdpa" and not windowed
 
     def cache(self, capacity: int, prefix: RowCache | None = None) -> RowCache:
         """An empty cache with room for `capacity` tokens, or one that starts with the prefix's."""

@@ -216,6 +216,35 @@ def test_one_pass_gives_each_row_what_it_gets_alone(duet, tiny_adapter):
     assert not torch.allclose(together[0], together[1], atol=1e-1)  # the rows did not see each other's tokens
 
 
+@pytest.mark.parametrize("sliding", [False, True], ids=["full attention", "sliding window"])
+def test_a_qwen2_model_takes_the_shared_pass_unless_its_attention_slides(sliding):
+    """A user's Qwen2 model (biased projections): one pass of ragged rows gives model(...)'s logits, row by row."""
+    import contextlib
+
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from backends.fastdecode import Feed, LlamaPass, ModelPass, passes_for
+
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=500, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, use_sliding_window=sliding, sliding_window=8,
+                         max_window_layers=0, attn_implementation="sdpa")
+    model = Qwen2ForCausalLM(config).eval()
+    assert isinstance(passes_for(model), ModelPass if sliding else LlamaPass)
+    if sliding:
+        return
+    route = lambda adapters: contextlib.nullcontext()
+    rows = [[5, 9, 14, 3, 7], [8, 2], [11, 4, 6]]
+    with torch.inference_mode():
+        lean, plain = LlamaPass(model), ModelPass(model)
+        caches = [lean.cache(16) for _ in rows], [plain.cache(16) for _ in rows]
+        for fed in (rows, [[1], [2, 3], [4]]):  # prompts, then more tokens on their caches
+            together = lean([Feed(cache, tokens, None) for cache, tokens in zip(caches[0], fed)], route)
+            one_by_one = plain([Feed(cache, tokens, None) for cache, tokens in zip(caches[1], fed)], route)
+            assert torch.allclose(together, one_by_one, atol=1e-5)
+
+
 def test_the_system_prefix_is_found_and_a_refusing_template_only_turns_reuse_off(duet):
     import copy
     import types
