@@ -253,12 +253,17 @@ class DocumentIndex:
         started = time.perf_counter()
         vector = self.embeddings.embed_query(query)
         embedded = time.perf_counter()
+        sources, retrieve_s = self.nearest(vector, k)
+        return sources, embedded - started, retrieve_s
+
+    def nearest(self, vector: list[float], k: int) -> tuple[list[Source], float]:
+        """The k chunks nearest to an embedded query, with the seconds spent retrieving."""
+        started = time.perf_counter()
         found = self._collection.query(query_embeddings=[vector], n_results=k,
                                        include=["documents", "metadatas", "distances"]) if self.chunk_count() else None
-        retrieved = time.perf_counter()
         hits = zip(found["ids"][0], found["documents"][0], found["metadatas"][0], found["distances"][0]) if found else []
         sources = [_source(cid, text, meta, 1.0 - distance) for cid, text, meta, distance in hits]
-        return sources, embedded - started, retrieved - embedded
+        return sources, time.perf_counter() - started
 
     def stats(self) -> dict:
         docs = self.documents()

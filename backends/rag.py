@@ -54,8 +54,12 @@ def format_sources(sources: list[Source]) -> str:
     return "\n\n".join(blocks)
 
 
-def rank_evidence(question: str, sources: list[Source], embeddings, lexical_weight: float = 0.2) -> list[Source]:
-    """Sentences of the sources as Sources of their own, best evidence first (cosine + keyword overlap)."""
+def rank_evidence(question: str, sources: list[Source], embeddings, lexical_weight: float = 0.2,
+                  query: list[float] | None = None) -> list[Source]:
+    """Sentences of the sources as Sources of their own, best evidence first (cosine + keyword overlap).
+
+    `query`: the question's embedding when the caller has it already (retrieval computed it).
+    """
     candidates = {}
     for source in sources:
         for sentence in split_sentences(source.text):
@@ -64,7 +68,7 @@ def rank_evidence(question: str, sources: list[Source], embeddings, lexical_weig
     if not candidates:
         return []
     sentences = list(candidates)
-    query = embeddings.embed_query(question)
+    query = query if query is not None else embeddings.embed_query(question)
     vectors = embeddings.embed_documents(sentences)
     scores = [sum(q * v for q, v in zip(query, vector)) + lexical_weight * keyword_overlap(question, sentence)
               for sentence, vector in zip(sentences, vectors)]
@@ -126,11 +130,15 @@ class RAGBackend:
         wording on top of retrieval, which copy-constrained decoding would take away.
         """
         question = check_question(question, self.settings)
-        sources, embed_s, retrieve_s = self.index.search(question, k or self.settings.top_k)
+        started = time.perf_counter()
+        query = self.index.embeddings.embed_query(question)
+        embed_s = time.perf_counter() - started
+        sources, retrieve_s = self.index.nearest(query, k or self.settings.top_k)
         prompt_start = time.perf_counter()
         copy_from = None
         if self.settings.rag_mode == "extractive" and combined_with is None:
-            evidence = rank_evidence(question, sources, self.index.embeddings)[: self.settings.evidence_sentences]
+            ranked = rank_evidence(question, sources, self.index.embeddings, query=query)
+            evidence = ranked[: self.settings.evidence_sentences]
             messages = build_messages(question, evidence)
             # One passage, best sentence first: the answer starts with the best evidence.
             copy_from = [" ".join(e.text for e in evidence)] if evidence else None

@@ -35,6 +35,15 @@ def test_evidence_ranking_puts_the_answering_sentence_first(duet):
     assert "on-call support lead" in best.text and best.file_name in {s.file_name for s in sources}
 
 
+def test_a_rag_answer_embeds_its_question_once(duet, monkeypatch):
+    """Retrieval's query vector also ranks the evidence: the same numbers, one embedding fewer per answer."""
+    questions, embed_query = [], type(duet.index.embeddings).embed_query
+    monkeypatch.setattr(type(duet.index.embeddings), "embed_query",
+                        lambda self, text: questions.append(text) or embed_query(self, text))
+    answer = duet.ask("rag", "Who is the Bosun?")
+    assert questions == ["Who is the Bosun?"] and "on-call support lead" in answer.text
+
+
 def test_copy_constraint_only_allows_continuing_a_passage():
     processor = CopyFromSpans([[5, 6, 7], [5, 9]], prompt_length=0, eos_id=2, stop_after=frozenset({7}))
     assert processor.allowed([]) == [5]
