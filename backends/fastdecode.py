@@ -13,9 +13,9 @@ token by token, and attention runs per row on that row's own KV cache (`RowCache
 once for its prompt and answer), so rows of any length share the weight reads without
 padding. tests/test_generation.py checks the greedy tokens against `model.generate`.
 
-Llama and Qwen2 models take it; other architectures, sliding-window attention, or attention other than SDPA go
-through `ModelPass`: `model(...)`
-once per row on a transformers DynamicCache (`passes_for` picks).
+Llama and Qwen2 models take it; other architectures, sliding-window attention, or attention
+other than SDPA go through `ModelPass`: `model(...)` once per row on a transformers
+DynamicCache (`passes_for` picks).
 """
 
 from __future__ import annotations

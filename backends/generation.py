@@ -8,8 +8,8 @@ free-writing answer (fine-tuned, RAG + fine-tuned) its last token; a copy-constr
 answer, which needs the model only where it can go two ways, the tokens its constraint
 forced since, in one chunk; a new request its prompt. A request that arrives while others
 run joins them at the next round, so RAG's answer in Compare rides on the fine-tuned
-answer's steps and is not waited for (`BatchGroup`). Each answer is finished as soon as it
-is done.
+answer's steps, and neither waits for the other to start (RAG first retrieves). Each answer is
+finished as soon as it is done.
 
 The loop is our own rather than `model.generate`: it computes logits for the last position
 only, applies the few rules we use (repetition penalty, copy-constrained decoding, EOS)
@@ -20,8 +20,6 @@ per row, and streams text without a second thread per answer. Its greedy output 
 from __future__ import annotations
 
 import atexit
-import contextlib
-import contextvars
 import queue
 import threading
 import time
@@ -32,8 +30,6 @@ from backends.models import LoadedLLM
 
 # Greedy decoding: answers must be reproducible (tests compare them) and short.
 REPETITION_PENALTY = 1.15
-# How long a batch waits for the other members of its group (a slow retrieval, a model load).
-GATHER_TIMEOUT_S = 5.0
 # Prompt prefixes (system messages) whose KV cache a decoder keeps for the next prompt that starts with one.
 PREFIX_CACHE_SIZE = 8
 
@@ -120,62 +116,6 @@ def copy_constraint(llm: LoadedLLM, copy_from: list[str], prompt_length: int) ->
                          stop_after=sentence_end_tokens(llm.tokenizer, passages))
 
 
-class BatchGroup:
-    """Requests meant to run together (Compare's columns): the decoder waits for the members that hold it back.
-
-    Each member thread enters `member()`. A member that ends without generating (an error,
-    a bad question) leaves the group, so the others never wait for it. A member entered with
-    `joins_running=True` (RAG's answer, which first has to retrieve) is not waited for: its
-    request joins the rounds running by then.
-    """
-
-    _current: contextvars.ContextVar["_Seat | None"] = contextvars.ContextVar("duet_batch_seat", default=None)
-
-    def __init__(self, size: int):
-        self.waiting_for = size  # members neither arrived nor left that the batch waits for
-        self.created = time.monotonic()
-        self.lock = threading.Lock()
-
-    @property
-    def complete(self) -> bool:
-        return self.waiting_for <= 0 or time.monotonic() - self.created > GATHER_TIMEOUT_S
-
-    @contextlib.contextmanager
-    def member(self, joins_running: bool = False):
-        seat = _Seat(self, joins_running)
-        if joins_running:
-            seat.take()
-        token = self._current.set(seat)
-        try:
-            yield
-        finally:
-            self._current.reset(token)
-            seat.take()  # a member that never reached the decoder is not waited for either
-
-    @classmethod
-    def arrive(cls) -> "_Seat | None":
-        """The seat of the calling member, now arrived at the decoder (None outside a group)."""
-        seat = cls._current.get()
-        if seat is not None:
-            seat.take()
-        return seat
-
-
-@dataclass(eq=False)
-class _Seat:
-    """One member of a BatchGroup: counted in `waiting_for` until it arrives, leaves or is told to join running."""
-
-    group: BatchGroup
-    joins_running: bool = False
-    counted: bool = True
-
-    def take(self) -> None:
-        with self.group.lock:
-            if self.counted:
-                self.counted = False
-                self.group.waiting_for -= 1
-
-
 @dataclass(eq=False)
 class Request:
     """One answer to generate: its prompt, its rules, and the queue its text goes to."""
@@ -187,8 +127,6 @@ class Request:
     constraint: CopyFromSpans | None = None
     repetition_penalty: float = 1.0
     stop_at_eos: bool = True  # False: always max_new_tokens tokens (the benchmark's fixed-length decode)
-    group: BatchGroup | None = None
-    joins_running: bool = False  # may join a running batch (its group does not wait for it)
     output: queue.Queue = field(default_factory=queue.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     generated: list[int] = field(default_factory=list)
@@ -273,9 +211,6 @@ class Decoder:
 
     def submit(self, request: Request) -> None:
         with self.wakeup:
-            seat = BatchGroup.arrive()
-            if seat is not None:
-                request.group, request.joins_running = seat.group, seat.joins_running
             self.pending.append(request)
             if self.worker is None:
                 self.worker = threading.Thread(target=self._serve, name="duet-decoder", daemon=True)
@@ -285,13 +220,11 @@ class Decoder:
             self.wakeup.notify()
 
     def _next_batch(self) -> list[Request]:
+        """Whatever is waiting, as soon as anything is: a request that comes later joins the running passes."""
         with self.wakeup:
-            while not self.stopping and (not self.pending or
-                                         not all(r.group is None or r.group.complete for r in self.pending)):
-                # Poll while a group gathers: its members arrive from other threads.
-                self.wakeup.wait(timeout=None if not self.pending else 0.005)
-            batch, self.pending = self.pending, []
-            return batch
+            while not self.stopping and not self.pending:
+                self.wakeup.wait()
+            return self._joining()
 
     def _serve(self) -> None:
         while not self.stopping:
@@ -313,8 +246,8 @@ class Decoder:
         constraint forced since its last choice, in one chunk; a row that just arrived its
         prompt. So Compare's two answers read the weights once for both: RAG's prompt and
         chunks ride on the fine-tuned answer's steps instead of costing passes of their own.
-        Requests that arrive meanwhile join at the next round (a RAG row need not be waited
-        for); each answer is finished as soon as it is done.
+        Requests that arrive meanwhile join at the next round; each answer is finished as soon
+        as it is done.
         """
         import torch
 
@@ -388,13 +321,9 @@ class Decoder:
         return self._passes()(feeds, AdapterHost.of(self.llm).route)
 
     def _joining(self) -> list[Request]:
-        """Requests that arrived while a batch runs and need not wait for the next: they join its rounds.
-
-        Any request but a member of a group still gathering (that one starts with its group).
-        """
+        """The requests that arrived since the last look: they join the running passes at the next round."""
         with self.wakeup:
-            joining = [r for r in self.pending if r.group is None or r.joins_running or r.group.complete]
-            self.pending = [r for r in self.pending if r not in joining]
+            joining, self.pending = self.pending, []
         return joining
 
     def _take_forced(self, request: Request, chunk: list[int]) -> None:

@@ -14,7 +14,7 @@ the last prompt, and a new prompt re-uses its system message from there, as the 
 engine does (no more: the same question asked twice costs the same on both engines). The
 rows are not batched into one forward pass, since their contexts differ: in each of the
 decoder's rounds (`Decoder._run`) each row takes a forward pass of its own, and a request
-joins them as soon as it arrives (a batch group would only make the fine-tuned answer wait for RAG's retrieval).
+joins them as soon as it arrives.
 
 Optional because installing llama-cpp-python compiles llama.cpp (`make engine`, a few
 minutes); the default install stays compiler-free. One engine per process: llama.cpp's
@@ -117,20 +117,6 @@ class LlamaCppDecoder(Decoder):
         self.threads = torch.get_num_threads()  # the thread count torch decodes with, for a fair comparison
         self.idle: dict[AdapterVersion, list[EngineContext]] = {}
         self.exported = tempfile.TemporaryDirectory(prefix="duet-llamacpp-")  # adapters as GGUF, for this process
-
-    def _next_batch(self) -> list[Request]:
-        """Whatever is waiting, at once: rows in different contexts gain nothing from starting together."""
-        with self.wakeup:
-            while not self.stopping and not self.pending:
-                self.wakeup.wait()
-            batch, self.pending = self.pending, []
-            return batch
-
-    def _joining(self) -> list[Request]:
-        """Whatever arrived meanwhile joins the rounds at once."""
-        with self.wakeup:
-            joining, self.pending = self.pending, []
-        return joining
 
     def _open(self, request: Request) -> Row:
         """The request's row: a context of its adapter (kept for the next request), to be fed the whole prompt."""

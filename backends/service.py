@@ -90,21 +90,17 @@ class Duet:
     def stream_both(self, question: str, adapter: str | None = None, backends=("rag", "ft")):
         """Run the backends at the same time; yield (backend, text piece or final Answer) as they come.
 
-        Their generations share the decoder's forward passes (a `BatchGroup`); a backend that
-        retrieves first is not waited for: its answer joins the passes running by then.
+        Their generations share the decoder's forward passes: an answer that arrives later (RAG
+        retrieves first) joins the passes running by then.
         An error in one backend is yielded as (backend, exception) and does not stop the other.
         """
-        from backends.generation import BatchGroup
-
         events: queue.Queue = queue.Queue()
         done = object()
-        group = BatchGroup(len(backends))
 
         def run(name: str) -> None:
             try:
-                with group.member(joins_running=name in ("rag", "rag_ft")):
-                    for item in self.stream(name, question, adapter):
-                        events.put((name, item))
+                for item in self.stream(name, question, adapter):
+                    events.put((name, item))
             except Exception as error:  # reported to the caller, per backend
                 events.put((name, error))
             finally:

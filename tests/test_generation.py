@@ -106,38 +106,35 @@ def test_both_columns_answer_side_by_side_as_alone(duet, tiny_adapter, monkeypat
 
 
 def side_by_side(duet, late: dict) -> tuple[dict, dict]:
-    """A long free row, and 1 s later (RAG's retrieval) the `late` request of a member that joins running.
+    """A long free row, and 1 s later (RAG's retrieval) the `late` request.
 
     Returns each row's text (or the exception it raised) and when it ended.
     """
     import threading
     import time
 
-    from backends.generation import BatchGroup
+    texts, ended = {}, {}
 
-    group, texts, ended = BatchGroup(2), {}, {}
+    def row(name, delay, **request):
+        time.sleep(delay)
+        try:
+            texts[name] = decoder_text(duet.llm, **request)
+        except Exception as error:  # the test looks at it
+            texts[name] = error
+        ended[name] = time.monotonic()
 
-    def member(name, joins_running, delay, **request):
-        with group.member(joins_running=joins_running):
-            time.sleep(delay)
-            try:
-                texts[name] = decoder_text(duet.llm, **request)
-            except Exception as error:  # the test looks at it
-                texts[name] = error
-            ended[name] = time.monotonic()
-
-    rows = [threading.Thread(target=member, args=("free", False, 0.0), kwargs=LONG_FREE_ROW),
-            threading.Thread(target=member, args=("rag", True, 1.0), kwargs=late)]
-    for row in rows:
-        row.start()
-    for row in rows:
-        row.join(120)
+    rows = [threading.Thread(target=row, args=("free", 0.0), kwargs=LONG_FREE_ROW),
+            threading.Thread(target=row, args=("rag", 1.0), kwargs=late)]
+    for thread in rows:
+        thread.start()
+    for thread in rows:
+        thread.join(120)
     return texts, ended
 
 
 @pytest.mark.parametrize("copied", [True, False], ids=["copied row", "free row (no evidence to copy)"])
 def test_rags_row_joins_the_running_batch_and_rides_on_its_passes(duet, monkeypatch, copied):
-    """RAG's row in Compare: not waited for, joins the free row's passes (no pass of its own), ends first, same text."""
+    """RAG's row in Compare: joins the free row's running passes (no pass of its own), ends first, same text."""
     messages, copy_from = rag_prompt(duet, QUESTIONS[1])
     late = dict(messages=messages, max_new_tokens=40 if copied else 8, copy_from=copy_from if copied else None)
     passes, forward = [], Decoder._forward
@@ -161,31 +158,6 @@ def test_a_row_that_fails_fails_alone(duet):
     texts, _ = side_by_side(duet, dict(messages=messages, max_new_tokens=40, adapter="not-loaded", copy_from=copy_from))
     assert isinstance(texts["rag"], RuntimeError) and "not loaded" in str(texts["rag"])
     assert texts["free"] == alone
-
-
-def test_a_member_that_never_reaches_the_decoder_or_joins_running_is_not_waited_for():
-    import threading
-
-    from backends.generation import BatchGroup
-
-    def member(group, entered, release):
-        with group.member():
-            entered.set()
-            release.wait(10)  # then fails before reaching the decoder (a bad question, say)
-
-    group, entered, release = BatchGroup(2), threading.Event(), threading.Event()
-    failing = threading.Thread(target=member, args=(group, entered, release))
-    failing.start()
-    entered.wait(10)
-    with group.member():
-        assert BatchGroup.arrive().group is group and not group.complete  # the other member may still come
-        release.set()
-        failing.join(10)
-        assert group.complete  # it left after this one arrived: nobody waits for it
-    joining = BatchGroup(2)
-    with joining.member(joins_running=True), joining.member():
-        BatchGroup.arrive()
-        assert joining.complete  # the member that joins a running batch holds nothing back
 
 
 def test_one_pass_gives_each_row_what_it_gets_alone(duet, tiny_adapter):
