@@ -173,6 +173,7 @@ class Row:
     cache: object
     feed: list[int]
     prompted: bool = False  # its prompt went through the model
+    error: Exception | None = None  # why it ended without an answer
 
 
 class Decoder:
@@ -308,12 +309,18 @@ class Decoder:
     def _pass(self, rows: list[Row]) -> None:
         """One forward pass of every row; each then chooses its next token and takes those its constraint forces."""
         for row, logits in zip(rows, self._forward(rows)):
+            if isinstance(logits, Exception):  # an engine whose rows run apart: this row's failure alone
+                row.error, row.request.done = logits, True
+                continue
             row.prompted = True
             row.feed = [self._advance(row.request, logits)]
             self._take_forced(row.request, row.feed)
 
     def _forward(self, rows: list[Row]):
-        """The logits after each row's feed (one row of logits per row), from one forward pass of them all."""
+        """The logits after each row's feed (one row of logits per row, or the exception of a row that failed).
+
+        One forward pass of them all: it fails as a whole (the rows' caches left as they were).
+        """
         from backends.fastdecode import Feed
         from backends.finetuned import AdapterHost
 
@@ -361,6 +368,9 @@ class Decoder:
 
     def _finish(self, row: Row) -> None:
         request = row.request
+        if row.error is not None:
+            request.output.put(row.error)
+            return
         text = self.llm.tokenizer.decode(request.generated, skip_special_tokens=True)
         request.output.put(("done", text.strip(), len(request.generated)))
 

@@ -127,9 +127,16 @@ class LlamaCppDecoder(Decoder):
         return Row(request, self._take(self._adapter_version(request.adapter)), list(request.input_ids))
 
     def _forward(self, rows: list[Row]) -> list:
-        """The rows one after the other, each in its own context: its prompt (re-using what the context holds), or its feed."""
-        return [row.cache.feed(row.feed) if row.prompted else row.cache.prompt(row.feed, row.request.prefix_length)
-                for row in rows]
+        """The rows one after the other, each in its own context; a row that fails fails alone."""
+        return [self._eval(row) for row in rows]
+
+    @staticmethod
+    def _eval(row: Row):
+        """The row's prompt (re-using what its context holds) or its feed: the logits after it, or the exception."""
+        try:
+            return row.cache.feed(row.feed) if row.prompted else row.cache.prompt(row.feed, row.request.prefix_length)
+        except Exception as error:  # the context forgot its tokens (`EngineContext._eval`): it can serve again
+            return error
 
     def _finish(self, row: Row) -> None:
         self._release(row.cache)
@@ -141,6 +148,7 @@ class LlamaCppDecoder(Decoder):
         from backends.finetuned import AdapterHost
         from backends.training import ADAPTER_WEIGHTS
 
+        AdapterHost.of(self.llm).check_loaded([adapter])
         folder = AdapterHost.of(self.llm).loaded[adapter]
         stat = (folder / ADAPTER_WEIGHTS).stat()
         return AdapterVersion(adapter, str(folder), stat.st_mtime_ns, stat.st_size)

@@ -116,6 +116,29 @@ def test_a_new_prompt_computes_only_what_it_does_not_share_with_the_last(duet, e
 
 
 @needs_engine
+def test_a_row_that_llama_cpp_refuses_fails_alone(engine_llm):
+    """A token id beyond the vocabulary makes llama_decode fail for real: that row fails, the one beside it answers."""
+    from backends.generation import REPETITION_PENALTY, Request, encode_chat
+
+    ids = encode_chat(engine_llm, chat_messages(QUESTIONS[0]))
+    alone = decoder_text(engine_llm, chat_messages(QUESTIONS[0]), 24)
+    good = Request(input_ids=ids, max_new_tokens=24, repetition_penalty=REPETITION_PENALTY)
+    bad = Request(input_ids=ids[:-3] + [10**6] + ids[-2:], max_new_tokens=8)
+    decoder = engine_decoder(engine_llm)
+    decoder.submit(good)
+    decoder.submit(bad)  # joins the running rounds, or starts in the same batch
+
+    def last_item(request):
+        while not isinstance(item := request.output.get(timeout=60), (tuple, BaseException)):
+            pass
+        return item
+
+    failure, (_, text, _) = last_item(bad), last_item(good)
+    assert isinstance(failure, RuntimeError) and "llama_decode" in str(failure)
+    assert text == alone
+
+
+@needs_engine
 def test_a_request_joins_the_running_rounds_and_answers_as_alone(duet, engine_llm, settings, demo_adapter):
     adapter = on_model(engine_llm, settings, demo_adapter)
     messages, copy_from = rag_prompt(duet, QUESTIONS[0])
