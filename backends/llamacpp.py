@@ -128,10 +128,10 @@ class LlamaCppDecoder(Decoder):
 
     def _forward(self, rows: list[Row]) -> list:
         """The rows one after the other, each in its own context; a row that fails fails alone."""
-        return [self._eval(row) for row in rows]
+        return [self._logits_of(row) for row in rows]
 
     @staticmethod
-    def _eval(row: Row):
+    def _logits_of(row: Row):
         """The row's prompt (re-using what its context holds) or its feed: the logits after it, or the exception."""
         try:
             return row.cache.feed(row.feed) if row.prompted else row.cache.prompt(row.feed, row.request.prefix_length)
