@@ -47,3 +47,21 @@ def test_bundled_embeddings_equal_sentence_transformers():
     reference = HuggingFaceEmbeddings(model_name=str(folder), model_kwargs={"device": "cpu", "local_files_only": True},
                                       encode_kwargs={"normalize_embeddings": True})
     assert np.abs(ours - np.array(reference.embed_documents(texts))).max() < 1e-5
+
+
+def test_the_base_models_hash_follows_its_file_without_reading_it_again(tmp_path):
+    """Adapters are checked against it at every answer: hashed once per version of the file, not per answer."""
+    import hashlib
+
+    from backends.config import load_settings
+    from backends.models import _sha256_of_version, base_model_identity
+
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"first version")
+    settings = load_settings(llm=str(gguf))
+    assert base_model_identity(settings)["sha256"] == hashlib.sha256(b"first version").hexdigest()
+    reads = _sha256_of_version.cache_info().misses
+    assert base_model_identity(settings)["sha256"] == hashlib.sha256(b"first version").hexdigest()
+    assert _sha256_of_version.cache_info().misses == reads  # not read again
+    gguf.write_bytes(b"second version, retrained elsewhere")
+    assert base_model_identity(settings)["sha256"] == hashlib.sha256(b"second version, retrained elsewhere").hexdigest()
