@@ -20,6 +20,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from backends.config import Settings
 from backends.errors import BadInput
@@ -31,6 +32,28 @@ from backends.types import AnswerStream
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+class AdapterVersion(NamedTuple):
+    """An adapter as its weights file is now (all None/0: the bare base model).
+
+    Replacing an adapter under its name (Fine-tune's "Replace", `train --overwrite`) keeps its
+    folder: what was computed with its old weights (peft's layers, a system message's keys and
+    values, a llama.cpp context) is told apart by the file's modification time and size.
+    """
+
+    name: str | None
+    folder: str = ""
+    mtime_ns: int = 0
+    size: int = 0
+
+
+BASE_MODEL = AdapterVersion(None)
+
+
+def adapter_version(adapter: AdapterInfo) -> AdapterVersion:
+    stat = (adapter.path / ADAPTER_WEIGHTS).stat()
+    return AdapterVersion(adapter.name, str(adapter.path), stat.st_mtime_ns, stat.st_size)
 
 
 @dataclass(frozen=True)
@@ -242,7 +265,7 @@ class AdapterHost:
 
     def __init__(self, llm: LoadedLLM):
         self.llm = llm
-        self.loaded: dict[str, Path] = {}
+        self.loaded: dict[str, AdapterVersion] = {}  # what the model holds of each adapter
         # (adapter, rows or None for all rows) of the batch being generated; None outside one.
         self.routes: list | None = None
 
@@ -252,21 +275,30 @@ class AdapterHost:
         return llm.companion(cls)
 
     def ensure(self, adapter: AdapterInfo) -> None:
+        """The adapter on the model as its files are now: loaded again if it was replaced since."""
         with self.llm.lock:
-            if self.loaded.get(adapter.name) == adapter.path:
+            version = adapter_version(adapter)
+            if self.loaded.get(adapter.name) == version:
                 return
-            if self.llm.model is None:  # the llama.cpp engine: it applies the adapter itself (backends/llamacpp.py)
-                self.loaded[adapter.name] = adapter.path
-            else:
+            if self.llm.model is not None:  # the llama.cpp engine applies the adapter itself (backends/llamacpp.py)
                 run_in_fresh_thread(self._load, adapter)
+            self.loaded[adapter.name] = version
+
+    def version(self, adapter: str | None) -> AdapterVersion:
+        """Which version of the adapter the model holds (BASE_MODEL for none)."""
+        if adapter is None:
+            return BASE_MODEL
+        self.check_loaded([adapter])
+        return self.loaded[adapter]
 
     def _load(self, adapter: AdapterInfo) -> None:
         import warnings
 
         from peft import PeftModel
 
-        if adapter.name in self.loaded:  # retrained under the same name
+        if adapter.name in self.loaded:  # replaced under the same name
             self.llm.model.delete_adapter(adapter.name)
+            del self.loaded[adapter.name]  # until the new weights are in (`ensure` records them)
         with warnings.catch_warnings():  # peft calls a transformers method deprecated for v6: noise on every CLI answer
             warnings.filterwarnings("ignore", category=FutureWarning, message=".*is_gradient_checkpointing")
             if isinstance(self.llm.model, PeftModel):
@@ -276,7 +308,6 @@ class AdapterHost:
                 self.llm.model = PeftModel.from_pretrained(self.llm.model, str(adapter.path), adapter_name=adapter.name)
         self.llm.model.eval()
         self._route_lora_layers(adapter.name)
-        self.loaded[adapter.name] = adapter.path
 
     def _route_lora_layers(self, name: str) -> None:
         from peft.tuners.lora import Linear as LoraLinear

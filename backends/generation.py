@@ -280,18 +280,19 @@ class Decoder:
     def _open(self, request: Request) -> Row:
         """The request's row: a KV cache with room for its prompt and answer, its system message's KV in it if known.
 
-        Base model only: an adapter changes the keys and values, and can be retrained under
-        the same name. Every RAG prompt starts with the same ~80-token system message.
+        Every RAG prompt starts with the same ~80-token system message, every fine-tuned one
+        with its own 18 tokens. An adapter changes their keys and values, so they are kept per
+        adapter as the model holds it (an adapter replaced under its name has a new version).
         """
         from backends.finetuned import AdapterHost
 
-        AdapterHost.of(self.llm).check_loaded([request.adapter])
+        version = AdapterHost.of(self.llm).version(request.adapter)
         passes = self._passes()
         capacity = len(request.input_ids) + request.max_new_tokens
         n = request.prefix_length
-        if request.adapter is not None or not 0 < n < len(request.input_ids):
+        if not 0 < n < len(request.input_ids):
             return Row(request, passes.cache(capacity), list(request.input_ids))
-        key = (type(passes).__name__, *request.input_ids[:n])  # each pass keeps its own kind of cache
+        key = (type(passes).__name__, version, *request.input_ids[:n])  # each pass keeps its own kind of cache
         if key not in self.prefixes:
             while len(self.prefixes) >= PREFIX_CACHE_SIZE:
                 self.prefixes.pop(next(iter(self.prefixes)))

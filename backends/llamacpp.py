@@ -27,9 +27,9 @@ from __future__ import annotations
 import importlib.util
 import tempfile
 from pathlib import Path
-from typing import NamedTuple
 
 from backends.errors import BadInput, ModelUnavailable
+from backends.finetuned import AdapterHost, AdapterVersion
 from backends.generation import Decoder, Request, Row
 from backends.models import LoadedLLM
 
@@ -63,7 +63,7 @@ def shared_prefix(a: list[int], b: list[int]) -> int:
 class EngineContext:
     """One llama.cpp context (the model with one adapter or none) and the tokens its KV cache holds."""
 
-    def __init__(self, gguf: str, lora: str | None, threads: int, version: "AdapterVersion"):
+    def __init__(self, gguf: str, lora: str | None, threads: int, version: AdapterVersion):
         from llama_cpp import Llama
 
         self.version = version  # which adapter, as its weights file was, the context applies
@@ -95,18 +95,6 @@ class EngineContext:
         self.llama.close()
 
 
-class AdapterVersion(NamedTuple):
-    """Which contexts can serve a request: its adapter as its weights file is now (all None/0: the bare model)."""
-
-    name: str | None
-    folder: str = ""
-    mtime_ns: int = 0
-    size: int = 0
-
-
-BASE_MODEL = AdapterVersion(None)
-
-
 class LlamaCppDecoder(Decoder):
     """The decoder of a model run by llama.cpp: each row a forward pass of its own per round, in its context."""
 
@@ -124,7 +112,7 @@ class LlamaCppDecoder(Decoder):
             raise BadInput(f"the prompt ({len(request.input_ids)} tokens) and its answer ({request.max_new_tokens}) do "
                            f"not fit llama.cpp's context of {CONTEXT_TOKENS} tokens: lower top_k, chunk_size or "
                            "max_new_tokens")
-        return Row(request, self._take(self._adapter_version(request.adapter)), list(request.input_ids))
+        return Row(request, self._take(AdapterHost.of(self.llm).version(request.adapter)), list(request.input_ids))
 
     def _forward(self, rows: list[Row]) -> list:
         """The rows one after the other, each in its own context; a row that fails fails alone."""
@@ -141,17 +129,6 @@ class LlamaCppDecoder(Decoder):
     def _finish(self, row: Row) -> None:
         self._release(row.cache)
         super()._finish(row)
-
-    def _adapter_version(self, adapter: str | None) -> AdapterVersion:
-        if adapter is None:
-            return BASE_MODEL
-        from backends.finetuned import AdapterHost
-        from backends.training import ADAPTER_WEIGHTS
-
-        AdapterHost.of(self.llm).check_loaded([adapter])
-        folder = AdapterHost.of(self.llm).loaded[adapter]
-        stat = (folder / ADAPTER_WEIGHTS).stat()
-        return AdapterVersion(adapter, str(folder), stat.st_mtime_ns, stat.st_size)
 
     def _take(self, version: AdapterVersion) -> EngineContext:
         if self.idle.get(version):

@@ -277,3 +277,25 @@ def test_models_compute_only_in_the_decoder_or_passing_threads(duet):
     assert threading.current_thread().name not in threads
     assert {name for name, _ in seen} >= {"BertModel", "Embedding"}
     assert threads <= {"duet-decoder", "duet-embed_query", "duet-embed_documents"}
+
+
+def test_an_adapter_replaced_under_its_name_answers_with_its_new_weights(duet, settings, tiny_adapter):
+    """Fine-tune's "Replace": peft's layers and the cached keys and values of the system message follow the new weights."""
+    import shutil
+
+    from backends.finetuned import AdapterRegistry
+
+    def answer(name: str) -> str:
+        duet.host.ensure(AdapterRegistry(settings).get(name))  # as every fine-tuned answer does
+        return decoder_text(duet.llm, chat_messages(QUESTIONS[0]), 24, name)
+
+    registered = settings.adapters_dir / "replaced"
+    shutil.copytree(DATA_DIR / "adapters" / "demo", registered)
+    try:
+        before = answer("replaced")
+        assert answer("replaced") == before  # the second time its system message came from the cache
+        shutil.rmtree(registered)
+        shutil.copytree(tiny_adapter["path"], registered)  # same name and folder, other weights
+        assert answer("replaced") == answer("tiny") != before
+    finally:
+        shutil.rmtree(registered, ignore_errors=True)

@@ -19,6 +19,7 @@ import pytest
 from backends.config import DATA_DIR
 from backends.errors import BadInput, ModelUnavailable
 from backends.evaluation import contains_gold
+from backends.finetuned import AdapterHost
 from backends.generation import stream_chat
 from backends.training import ADAPTER_WEIGHTS, chat_messages
 from tests.test_cli import run_cli
@@ -100,7 +101,7 @@ def test_a_new_prompt_computes_only_what_it_does_not_share_with_the_last(duet, e
     messages_a, copy_a = rag_prompt(duet, QUESTIONS[0])
     messages_b, copy_b = rag_prompt(duet, QUESTIONS[1])
     decoder_text(engine_llm, messages_a, 40, copy_from=copy_a)
-    from backends.llamacpp import BASE_MODEL
+    from backends.finetuned import BASE_MODEL
 
     context = engine_decoder(engine_llm).idle[BASE_MODEL][-1]
     fed, eval_tokens = [], context.llama.eval
@@ -172,12 +173,11 @@ def test_a_retrained_adapter_is_not_answered_from_its_old_context(engine_llm, se
         shutil.copyfile(tiny_adapter["path"] / ADAPTER_WEIGHTS, registered / ADAPTER_WEIGHTS)  # same name, new weights
         time.sleep(0.01)
         os.utime(registered / ADAPTER_WEIGHTS)
-        after = decoder_text(engine_llm, messages, 24, adapter)
+        after = decoder_text(engine_llm, messages, 24, on_model(engine_llm, settings, "retrained"))  # as Ask does
         tiny = decoder_text(engine_llm, messages, 24, on_model(engine_llm, settings, "tiny"))
         assert after == tiny != before
-        decoder = engine_decoder(engine_llm)
-        kept = [version for version in decoder.idle if version.name == "retrained"]
-        assert kept == [decoder._adapter_version("retrained")]  # the old version's contexts were closed
+        kept = [version for version in engine_decoder(engine_llm).idle if version.name == "retrained"]
+        assert kept == [AdapterHost.of(engine_llm).version("retrained")]  # the old version's contexts were closed
     finally:
         shutil.rmtree(registered)
 
