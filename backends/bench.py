@@ -42,7 +42,7 @@ WORDS = ("policy travel invoice warranty sensor calibration leave allowance mana
          "training laptop office parking holiday refund order region report").split()
 
 # Figure names per generation engine (settings.engine); "llama_cpp" is llama.cpp's own run beside them.
-ENGINE_KEYS = {"transformers": "transformers", "llama.cpp": "duet_llama_cpp"}
+ENGINE_KEYS = {"transformers": "transformers", "onnxruntime": "onnxruntime", "llama.cpp": "duet_llama_cpp"}
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import torch
 from langchain_core.embeddings import Embeddings
 from transformers import AutoModel, AutoTokenizer
 
-from backends.threads import run_in_fresh_thread
+from backends.threads import TURNS, run_in_fresh_thread
 
 PLAIN_MODULES = ["sentence_transformers.models.Transformer", "sentence_transformers.models.Pooling",
                  "sentence_transformers.models.Normalize"]
@@ -72,7 +72,9 @@ class FreshThreadEmbeddings(Embeddings):
         self.inner = inner
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        return run_in_fresh_thread(self.inner.embed_documents, list(texts))
+        with TURNS.torch_work():
+            return run_in_fresh_thread(self.inner.embed_documents, list(texts))
 
     def embed_query(self, text: str) -> list[float]:
-        return run_in_fresh_thread(self.inner.embed_query, text)
+        with TURNS.torch_work():
+            return run_in_fresh_thread(self.inner.embed_query, text)

@@ -377,7 +377,11 @@ class Decoder:
 
 
 def decoder_of(llm: LoadedLLM) -> Decoder:
-    """The decoder of the model's engine: torch (`Decoder`) or llama.cpp (`backends.llamacpp`)."""
+    """The decoder of the model's engine: torch (`Decoder`), onnxruntime (`backends.onnxengine`) or llama.cpp."""
+    if llm.engine == "onnxruntime":
+        from backends.onnxengine import OrtDecoder
+
+        return OrtDecoder.of(llm)
     if llm.engine == "llama.cpp":
         from backends.llamacpp import LlamaCppDecoder
 

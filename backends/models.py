@@ -71,7 +71,7 @@ def resolve_device(setting: str) -> str:
     return setting
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     """The file's SHA-256, computed once per version of it (its size and modification time).
 
     The fine-tuned backend checks every adapter against the base model's hash at every
@@ -100,7 +100,7 @@ def llm_display_name(settings: Settings) -> str:
     return "SmolLM2-135M-Instruct (bundled GGUF)" if settings.llm == BUNDLED else settings.llm
 
 
-def _cache_is_valid(folder: Path, gguf_sha: str) -> bool:
+def cache_is_valid(folder: Path, gguf_sha: str) -> bool:
     marker = folder / CACHE_MARKER
     if not marker.is_file():
         return False
@@ -113,14 +113,29 @@ def _cache_is_valid(folder: Path, gguf_sha: str) -> bool:
     return all((folder / name).is_file() and (folder / name).stat().st_size == size for name, size in info["files"].items())
 
 
+def write_cache_folder(target: Path, gguf: Path, gguf_sha: str, fill: Callable[[Path], None]) -> None:
+    """Fill a temporary folder beside `target`, mark it with the GGUF's hash and file sizes, rename it into place.
+
+    A crash leaves no folder that `cache_is_valid` accepts: the rename is the last step.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
+    try:
+        fill(work)
+        files = {p.name: p.stat().st_size for p in work.iterdir() if p.is_file()}
+        (work / CACHE_MARKER).write_text(json.dumps({"gguf": str(gguf), "gguf_sha256": gguf_sha, "files": files}, indent=2))
+        if target.exists():  # an invalid earlier copy
+            shutil.rmtree(target)
+        os.replace(work, target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def _convert_gguf(gguf: Path, target: Path, gguf_sha: str, progress: Progress) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    progress(f"Converting {gguf.name} to a cached transformers model (once, about 30 s)…")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
-    try:
+    def fill(work: Path) -> None:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         # The weights are already de-quantised to float32; drop the GGUF quantizer so they can be saved.
@@ -129,14 +144,10 @@ def _convert_gguf(gguf: Path, target: Path, gguf_sha: str, progress: Progress) -
             del model.config.quantization_config
         model.save_pretrained(work)
         tokenizer.save_pretrained(work)
-        files = {p.name: p.stat().st_size for p in work.iterdir() if p.is_file()}
-        (work / CACHE_MARKER).write_text(json.dumps({"gguf": str(gguf), "gguf_sha256": gguf_sha, "files": files}, indent=2))
-        if target.exists():  # an invalid earlier copy
-            shutil.rmtree(target)
-        os.replace(work, target)
-        progress("Model converted and cached.")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+
+    progress(f"Converting {gguf.name} to a cached transformers model (once, about 30 s)…")
+    write_cache_folder(target, gguf, gguf_sha, fill)
+    progress("Model converted and cached.")
 
 
 def prepare_llm(settings: Settings, progress: Progress = _quiet) -> str:
@@ -147,9 +158,9 @@ def prepare_llm(settings: Settings, progress: Progress = _quiet) -> str:
     gguf = Path(source)
     if not gguf.is_file():
         raise ModelUnavailable(f"GGUF file not found: {gguf}")
-    gguf_sha = _file_sha256(gguf)
+    gguf_sha = file_sha256(gguf)
     target = settings.model_cache_dir / f"{gguf.stem}-{gguf_sha[:12]}"
-    if not _cache_is_valid(target, gguf_sha):
+    if not cache_is_valid(target, gguf_sha):
         _convert_gguf(gguf, target, gguf_sha, progress)
     return str(target)
 
@@ -158,7 +169,7 @@ def base_model_identity(settings: Settings) -> dict:
     """What an adapter records about its base model, to refuse it on another one."""
     source = llm_source(settings)
     if source.endswith(".gguf"):
-        return {"id": llm_display_name(settings), "sha256": _file_sha256(Path(source))}
+        return {"id": llm_display_name(settings), "sha256": file_sha256(Path(source))}
     return {"id": source, "sha256": ""}
 
 
@@ -166,15 +177,16 @@ def base_model_identity(settings: Settings) -> dict:
 class LoadedLLM:
     """The one base model of the process, its tokenizer, and the lock that guards generation."""
 
-    model: object  # the torch model; None with the llama.cpp engine, which reads the GGUF itself
+    model: object  # the torch model; None with the onnxruntime and llama.cpp engines, which read the GGUF themselves
     tokenizer: object
     name: str
     device: str
     weights: str = "float32"  # or bfloat16 (torch), gguf (llama.cpp)
     config: object = None  # the model's transformers config
     eos: frozenset[int] = frozenset()  # tokens that end an answer
-    engine: str = "transformers"  # or llama.cpp: what generates the answers (backends/llamacpp.py)
+    engine: str = "transformers"  # or onnxruntime, llama.cpp: what generates the answers (onnxengine.py, llamacpp.py)
     gguf: str | None = None  # the .gguf file the model came from, if it did (what llama.cpp loads)
+    graph: str | None = None  # the onnxruntime engine's cached graph folder (onnxengine.prepare_graph)
     lock: threading.RLock = field(default_factory=threading.RLock)
     # Objects that exist once per loaded model (its adapter host, its decoder), made on first use.
     companions: dict = field(default_factory=dict)
@@ -195,7 +207,8 @@ _load_lock = threading.Lock()
 
 def load_llm(settings: Settings, progress: Progress = _quiet) -> LoadedLLM:
     """Load (once per process) the base LLM and its tokenizer."""
-    key = (settings.llm, settings.device, settings.llm_weights, settings.engine, str(settings.model_cache_dir))
+    key = (settings.llm, settings.device, settings.llm_weights, settings.engine, settings.onnx_accuracy,
+           str(settings.model_cache_dir))
     with _load_lock:
         if key not in _llm_cache:
             _llm_cache[key] = run_in_fresh_thread(_load_llm_uncached, settings, progress=progress)
@@ -219,19 +232,24 @@ def _load_llm_uncached(settings: Settings, progress: Progress = _quiet) -> Loade
 
     source = llm_source(settings)
     gguf = source if source.endswith(".gguf") else None
-    if settings.engine == "llama.cpp":
+    device = resolve_device(settings.device)
+    engine = resolve_engine(settings, gguf, device)
+    if engine == "llama.cpp":
         from backends.llamacpp import require_engine
 
         require_engine(gguf)
     path = prepare_llm(settings, progress)
+    graph = None
+    if engine == "onnxruntime":
+        from backends.onnxengine import prepare_graph
+
+        graph = str(prepare_graph(Path(gguf), settings, progress))
     _quiet_loading()
-    device = resolve_device(settings.device)
     local = Path(path).is_dir()
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local)
-        if settings.engine == "llama.cpp":  # llama.cpp reads the GGUF itself: torch's copy of the weights is not needed
-            progress(f"Preparing {llm_display_name(settings)} for llama.cpp…")
-            model, weights = None, "gguf"
+        if engine != "transformers":  # the engine reads the GGUF itself: torch's copy of the weights is not needed
+            model, weights = None, "gguf" if engine == "llama.cpp" else f"gguf, {settings.onnx_accuracy} arithmetic"
             config, generation = _configs(path, local)
         else:
             weights = resolve_weights(settings.llm_weights, device)
@@ -242,9 +260,20 @@ def _load_llm_uncached(settings: Settings, progress: Progress = _quiet) -> Loade
         raise ModelUnavailable(f"cannot load LLM {path!r}: {error}") from error
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    name = llm_display_name(settings) + (" via llama.cpp" if settings.engine == "llama.cpp" else "")
-    return LoadedLLM(model=model, tokenizer=tokenizer, name=name, device=device, weights=weights, config=config,
-                     eos=eos_ids(generation, tokenizer), engine=settings.engine, gguf=gguf)
+    name = llm_display_name(settings) + ("" if engine == "transformers" else f" via {engine}")
+    return LoadedLLM(model=model, tokenizer=tokenizer, name=name, device="cpu" if graph else device, weights=weights,
+                     config=config, eos=eos_ids(generation, tokenizer), engine=engine, gguf=gguf, graph=graph)
+
+
+def resolve_engine(settings: Settings, gguf: str | None, device: str) -> str:
+    """'auto': onnxruntime for a GGUF file it can run, on a CPU; transformers otherwise (any model, a GPU)."""
+    if settings.engine != "auto":
+        return settings.engine
+    if gguf is None or device != "cpu":
+        return "transformers"
+    from backends.onnxengine import can_run
+
+    return "onnxruntime" if can_run(Path(gguf), settings) else "transformers"
 
 
 def _configs(path: str, local: bool):

@@ -14,6 +14,12 @@ else torch computes (loading a model, embedding texts, loading an adapter) runs 
 the result or the exception; progress messages are handed back to the caller's thread,
 where a Streamlit page can show them.
 
+The onnxruntime engine decodes with a thread pool of its own, beside torch's: an embedding
+computed while it decodes would share the two cores with it, both at half speed or worse
+(in Compare, RAG's evidence ranking took 0.1-0.65 s instead of ~0.05-0.1 s, and both answers
+took longer together than one after the other). `TURNS` lets such torch work go first: it
+waits only for the decoding pass in progress, and the decoder waits while it runs.
+
 glibc gives threads their own malloc arenas and keeps what they freed, so a thread per
 call grew the process by ~120 MB over 6 ingests of 300 chunks; with at most two arenas (one
 per core here) it grew ~40 MB. `limit_malloc_arenas` sets that once, where glibc is the C
@@ -27,6 +33,7 @@ import ctypes.util
 import os
 import queue
 import threading
+from contextlib import contextmanager
 from typing import Callable, TypeVar
 
 T = TypeVar("T")
@@ -70,3 +77,41 @@ def run_in_fresh_thread(work: Callable[..., T], *args, progress: Callable[[str],
     if "error" in outcome:
         raise outcome["error"]
     return outcome["result"]
+
+
+class ComputeTurns:
+    """Torch work outside the decoder goes before the onnxruntime decoder's next pass (see the module docstring)."""
+
+    def __init__(self):
+        self.changed = threading.Condition()
+        self.working = 0  # torch works announced or running
+        self.passing = False  # a decoding pass is running
+
+    @contextmanager
+    def torch_work(self):
+        with self.changed:
+            self.working += 1
+            while self.passing:
+                self.changed.wait()
+        try:
+            yield
+        finally:
+            with self.changed:
+                self.working -= 1
+                self.changed.notify_all()
+
+    @contextmanager
+    def decoding_pass(self):
+        with self.changed:
+            while self.working:
+                self.changed.wait()
+            self.passing = True
+        try:
+            yield
+        finally:
+            with self.changed:
+                self.passing = False
+                self.changed.notify_all()
+
+
+TURNS = ComputeTurns()

@@ -21,8 +21,11 @@ SMALL_CORPUS = ["travel_policy.pdf", "glossary.html", "product_catalog.csv", "su
 
 @pytest.fixture(scope="session")
 def settings(tmp_path_factory):
+    """The transformers engine: tests of the torch decoder reach into its model. The default engine (onnxruntime
+    for the bundled GGUF) answers in tests/test_onnxengine.py and wherever the app or CLI runs with default settings."""
     root = tmp_path_factory.mktemp("duet")
-    return load_settings(store_dir=root / "store", adapters_dir=root / "adapters", max_new_tokens=24)
+    return load_settings(store_dir=root / "store", adapters_dir=root / "adapters", max_new_tokens=24,
+                         engine="transformers")
 
 
 @pytest.fixture(scope="session")
@@ -108,3 +111,19 @@ def chroma_server(tmp_path_factory):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def registered_demo_adapter(settings, name: str):
+    """The demo adapter registered under `name` in the test adapters folder (a fixture's body: yields the name)."""
+    target = settings.adapters_dir / name
+    shutil.copytree(DATA_DIR / "adapters" / "demo", target)
+    yield name
+    shutil.rmtree(target)
+
+
+def on_model(llm, settings, adapter: str) -> str:
+    """The registered adapter, as its files are now, on this loaded model (as every fine-tuned answer does)."""
+    from backends.finetuned import AdapterHost, AdapterRegistry
+
+    AdapterHost.of(llm).ensure(AdapterRegistry(settings).get(adapter))
+    return adapter

@@ -6,8 +6,8 @@ import json
 from backends.config import DATA_DIR
 from tests.test_cli import run_cli
 
-FIGURES = ["decode_tokens_per_s.transformers.base", "decode_tokens_per_s.transformers.adapter",
-           "first_token_s.transformers.base", "first_token_s.transformers.adapter",
+FIGURES = ["decode_tokens_per_s.onnxruntime.base", "decode_tokens_per_s.onnxruntime.adapter",
+           "first_token_s.onnxruntime.base", "first_token_s.onnxruntime.adapter",
            "answer.rag.first_token_s", "answer.ft.tokens_per_s", "side_by_side.ratio", "side_by_side.both_vs_sum",
            "side_by_side.rag.done_s", "side_by_side.ft.done_s", "retrieval_ms.1000",
            "ingest.chunks_per_s", "embedding.chunks_per_s", "ingest.overhead", "cold_start_s",
@@ -23,6 +23,6 @@ def test_quick_bench_prints_every_figure_as_json(settings, tmp_path):
         figure = result["figures"][name]
         assert figure["runs"] >= 1 and figure["min"] <= figure["median"] <= figure["max"], name
         assert figure["median"] > 0, name
-    assert result["engine"] == "transformers"
+    assert result["engine"] == "onnxruntime"  # the default for the bundled GGUF on a CPU
     assert ("decode_tokens_per_s.llama_cpp.base" in result["figures"]) != ("llama_cpp" in result["skipped"])
     assert (tmp_path / "store" / "bench" / "latest.json").is_file()

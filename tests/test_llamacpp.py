@@ -22,6 +22,7 @@ from backends.evaluation import contains_gold
 from backends.finetuned import AdapterHost
 from backends.generation import stream_chat
 from backends.training import ADAPTER_WEIGHTS, chat_messages
+from tests.conftest import on_model, registered_demo_adapter
 from tests.test_cli import run_cli
 from tests.test_generation import QUESTIONS, decoder_text, rag_prompt
 
@@ -43,17 +44,7 @@ def engine_llm(settings):
 @pytest.fixture(scope="module")
 def demo_adapter(settings):
     """The demo adapter registered in the test adapters folder, on both engines' models."""
-    target = settings.adapters_dir / "demo-engine"
-    shutil.copytree(DEMO, target)
-    yield "demo-engine"
-    shutil.rmtree(target)
-
-
-def on_model(llm, settings, adapter: str) -> str:
-    from backends.finetuned import AdapterHost, AdapterRegistry
-
-    AdapterHost.of(llm).ensure(AdapterRegistry(settings).get(adapter))
-    return adapter
+    yield from registered_demo_adapter(settings, "demo-engine")
 
 
 def engine_decoder(llm):

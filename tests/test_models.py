@@ -2,7 +2,7 @@
 
 import os
 
-from backends.models import _cache_is_valid, bundled_embedding_path, bundled_gguf_path, prepare_llm
+from backends.models import cache_is_valid, bundled_embedding_path, bundled_gguf_path, prepare_llm
 
 
 def test_bundled_models_are_found_without_importing_their_packages():
@@ -27,10 +27,10 @@ def test_a_damaged_cache_is_detected(tmp_path, settings):
     copy = tmp_path / "copy"
     shutil.copytree(folder, copy)
     sha = json.loads((copy / "duet-converted.json").read_text())["gguf_sha256"]
-    assert _cache_is_valid(copy, sha)
+    assert cache_is_valid(copy, sha)
     with open(copy / "model.safetensors", "r+b") as handle:
         handle.truncate(1000)
-    assert not _cache_is_valid(copy, sha)
+    assert not cache_is_valid(copy, sha)
 
 
 def test_bundled_embeddings_equal_sentence_transformers():

@@ -1,0 +1,253 @@
+"""The onnxruntime engine (the default for the bundled GGUF): exact weights, the transformers engine's answers, its cache.
+
+`duet` (conftest) runs the transformers engine; the engine here reads the same GGUF file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import threading
+import time
+import types
+
+import numpy as np
+import pytest
+
+from backends.config import DATA_DIR
+from backends.errors import ModelUnavailable
+from backends.evaluation import contains_gold
+from backends.training import chat_messages
+from tests.conftest import on_model, registered_demo_adapter
+from tests.test_cli import run_cli
+from tests.test_generation import QUESTIONS, decoder_text, rag_prompt
+
+DEMO = DATA_DIR / "adapters" / "demo"
+
+
+def engine_llm(settings, accuracy: str):
+    from backends.models import load_llm
+
+    return load_llm(dataclasses.replace(settings, engine="onnxruntime", onnx_accuracy=accuracy))
+
+
+@pytest.fixture(scope="module")
+def float_llm(settings):
+    return engine_llm(settings, "float")
+
+
+@pytest.fixture(scope="module")
+def int8_llm(settings):
+    return engine_llm(settings, "int8")
+
+
+@pytest.fixture(scope="module")
+def demo_adapter(settings):
+    yield from registered_demo_adapter(settings, "demo-ort")
+
+
+@pytest.mark.parametrize("question", QUESTIONS)
+def test_float_arithmetic_gives_the_transformers_engines_answers(duet, settings, tiny_adapter, float_llm, question):
+    """The same 4-bit values, the adapter's low-rank term per token: greedy answers equal the float32 torch path's."""
+    messages, copy_from = rag_prompt(duet, question)
+    assert decoder_text(float_llm, messages, 40, copy_from=copy_from) == decoder_text(duet.llm, messages, 40,
+                                                                                      copy_from=copy_from)
+    on_model(duet.llm, settings, "tiny")
+    fine_tuned = chat_messages(question)
+    assert decoder_text(float_llm, fine_tuned, 40, on_model(float_llm, settings, "tiny")) == decoder_text(
+        duet.llm, fine_tuned, 40, "tiny")
+
+
+def test_int8_arithmetic_keeps_the_answers_quality(duet, settings, int8_llm, demo_adapter):
+    """int8 inputs, as llama.cpp computes: copied answers stay, free answers may settle near-ties the other way.
+
+    Measured on all 85 eval questions: RAG 85 identical; fine-tuned 59 identical, the gold answer in
+    25 (transformers: 26). Here: the first 24.
+    """
+    items = [json.loads(line) for line in (DATA_DIR / "qa" / "eval.jsonl").read_text().splitlines()[:24]]
+    name_t, name_o = on_model(duet.llm, settings, demo_adapter), on_model(int8_llm, settings, demo_adapter)
+    pairs = [(decoder_text(duet.llm, chat_messages(i["question"]), 24, name_t),
+              decoder_text(int8_llm, chat_messages(i["question"]), 24, name_o)) for i in items]
+    assert sum(t == o for t, o in pairs) >= len(items) // 2
+    found = [(contains_gold(t, i["answer"]), contains_gold(o, i["answer"])) for (t, o), i in zip(pairs, items)]
+    assert sum(a == b for a, b in found) >= len(items) - 2 and sum(a for a, _ in found) > 0
+    messages, copy_from = rag_prompt(duet, QUESTIONS[0])
+    assert decoder_text(int8_llm, messages, 40, copy_from=copy_from) == decoder_text(duet.llm, messages, 40,
+                                                                                     copy_from=copy_from)
+
+
+def test_the_engine_answers_without_torchs_copy_of_the_weights(int8_llm):
+    assert int8_llm.model is None and int8_llm.engine == "onnxruntime" and "int8" in int8_llm.weights
+    assert decoder_text(int8_llm, chat_messages(QUESTIONS[0]), 16)
+
+
+def test_compare_gives_the_answers_ask_gives(settings, tmp_path, demo_adapter):
+    """Rows beside each other in Compare (int8: a run each; float: one run) answer as they do alone."""
+    from backends.service import Duet
+    from backends.types import Answer
+    from tests.conftest import copy_demo_store
+
+    store = copy_demo_store(tmp_path / "store")
+    for accuracy in ("int8", "float"):
+        duet = Duet(dataclasses.replace(settings.with_store(store), engine="onnxruntime", onnx_accuracy=accuracy))
+        for question in QUESTIONS:
+            alone = {name: duet.ask(name, question, demo_adapter).text for name in ("rag", "ft")}
+            both = {name: item.text for name, item in duet.stream_both(question, demo_adapter) if isinstance(item, Answer)}
+            assert both == alone, (accuracy, question)
+
+
+def test_one_run_gives_each_row_what_it_gets_alone(float_llm, settings, tiny_adapter):
+    """Rows of any length laid end to end, with and without the adapter: each gets its logits alone (float)."""
+    from backends.fastdecode import Feed
+    from backends.generation import encode_chat
+    from backends.onnxengine import OrtDecoder
+
+    decoder = OrtDecoder.of(float_llm)
+    tiny = decoder._tensors(on_model(float_llm, settings, "tiny"))
+    prompts = [encode_chat(float_llm, chat_messages(question)) for question in QUESTIONS[:2]]
+    feeds = [[(prompts[0], "tiny"), (prompts[1], None)], [([11], "tiny"), ([12, 13, 14], None)]]
+
+    def logits_of(together: bool) -> list:
+        caches, out = [decoder.passes.cache(64), decoder.passes.cache(64)], []
+        for fed in feeds:
+            rows = [Feed(cache, tokens, adapter) for cache, (tokens, adapter) in zip(caches, fed)]
+            out += list(decoder.passes(rows, tiny, {"tiny"})) if together else [
+                decoder.passes([row], tiny, {"tiny"})[0] for row in rows]
+        return out
+
+    together, alone = logits_of(True), logits_of(False)
+    for row in range(4):
+        assert np.allclose(together[row], alone[row], atol=1e-4)
+    base = decoder._tensors(None)
+    cache = decoder.passes.cache(64)
+    assert np.allclose(decoder.passes([Feed(cache, prompts[1], None)], base, set())[0], together[1], atol=1e-4)
+    cache = decoder.passes.cache(64)
+    assert not np.allclose(decoder.passes([Feed(cache, prompts[0], None)], base, set())[0], together[0], atol=1e-2)
+
+
+def test_blocks_keep_the_gguf_values_exactly():
+    """Q4_1, Q8_0 (the bundled file's) and Q4_0 blocks re-laid for MatMulNBits hold the very values gguf reads."""
+    from gguf import GGMLQuantizationType, GGUFReader
+    from gguf.quants import dequantize, quantize
+
+    from backends.models import bundled_gguf_path
+    from backends.onnxengine import dense_of, read_blocks
+
+    tensors = {t.name: t for t in GGUFReader(str(bundled_gguf_path())).tensors}
+    for name in ("blk.0.ffn_down.weight", "token_embd.weight"):
+        tensor = tensors[name]
+        assert np.array_equal(dense_of(read_blocks(tensor)), dequantize(tensor.data, tensor.tensor_type)), name
+    values = np.random.default_rng(0).standard_normal((8, 64)).astype(np.float32)
+    q4_0 = types.SimpleNamespace(name="q4_0", tensor_type=GGMLQuantizationType.Q4_0,
+                                 data=quantize(values, GGMLQuantizationType.Q4_0))
+    assert np.array_equal(dense_of(read_blocks(q4_0)), dequantize(q4_0.data, GGMLQuantizationType.Q4_0))
+
+
+def test_the_graph_is_built_once_rebuilt_when_broken_and_never_left_half_written(settings, tmp_path, monkeypatch):
+    from backends import onnxengine
+    from backends.models import bundled_gguf_path
+
+    cache = dataclasses.replace(settings, model_cache_dir=tmp_path / "models")
+    gguf = bundled_gguf_path()
+    folder = onnxengine.prepare_graph(gguf, cache)
+    weights = folder / onnxengine.WEIGHTS_FILE
+    built = weights.stat().st_mtime_ns
+    assert onnxengine.prepare_graph(gguf, cache) == folder and weights.stat().st_mtime_ns == built
+    with open(weights, "r+b") as handle:  # a copy cut short
+        handle.truncate(1000)
+    assert onnxengine.prepare_graph(gguf, cache) == folder and weights.stat().st_size > 1000
+
+    shutil.rmtree(folder)
+
+    def crash(*args, **kwargs):
+        raise MemoryError("killed while building")
+
+    monkeypatch.setattr(onnxengine, "build_graph", crash)
+    with pytest.raises(MemoryError):
+        onnxengine.prepare_graph(gguf, cache)
+    assert list((tmp_path / "models").iterdir()) == []  # no folder, no temporary leftovers
+
+
+def test_auto_picks_onnxruntime_for_a_gguf_it_can_run_and_transformers_otherwise(settings, tmp_path):
+    import gguf as gguf_writer
+
+    from backends.models import bundled_gguf_path, resolve_engine
+
+    auto = dataclasses.replace(settings, engine="auto")
+    assert resolve_engine(auto, str(bundled_gguf_path()), "cpu") == "onnxruntime"
+    assert resolve_engine(auto, str(bundled_gguf_path()), "cuda") == "transformers"
+    assert resolve_engine(auto, None, "cpu") == "transformers"  # a hub id or a folder
+    assert resolve_engine(dataclasses.replace(settings, engine="transformers"), str(bundled_gguf_path()), "cpu") == \
+        "transformers"
+    other = tmp_path / "other.gguf"  # another architecture's GGUF file
+    writer = gguf_writer.GGUFWriter(str(other), "gpt2")
+    writer.add_tensor("token_embd.weight", np.zeros((4, 32), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    assert resolve_engine(auto, str(other), "cpu") == "transformers"
+    from backends.onnxengine import prepare_graph
+
+    with pytest.raises(ModelUnavailable, match=r"runs Llama-family GGUF files, not 'gpt2'; use DUET_ENGINE=transformers"):
+        prepare_graph(other, settings)
+
+
+def test_an_adapter_replaced_under_its_name_answers_with_its_new_weights(int8_llm, settings, tiny_adapter):
+    registered = settings.adapters_dir / "replaced-ort"
+    shutil.copytree(DEMO, registered)
+    try:
+        messages = chat_messages(QUESTIONS[0])
+        before = decoder_text(int8_llm, messages, 24, on_model(int8_llm, settings, "replaced-ort"))
+        shutil.rmtree(registered)
+        shutil.copytree(tiny_adapter["path"], registered)  # same name and folder, other weights
+        after = decoder_text(int8_llm, messages, 24, on_model(int8_llm, settings, "replaced-ort"))
+        assert after == decoder_text(int8_llm, messages, 24, on_model(int8_llm, settings, "tiny")) != before
+    finally:
+        shutil.rmtree(registered)
+
+
+def test_embedding_work_goes_before_the_next_decoding_pass():
+    """A pass in progress finishes; the next waits until the torch work that asked meanwhile is done."""
+    from backends.threads import ComputeTurns
+
+    turns, order = ComputeTurns(), []
+    in_pass, release = threading.Event(), threading.Event()
+
+    def decoder():
+        with turns.decoding_pass():
+            in_pass.set()
+            release.wait(5)
+            order.append("pass 1")
+        time.sleep(0.05)  # the embedding announced itself meanwhile
+        with turns.decoding_pass():
+            order.append("pass 2")
+
+    def embedding():
+        with turns.torch_work():
+            order.append("embedding")
+            time.sleep(0.1)
+
+    worker = threading.Thread(target=decoder)
+    worker.start()
+    assert in_pass.wait(5)
+    other = threading.Thread(target=embedding)
+    other.start()
+    time.sleep(0.05)
+    assert order == []  # it waits for the pass in progress
+    release.set()
+    worker.join(5)
+    other.join(5)
+    assert order == ["pass 1", "embedding", "pass 2"]
+
+
+def test_the_cli_answers_on_the_default_engine(settings, tmp_path, demo_adapter):
+    from tests.conftest import copy_demo_store
+
+    store = copy_demo_store(tmp_path / "store")
+    done = run_cli("ask", QUESTIONS[1], "--backend", "both", "--adapter", demo_adapter, "--json", "--store", str(store),
+                   settings=settings)
+    assert done.returncode == 0, done.stderr[-2000:]
+    answers = json.loads(done.stdout)
+    assert all(answer["model"].endswith("via onnxruntime") and answer["text"] for answer in answers.values())
