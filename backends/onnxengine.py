@@ -1,26 +1,27 @@
-"""The onnxruntime engine (`DUET_ENGINE=onnxruntime`): a Llama GGUF run by onnxruntime with its 4-bit weights as they are.
+"""The onnxruntime engine (`DUET_ENGINE=onnxruntime`, `auto`'s choice for a Llama GGUF on a CPU): the file's 4-bit weights as they are.
 
 torch decodes the bundled model from a float32 copy of its weights (538 MB read per token);
-llama.cpp reads the GGUF's own 4-bit blocks (~85 MB) but needs a compiler to install. This
-engine runs the same GGUF blocks through onnxruntime, a wheel that chromadb already installs:
-the model becomes one ONNX graph (`build_graph`, cached once per GGUF file by
-`prepared_graph`) whose linear layers are onnxruntime's `MatMulNBits` over the very 4-bit
-values of the file. Q4_1 blocks (w = d*q + m) are `MatMulNBits`' symmetric form plus a
-correction, exactly: w = d*(q - 8) + (m + 8d), and the second term is (m + 8d) times the
-sum of the input over the block, a small float32 product. Q4_0 needs no correction, Q8_0
-goes in as 8 bits, float tensors as float32.
+llama.cpp reads the GGUF's own 4-bit blocks but needs a compiler to install. This engine runs
+the same blocks through onnxruntime, a wheel that chromadb already installs: the model
+becomes one ONNX graph (`build_graph`, cached once per GGUF file by `prepare_graph`) whose
+linear layers are onnxruntime's `MatMulNBits` over the very 4-bit values of the file. Q4_1
+blocks (w = d*q + m) are `MatMulNBits`' symmetric form plus a correction, exactly:
+w = d*(q - 8) + (m + 8d), and the second term is (m + 8d) times the sum of the input over
+the block, a small float32 product. Q4_0 needs no correction, Q8_0 goes in as 8 bits, float
+tensors as float32.
 
-One pass serves several answers at once, as `fastdecode.LlamaPass` does: the rows' new
-tokens lie end to end in one sequence, every linear layer reads its weights once for all,
-and attention keeps each token to its own row by a mask over the rows' keys and values
-(each row's KV cache is its own numpy buffer; `OrtRowCache`). A LoRA adapter is a
-low-rank term on each projection, masked per token, so the fine-tuned answer's tokens get
-the adapter and RAG's do not, in the same pass. The adapter's matrices are inputs of the
-graph, bound once per adapter version (`AdapterTensors`).
+A run of the graph can serve several answers, as `fastdecode.LlamaPass` does: the rows' new
+tokens lie end to end, every linear layer reads its weights once for all, and attention
+keeps each token to its own row by a mask over the rows' keys and values (each row's KV
+cache is its own numpy buffer, `OrtRowCache`, read without a copy when the row runs alone).
+A LoRA adapter is a low-rank term on each projection, masked per token, so a fine-tuned
+row's tokens get the adapter and RAG's do not; its matrices are inputs of the graph, bound
+once per adapter version (`AdapterTensors`).
 
-`accuracy` picks `MatMulNBits`' arithmetic: "float" (float32 inputs, the default: greedy answers
-equal the transformers engine's, tests/test_onnxengine.py checks) or "int8" (inputs quantized
-per block to 8 bits, as llama.cpp does: faster, answers may differ where two tokens nearly tie).
+`accuracy` picks `MatMulNBits`' arithmetic: "int8" (the default: inputs rounded per block to
+8 bits, as llama.cpp does; ~2x faster, answers may differ where two words nearly tie, and
+each row runs apart, see `OrtPass`) or "float" (float32: greedy answers equal the
+transformers engine's, tests/test_onnxengine.py checks, and rows share runs).
 """
 
 from __future__ import annotations
@@ -99,21 +100,36 @@ def _field(reader, key: str):
     return value.tobytes().decode() if value.dtype == np.uint8 else value[0].item()
 
 
+LAYER_TENSORS = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down")
+
+
 def read_shape(reader) -> Shape:
+    """The model's shape, or ModelUnavailable where the graph would not compute what the model does."""
     arch = _field(reader, "general.architecture")
     if arch != "llama":
         raise ModelUnavailable(f"engine 'onnxruntime' runs Llama-family GGUF files, not {arch!r}; "
                                "use DUET_ENGINE=transformers")
-    if reader.fields.get("llama.rope.scaling.type") is not None:
+    tensors = {t.name: t for t in reader.tensors}
+    if reader.fields.get("llama.rope.scaling.type") is not None or "rope_freqs.weight" in tensors:
         raise ModelUnavailable("engine 'onnxruntime' does not apply rope scaling; use DUET_ENGINE=transformers")
     heads = _field(reader, "llama.attention.head_count")
     hidden = _field(reader, "llama.embedding_length")
-    tensors = {t.name: t for t in reader.tensors}
+    odd = [f"no blk.0.{name}.weight" for name in LAYER_TENSORS if f"blk.0.{name}.weight" not in tensors]
+    odd += [f"a bias ({name})" for name in tensors if name.endswith(".bias")]
+    if _optional(reader, "llama.attention.key_length", hidden // heads) != hidden // heads:
+        odd.append("heads of another size")
+    if odd:
+        raise ModelUnavailable(f"engine 'onnxruntime' runs plain Llama layers, and this file has {odd[0]}; "
+                               "use DUET_ENGINE=transformers")
     return Shape(layers=_field(reader, "llama.block_count"), hidden=hidden, heads=heads,
-                 kv_heads=_field(reader, "llama.attention.head_count_kv"), head_dim=hidden // heads,
+                 kv_heads=_optional(reader, "llama.attention.head_count_kv", heads), head_dim=hidden // heads,
                  vocab=int(tensors["token_embd.weight"].shape[1]), context=_field(reader, "llama.context_length"),
-                 rope_base=float(_field(reader, "llama.rope.freq_base")) if "llama.rope.freq_base" in reader.fields else 10000.0,
+                 rope_base=float(_optional(reader, "llama.rope.freq_base", 10000.0)),
                  norm_eps=float(_field(reader, "llama.attention.layer_norm_rms_epsilon")))
+
+
+def _optional(reader, key: str, default):
+    return _field(reader, key) if key in reader.fields else default
 
 
 @dataclass
@@ -268,8 +284,9 @@ def build_graph(gguf_path: str, accuracy: str = "int8"):
     """The model as an ONNX graph, its shape, and the Q4_1 corrections per projection group.
 
     Inputs: ids, positions (1 x T), mask (group*T x held+T: 0 where a token may look,
-    MASKED elsewhere; repeated for each query head sharing a kv head), last (R: the tokens whose logits are wanted), per layer `past_keys.L` and
-    `past_values.L` (kv heads x held x head dim: the rows' caches one after the other), per
+    MASKED elsewhere; repeated for each query head sharing a kv head), last (R: the tokens
+    whose logits are wanted), per layer `past_keys.L` and `past_values.L` (kv heads x held x
+    head dim: the rows' caches one after the other), per
     group `mix.G` (T x blocks+r: 1 for the block sums, 1 or 0 per token for the adapter's
     columns), and per layer and group `lora_a.L.G` (inputs x blocks+r: block sums, then A) and
     `lora_c.L.G` (blocks+r x rows: the correction, then B). Outputs: logits (R x vocab) and per
@@ -329,12 +346,14 @@ def _projection(b: GraphBuilder, x: str, blocks: list[Blocks], inputs: int, laye
 
 def _decoder_layer(b: GraphBuilder, shape: Shape, tensors: dict, layer: int, hidden: str, rope, mask: str,
                    mix: dict) -> str:
+    from onnx import TensorProto
+
     name = lambda part: f"blk.{layer}.{part}.weight"  # noqa: E731
     kv = shape.kv_heads * shape.head_dim
     normed = _rms_norm(b, hidden, tensors[name("attn_norm")], shape.norm_eps)
     q, k, v = (read_blocks(tensors[name(part)]) for part in GROUPS["qkv"])
     q, k = q.take_rows(hf_row_order(q.rows, shape.heads)), k.take_rows(hf_row_order(k.rows, shape.kv_heads))
-    q = _scaled(q, shape.head_dim ** -0.5)  # attention's scale, exact (a power of two for head dim 64)
+    q = _scaled(q, shape.head_dim ** -0.5)  # attention's scale, in the query rows (exact for head dim 64: 1/8)
     qkv = _projection(b, normed, [q, k, v], shape.hidden, layer, "qkv", mix)
     query_key, value = b.op("Split", qkv, b.ints(shape.hidden + kv, kv), axis=-1, outputs=2)
     positions, cos, sin = rope
@@ -344,8 +363,8 @@ def _decoder_layer(b: GraphBuilder, shape: Shape, tensors: dict, layer: int, hid
     key, value = (_heads_first(b, x, shape.kv_heads, shape) for x in (key, value))  # kv heads x T x head dim
     b.output(key, f"new_keys.{layer}", [shape.kv_heads, "T", shape.head_dim])
     b.output(value, f"new_values.{layer}", [shape.kv_heads, "T", shape.head_dim])
-    past_keys = b.input(f"past_keys.{layer}", 1, [shape.kv_heads, "P", shape.head_dim])
-    past_values = b.input(f"past_values.{layer}", 1, [shape.kv_heads, "P", shape.head_dim])
+    past_keys, past_values = (b.input(f"past_{kind}.{layer}", TensorProto.FLOAT, [shape.kv_heads, "P", shape.head_dim])
+                              for kind in ("keys", "values"))
     attended = _attention(b, shape, query, (past_keys, key), (past_values, value), mask)
     hidden = b.op("Add", hidden, _projection(b, attended, [read_blocks(tensors[name("attn_output")])], shape.hidden,
                                              layer, "o", mix))
@@ -381,9 +400,8 @@ def _attention(b: GraphBuilder, shape: Shape, query: str, keys: tuple, values: t
     query = b.op("Reshape", _heads_first(b, query, shape.heads, shape), b.ints(shape.kv_heads, -1, shape.head_dim))
     scores = b.op("Concat", *[b.op("FusedMatMul", query, k, domain="com.microsoft", transB=1) for k in keys], axis=-1)
     weights = b.op("Softmax", b.op("Add", scores, mask), axis=-1)
-    held = b.op("Shape", keys[0], start=1, end=2)
-    held_weights, new_weights = b.op("Split", weights, b.op("Concat", held, b.op("Shape", keys[1], start=1, end=2), axis=0),
-                                     axis=-1, outputs=2)
+    sizes = b.op("Concat", *[b.op("Shape", k, start=1, end=2) for k in keys], axis=0)  # held, new
+    held_weights, new_weights = b.op("Split", weights, sizes, axis=-1, outputs=2)
     attended = b.op("Add", b.op("MatMul", held_weights, values[0]), b.op("MatMul", new_weights, values[1]))
     attended = b.op("Reshape", attended, b.ints(shape.heads, -1, shape.head_dim))  # heads x T x d
     return b.op("Reshape", b.op("Transpose", attended, perm=[1, 0, 2]), b.ints(-1, shape.hidden))
@@ -642,25 +660,31 @@ class OrtDecoder(Decoder):
         return super()._open(request)
 
     def _forward(self, rows: list[Row]) -> list:
-        """Logits per row: a run per row, or (float) a run for the rows of each adapter, the base model's with the first."""
+        """Logits per row (or the exception of a row that failed alone: an adapter this engine cannot apply, say)."""
         from backends.fastdecode import Feed
 
         feeds = [Feed(row.cache, row.feed, row.request.adapter) for row in rows]
+        tensors: dict = {}
         logits: list = [None] * len(rows)
-        for name, members in self._runs(feeds):
-            tensors = self._tensors(name)
+        for index, feed in enumerate(feeds):
+            try:
+                tensors.setdefault(feed.adapter, self._tensors(feed.adapter))
+            except Exception as error:
+                logits[index] = error
+        for name, members in self._runs([(i, f) for i, f in enumerate(feeds) if logits[i] is None]):
             with TURNS.decoding_pass():  # after any embedding that is waiting (backends/threads.py)
-                out = self.passes([feeds[i] for i in members], tensors, {name})
+                out = self.passes([feeds[i] for i in members], tensors[name], {name})
             for index, row_logits in zip(members, out):
                 logits[index] = row_logits
         return logits
 
-    def _runs(self, feeds: list) -> list[tuple]:
-        """(adapter, indices of the rows it runs) per run of the graph."""
+    def _runs(self, feeds: list[tuple]) -> list[tuple]:
+        """(adapter, indices of its rows) per run of the graph: a run per row, or (float) per adapter, the base rows
+        with the first."""
         if not self.passes.shares_rows:
-            return [(feed.adapter, [index]) for index, feed in enumerate(feeds)]
+            return [(feed.adapter, [index]) for index, feed in feeds]
         by_adapter: dict = {}
-        for index, feed in enumerate(feeds):
+        for index, feed in feeds:
             by_adapter.setdefault(feed.adapter, []).append(index)
         adapters = [name for name in by_adapter if name is not None] or [None]
         return [(name, by_adapter.get(name, []) + (by_adapter.get(None, []) if turn == 0 and name is not None else []))
