@@ -127,3 +127,41 @@ def on_model(llm, settings, adapter: str) -> str:
 
     AdapterHost.of(llm).ensure(AdapterRegistry(settings).get(adapter))
     return adapter
+
+
+def failure_beside_rag(duet, llm, settings, name: str, error_type) -> str:
+    """An adapter with a LoRA on the output layer (which the GGUF engines do not apply), registered as `name`: its
+    answer fails in one thread while a RAG answer runs in this one. Asserts the RAG answer is its answer alone;
+    returns the fine-tuned answer's error message."""
+    import threading
+
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    from backends.training import ADAPTER_WEIGHTS, chat_messages
+    from tests.test_generation import QUESTIONS, decoder_text, rag_prompt
+
+    registered = settings.adapters_dir / name
+    shutil.copytree(DATA_DIR / "adapters" / "demo", registered)
+    tensors = load_file(str(registered / ADAPTER_WEIGHTS))
+    tensors["base_model.model.lm_head.lora_A.weight"] = np.zeros((8, 576), dtype=np.float32)
+    save_file(tensors, str(registered / ADAPTER_WEIGHTS))
+    try:
+        adapter = on_model(llm, settings, name)
+        messages, copy_from = rag_prompt(duet, QUESTIONS[1])
+        alone = decoder_text(llm, messages, 40, copy_from=copy_from)
+        outcome = {}
+
+        def fine_tuned():
+            try:
+                decoder_text(llm, chat_messages(QUESTIONS[1]), 24, adapter)
+            except error_type as error:
+                outcome["error"] = str(error)
+
+        worker = threading.Thread(target=fine_tuned)
+        worker.start()
+        assert decoder_text(llm, messages, 40, copy_from=copy_from) == alone
+        worker.join(60)
+        return outcome["error"]
+    finally:
+        shutil.rmtree(registered)

@@ -22,7 +22,7 @@ from backends.evaluation import contains_gold
 from backends.finetuned import AdapterHost
 from backends.generation import stream_chat
 from backends.training import ADAPTER_WEIGHTS, chat_messages
-from tests.conftest import on_model, registered_demo_adapter
+from tests.conftest import failure_beside_rag, on_model, registered_demo_adapter
 from tests.test_cli import run_cli
 from tests.test_generation import QUESTIONS, decoder_text, rag_prompt
 
@@ -176,33 +176,8 @@ def test_a_retrained_adapter_is_not_answered_from_its_old_context(engine_llm, se
 @needs_engine
 def test_an_adapter_llama_cpp_cannot_apply_fails_its_answer_alone(duet, engine_llm, settings):
     """A LoRA on the output layer has no llama.cpp adapter form: that answer says so, the RAG answer beside it goes on."""
-    import numpy as np
-    from safetensors.numpy import load_file, save_file
-
-    registered = settings.adapters_dir / "odd-layers"
-    shutil.copytree(DEMO, registered)
-    tensors = load_file(str(registered / ADAPTER_WEIGHTS))
-    tensors["base_model.model.lm_head.lora_A.weight"] = np.zeros((8, 576), dtype=np.float32)
-    save_file(tensors, str(registered / ADAPTER_WEIGHTS))
-    try:
-        adapter = on_model(engine_llm, settings, "odd-layers")
-        messages, copy_from = rag_prompt(duet, QUESTIONS[1])
-        alone = decoder_text(engine_llm, messages, 40, copy_from=copy_from)
-        outcome = {}
-
-        def fine_tuned():
-            try:
-                decoder_text(engine_llm, chat_messages(QUESTIONS[1]), 24, adapter)
-            except BadInput as error:
-                outcome["error"] = str(error)
-
-        worker = threading.Thread(target=fine_tuned)
-        worker.start()
-        assert decoder_text(engine_llm, messages, 40, copy_from=copy_from) == alone
-        worker.join(60)
-        assert "not on a layer llama.cpp adapters support" in outcome["error"]
-    finally:
-        shutil.rmtree(registered)
+    error = failure_beside_rag(duet, engine_llm, settings, "odd-layers", BadInput)
+    assert "not on a layer llama.cpp adapters support" in error
 
 
 @needs_engine

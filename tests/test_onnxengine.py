@@ -19,7 +19,7 @@ from backends.config import DATA_DIR
 from backends.errors import ModelUnavailable
 from backends.evaluation import contains_gold
 from backends.training import chat_messages
-from tests.conftest import on_model, registered_demo_adapter
+from tests.conftest import failure_beside_rag, on_model, registered_demo_adapter
 from tests.test_cli import run_cli
 from tests.test_generation import QUESTIONS, decoder_text, rag_prompt
 
@@ -255,29 +255,5 @@ def test_the_cli_answers_on_the_default_engine(settings, tmp_path, demo_adapter)
 
 def test_an_adapter_the_engine_cannot_apply_fails_its_answer_alone(duet, settings, int8_llm):
     """A LoRA on the output layer: that answer says what to do; the RAG answer beside it goes on as alone."""
-    from safetensors.numpy import load_file, save_file
-
-    registered = settings.adapters_dir / "odd-layers-ort"
-    shutil.copytree(DEMO, registered)
-    tensors = load_file(str(registered / "adapter_model.safetensors"))
-    tensors["base_model.model.lm_head.lora_A.weight"] = np.zeros((8, 576), dtype=np.float32)
-    save_file(tensors, str(registered / "adapter_model.safetensors"))
-    try:
-        adapter = on_model(int8_llm, settings, "odd-layers-ort")
-        messages, copy_from = rag_prompt(duet, QUESTIONS[1])
-        alone = decoder_text(int8_llm, messages, 40, copy_from=copy_from)
-        outcome = {}
-
-        def fine_tuned():
-            try:
-                decoder_text(int8_llm, chat_messages(QUESTIONS[1]), 24, adapter)
-            except ModelUnavailable as error:
-                outcome["error"] = str(error)
-
-        worker = threading.Thread(target=fine_tuned)
-        worker.start()
-        assert decoder_text(int8_llm, messages, 40, copy_from=copy_from) == alone
-        worker.join(60)
-        assert "not on a projection this engine adapts; use DUET_ENGINE=transformers" in outcome["error"]
-    finally:
-        shutil.rmtree(registered)
+    error = failure_beside_rag(duet, int8_llm, settings, "odd-layers-ort", ModelUnavailable)
+    assert "not on a projection this engine adapts; use DUET_ENGINE=transformers" in error
