@@ -181,7 +181,7 @@ class LoadedLLM:
     tokenizer: object
     name: str
     device: str
-    weights: str = "float32"  # or bfloat16 (torch), gguf (llama.cpp)
+    weights: str = "float32"  # or bfloat16 (torch), "gguf, int8 arithmetic" (onnxruntime), gguf (llama.cpp)
     config: object = None  # the model's transformers config
     eos: frozenset[int] = frozenset()  # tokens that end an answer
     engine: str = "transformers"  # or onnxruntime, llama.cpp: what generates the answers (onnxengine.py, llamacpp.py)
@@ -243,6 +243,9 @@ def _load_llm_uncached(settings: Settings, progress: Progress = _quiet) -> Loade
     if engine == "onnxruntime":
         from backends.onnxengine import prepare_graph
 
+        if gguf is None:
+            raise ModelUnavailable("engine 'onnxruntime' runs .gguf files only: set DUET_LLM to a .gguf file (or "
+                                   "'bundled'), or use DUET_ENGINE=transformers or auto")
         graph = str(prepare_graph(Path(gguf), settings, progress))
     _quiet_loading()
     local = Path(path).is_dir()

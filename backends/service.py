@@ -124,7 +124,8 @@ _lock = threading.Lock()
 
 def get_duet(settings: Settings, progress: Progress = _quiet) -> Duet:
     """One Duet per (store, models) in this process."""
-    key = (str(settings.store_dir), settings.llm, settings.embedding_model, settings.device, settings.engine)
+    key = (str(settings.store_dir), settings.llm, settings.embedding_model, settings.device, settings.engine,
+           settings.onnx_accuracy)
     with _lock:
         if key not in _instances:
             _instances[key] = Duet(settings, progress)

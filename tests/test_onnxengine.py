@@ -192,6 +192,9 @@ def test_auto_picks_onnxruntime_for_a_gguf_it_can_run_and_transformers_otherwise
 
     with pytest.raises(ModelUnavailable, match=r"runs Llama-family GGUF files, not 'gpt2'; use DUET_ENGINE=transformers"):
         prepare_graph(other, settings)
+    done = run_cli("ask", "What is a travel policy?", "--backend", "ft", settings=settings,
+                   env={"DUET_ENGINE": "onnxruntime", "DUET_LLM": str(tmp_path)})  # a folder, not a .gguf file
+    assert done.returncode == 2 and "runs .gguf files only" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_an_adapter_replaced_under_its_name_answers_with_its_new_weights(int8_llm, settings, tiny_adapter):
