@@ -629,7 +629,7 @@ def _write_graph(gguf: Path, accuracy: str, folder: Path) -> None:
 
 
 class OrtDecoder(Decoder):
-    """The decoder of a model run by onnxruntime: one run of the graph a round for all rows (one per adapter in it)."""
+    """The decoder of a model run by onnxruntime: each round, a run of the graph per row (int8) or per adapter (float)."""
 
     def __init__(self, llm):
         super().__init__(llm)
@@ -668,12 +668,12 @@ class OrtDecoder(Decoder):
         logits: list = [None] * len(rows)
         for index, feed in enumerate(feeds):
             try:
-                tensors.setdefault(feed.adapter, self._tensors(feed.adapter))
-            except Exception as error:
+                tensors[feed.adapter] = self._tensors(feed.adapter)
+            except Exception as error:  # this row fails alone
                 logits[index] = error
         for name, members in self._runs([(i, f) for i, f in enumerate(feeds) if logits[i] is None]):
             with TURNS.decoding_pass():  # after any embedding that is waiting (backends/threads.py)
-                out = self.passes([feeds[i] for i in members], tensors[name], {name})
+                out = self.passes([feeds[i] for i in members], tensors[name], {name} if name else set())
             for index, row_logits in zip(members, out):
                 logits[index] = row_logits
         return logits
