@@ -280,7 +280,7 @@ class AdapterHost:
             version = adapter_version(adapter)
             if self.loaded.get(adapter.name) == version:
                 return
-            if self.llm.model is not None:  # None: the llama.cpp engine, which applies adapters itself (llamacpp.py)
+            if self.llm.model is not None:  # None: the onnxruntime or llama.cpp engine, which applies adapters itself
                 run_in_fresh_thread(self._load, adapter)
             self.loaded[adapter.name] = version
 

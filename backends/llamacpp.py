@@ -31,7 +31,7 @@ from pathlib import Path
 from backends.errors import BadInput, ModelUnavailable
 from backends.finetuned import AdapterHost, AdapterVersion
 from backends.generation import Decoder, Request, Row
-from backends.models import LoadedLLM
+from backends.models import LoadedLLM, require_gguf
 
 # Tokens a context holds (prompt and answer). llama.cpp allocates and clears its KV cache up front
 # (~94 MB for the bundled model at this size), so not the model's full 8192.
@@ -45,9 +45,7 @@ def require_engine(gguf: str | None) -> None:
     if importlib.util.find_spec("llama_cpp") is None:
         raise ModelUnavailable("engine 'llama.cpp' needs llama-cpp-python: run `make engine` (it compiles llama.cpp, "
                                "a few minutes), or use DUET_ENGINE=transformers")
-    if gguf is None:
-        raise ModelUnavailable("engine 'llama.cpp' runs .gguf files only: set DUET_LLM to a .gguf file (or 'bundled'), "
-                               "or use DUET_ENGINE=transformers")
+    require_gguf("llama.cpp", gguf)
 
 
 def shared_prefix(a: list[int], b: list[int]) -> int:

@@ -234,6 +234,8 @@ def _load_llm_uncached(settings: Settings, progress: Progress = _quiet) -> Loade
     gguf = source if source.endswith(".gguf") else None
     device = resolve_device(settings.device)
     engine = resolve_engine(settings, gguf, device)
+    if engine != "transformers":
+        require_gguf(engine, gguf)
     if engine == "llama.cpp":
         from backends.llamacpp import require_engine
 
@@ -243,9 +245,6 @@ def _load_llm_uncached(settings: Settings, progress: Progress = _quiet) -> Loade
     if engine == "onnxruntime":
         from backends.onnxengine import prepare_graph
 
-        if gguf is None:
-            raise ModelUnavailable("engine 'onnxruntime' runs .gguf files only: set DUET_LLM to a .gguf file (or "
-                                   "'bundled'), or use DUET_ENGINE=transformers or auto")
         graph = str(prepare_graph(Path(gguf), settings, progress))
     _quiet_loading()
     local = Path(path).is_dir()
@@ -266,6 +265,13 @@ def _load_llm_uncached(settings: Settings, progress: Progress = _quiet) -> Loade
     name = llm_display_name(settings) + ("" if engine == "transformers" else f" via {engine}")
     return LoadedLLM(model=model, tokenizer=tokenizer, name=name, device="cpu" if graph else device, weights=weights,
                      config=config, eos=eos_ids(generation, tokenizer), engine=engine, gguf=gguf, graph=graph)
+
+
+def require_gguf(engine: str, gguf: str | None) -> None:
+    """The engines that read the GGUF file themselves (onnxruntime, llama.cpp) refuse any other model."""
+    if gguf is None:
+        raise ModelUnavailable(f"engine {engine!r} runs .gguf files only: set DUET_LLM to a .gguf file (or 'bundled'), "
+                               "or use DUET_ENGINE=transformers")
 
 
 def resolve_engine(settings: Settings, gguf: str | None, device: str) -> str:

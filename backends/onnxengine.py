@@ -556,14 +556,15 @@ class OrtPass:
             inputs[f"past_values.{layer}"] = _joined([feed.cache.values[layer] for feed in feeds])
         values = {name: ort.OrtValue.ortvalue_from_numpy(value) for name, value in inputs.items()}
         results = dict(zip(self.outputs, self.session.run_with_ort_values(self.outputs, {**values, **adapter.values})))
+        new = {name: value.numpy() for name, value in results.items()}
         start = 0
         for feed, h, n in zip(feeds, held, counts):  # only now: a failed run leaves every cache as it was
             for layer in range(self.shape.layers):
-                feed.cache.keys[layer][:, h:h + n] = results[f"new_keys.{layer}"].numpy()[:, start:start + n]
-                feed.cache.values[layer][:, h:h + n] = results[f"new_values.{layer}"].numpy()[:, start:start + n]
+                feed.cache.keys[layer][:, h:h + n] = new[f"new_keys.{layer}"][:, start:start + n]
+                feed.cache.values[layer][:, h:h + n] = new[f"new_values.{layer}"][:, start:start + n]
             feed.cache.length = h + n
             start += n
-        return results["logits"].numpy()
+        return new["logits"]
 
     def _mask(self, feeds: list, counts: list[int]) -> np.ndarray:
         """group*T x (capacities + T): a token sees its row's held positions and its row's new tokens up to itself."""
