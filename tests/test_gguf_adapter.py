@@ -74,20 +74,33 @@ def test_an_adapter_on_other_layers_is_refused_with_the_reason(settings, tmp_pat
 @pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
                     reason="llama-cpp-python is not installed (it is compiled from source; not part of the default install)")
 def test_llama_cpp_with_the_exported_adapter_answers_as_duet_does(duet, settings, exported):
+    """llama.cpp with the exported adapter gives the fine-tuned backend's answers, without it none of them.
+
+    Not every one: llama.cpp computes with the Q4_1 blocks, Duet's engine here in float32, and
+    where two words nearly tie they may settle differently (on the 85 eval questions, 58 answers
+    were identical). A mis-laid export (q/k rows in the wrong order, a missing scale) answers
+    unlike the fine-tuned model on almost every question.
+    """
     from llama_cpp import Llama
 
     from backends.generation import REPETITION_PENALTY
     from backends.models import llm_source
     from backends.training import chat_messages
 
-    questions = [json.loads(line)["question"] for line in (DATA_DIR / "qa" / "train.jsonl").read_text().splitlines()[:4]]
-    model = Llama(model_path=llm_source(settings), lora_path=str(exported), n_threads=2, n_ctx=1024, verbose=False)
+    questions = [json.loads(line)["question"] for line in (DATA_DIR / "qa" / "train.jsonl").read_text().splitlines()[:12]]
+    engines = {lora: Llama(model_path=llm_source(settings), lora_path=lora, n_threads=2, n_ctx=1024, verbose=False)
+               for lora in (str(exported), None)}
     registered = settings.adapters_dir / "demo-gguf-check"
     shutil.copytree(DEMO, registered)
     try:
+        same = {lora: 0 for lora in engines}
         for question in questions:
-            reply = model.create_chat_completion(messages=chat_messages(question), temperature=0, top_k=1,
-                                                 max_tokens=settings.max_new_tokens, repeat_penalty=REPETITION_PENALTY)
-            assert reply["choices"][0]["message"]["content"].strip() == duet.ask("ft", question, registered.name).text
+            fine_tuned = duet.ask("ft", question, registered.name).text
+            for lora, model in engines.items():
+                reply = model.create_chat_completion(messages=chat_messages(question), temperature=0, top_k=1,
+                                                     max_tokens=settings.max_new_tokens,
+                                                     repeat_penalty=REPETITION_PENALTY)
+                same[lora] += reply["choices"][0]["message"]["content"].strip() == fine_tuned
     finally:
         shutil.rmtree(registered)
+    assert same[str(exported)] >= len(questions) // 3 and same[None] == 0, same  # measured: 8 of 12, and 0

@@ -21,7 +21,7 @@ from backends.errors import BadInput, ModelUnavailable
 from backends.evaluation import contains_gold
 from backends.finetuned import AdapterHost
 from backends.generation import stream_chat
-from backends.training import ADAPTER_WEIGHTS, chat_messages
+from backends.training import ADAPTER_CONFIG, ADAPTER_WEIGHTS, chat_messages
 from tests.conftest import failure_beside_rag, on_model, registered_demo_adapter
 from tests.test_cli import run_cli
 from tests.test_generation import QUESTIONS, decoder_text, rag_prompt
@@ -161,7 +161,8 @@ def test_a_retrained_adapter_is_not_answered_from_its_old_context(engine_llm, se
         adapter = on_model(engine_llm, settings, "retrained")
         messages = chat_messages(QUESTIONS[0])
         before = decoder_text(engine_llm, messages, 24, adapter)
-        shutil.copyfile(tiny_adapter["path"] / ADAPTER_WEIGHTS, registered / ADAPTER_WEIGHTS)  # same name, new weights
+        for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):  # retrained: same name, new weights (and their rank, alpha)
+            shutil.copyfile(tiny_adapter["path"] / name, registered / name)
         time.sleep(0.01)
         os.utime(registered / ADAPTER_WEIGHTS)
         after = decoder_text(engine_llm, messages, 24, on_model(engine_llm, settings, "retrained"))  # as Ask does
@@ -233,7 +234,9 @@ def test_the_compare_page_answers_on_the_engine(engine_llm, tmp_path, monkeypatc
         app.run()
         app.selectbox(key="compare.demo").select(PER_DIEM)
         app.button[0].click().run()
-        assert not app.exception and not app.error
+        # The transparency panel may show the two answers in conflict (llama.cpp's Q4_1 arithmetic can settle the
+        # fine-tuned answer's near-ties its own way): that is the page working; any other error is a failure.
+        assert not app.exception and all(e.value.startswith("Conflict (") for e in app.error)
         assert "55 euros" in app.text[0].value
         assert any("via llama" in c.value for c in app.caption)  # the model caption names the engine
     finally:
