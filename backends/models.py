@@ -234,12 +234,12 @@ def _load_llm_uncached(settings: Settings, progress: Progress = _quiet) -> Loade
     gguf = source if source.endswith(".gguf") else None
     device = resolve_device(settings.device)
     engine = resolve_engine(settings, gguf, device)
-    if engine != "transformers":
-        require_gguf(engine, gguf)
     if engine == "llama.cpp":
         from backends.llamacpp import require_engine
 
-        require_engine(gguf)
+        require_engine(gguf)  # llama-cpp-python installed, and a GGUF file
+    elif engine == "onnxruntime":
+        require_gguf(engine, gguf)
     path = prepare_llm(settings, progress)
     graph = None
     if engine == "onnxruntime":

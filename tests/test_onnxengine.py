@@ -27,6 +27,10 @@ DEMO = DATA_DIR / "adapters" / "demo"
 SAME_LOGITS = 1e-3  # float32 sums over the other rows differ in their last bits (logits of ~10: up to ~1e-4 seen)
 
 
+def largest_gap(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max())
+
+
 def engine_llm(settings, accuracy: str):
     from backends.models import load_llm
 
@@ -119,10 +123,10 @@ def test_one_run_gives_each_row_what_it_gets_alone(float_llm, settings, tiny_ada
 
     together, alone = logits_of(True), logits_of(False)
     for row in range(4):
-        assert np.abs(together[row] - alone[row]).max() < SAME_LOGITS, np.abs(together[row] - alone[row]).max()
+        assert (gap := largest_gap(together[row], alone[row])) < SAME_LOGITS, gap
     base = decoder._tensors(None)
     cache = decoder.passes.cache(64)
-    assert np.abs(decoder.passes([Feed(cache, prompts[1], None)], base, set())[0] - together[1]).max() < SAME_LOGITS
+    assert largest_gap(decoder.passes([Feed(cache, prompts[1], None)], base, set())[0], together[1]) < SAME_LOGITS
     cache = decoder.passes.cache(64)
     assert not np.allclose(decoder.passes([Feed(cache, prompts[0], None)], base, set())[0], together[0], atol=1e-2)
 
