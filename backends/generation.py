@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterator, Union
 
+from backends.errors import BadInput
 from backends.models import LoadedLLM
 
 # Greedy decoding: answers must be reproducible (tests compare them) and short.
@@ -163,6 +164,13 @@ class Request:
             return None
         allowed = self.constraint.allowed(self.generated)
         return allowed[0] if len(allowed) == 1 else None
+
+
+def require_room(request: Request, context: int, whose: str) -> None:
+    """BadInput where the prompt and its longest answer do not fit `context` tokens (`whose`: "the model's", say)."""
+    if len(request.input_ids) + request.max_new_tokens > context:
+        raise BadInput(f"the prompt ({len(request.input_ids)} tokens) and its answer ({request.max_new_tokens}) do "
+                       f"not fit {whose} context of {context} tokens: lower top_k, chunk_size or max_new_tokens")
 
 
 @dataclass(eq=False)

@@ -28,9 +28,9 @@ import importlib.util
 import tempfile
 from pathlib import Path
 
-from backends.errors import BadInput, ModelUnavailable
+from backends.errors import ModelUnavailable
 from backends.finetuned import AdapterHost, AdapterVersion
-from backends.generation import Decoder, Request, Row
+from backends.generation import Decoder, Request, Row, require_room
 from backends.models import LoadedLLM, require_gguf
 
 # Tokens a context holds (prompt and answer). llama.cpp allocates and clears its KV cache up front
@@ -106,10 +106,7 @@ class LlamaCppDecoder(Decoder):
 
     def _open(self, request: Request) -> Row:
         """The request's row: a context of its adapter (kept for the next request), to be fed the whole prompt."""
-        if len(request.input_ids) + request.max_new_tokens > CONTEXT_TOKENS:
-            raise BadInput(f"the prompt ({len(request.input_ids)} tokens) and its answer ({request.max_new_tokens}) do "
-                           f"not fit llama.cpp's context of {CONTEXT_TOKENS} tokens: lower top_k, chunk_size or "
-                           "max_new_tokens")
+        require_room(request, CONTEXT_TOKENS, "llama.cpp's")
         return Row(request, self._take(AdapterHost.of(self.llm).version(request.adapter)), list(request.input_ids))
 
     def _forward(self, rows: list[Row]) -> list:

@@ -34,8 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from backends.errors import BadInput, ModelUnavailable
-from backends.generation import Decoder, Request, Row
+from backends.errors import ModelUnavailable
+from backends.generation import Decoder, Request, Row, require_room
 from backends.threads import TURNS
 
 GRAPH_VERSION = 1  # bump when build_graph changes: cached graphs of an older version are rebuilt
@@ -654,10 +654,7 @@ class OrtDecoder(Decoder):
         return self.passes
 
     def _open(self, request: Request) -> Row:
-        if len(request.input_ids) + request.max_new_tokens > self.shape.context:
-            raise BadInput(f"the prompt ({len(request.input_ids)} tokens) and its answer ({request.max_new_tokens}) do "
-                           f"not fit the model's context of {self.shape.context} tokens: lower top_k, chunk_size or "
-                           "max_new_tokens")
+        require_room(request, self.shape.context, "the model's")
         return super()._open(request)
 
     def _forward(self, rows: list[Row]) -> list:
