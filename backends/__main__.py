@@ -10,7 +10,7 @@ import atexit
 import os
 import sys
 
-from backends.cli import main
+from backends.apps.cli import main
 
 READ_ONLY_COMMANDS = {"ask", "list"}
 

@@ -10,14 +10,15 @@ import queue
 import threading
 from functools import cached_property
 
-from backends.config import Settings
-from backends.models import Progress, _quiet, load_llm
+from backends.core.config import Settings
+from backends.core.types import Progress, quiet
+from backends.engines import load_llm
 
 
 class Duet:
     """The backends of one store, created lazily."""
 
-    def __init__(self, settings: Settings, progress: Progress = _quiet):
+    def __init__(self, settings: Settings, progress: Progress = quiet):
         self.settings = settings
         self.progress = progress
 
@@ -27,37 +28,31 @@ class Duet:
 
     @cached_property
     def index(self):
-        from backends.index import DocumentIndex
+        from backends.knowledge.index import DocumentIndex
 
         return DocumentIndex(self.settings)
 
     @cached_property
-    def host(self):
-        from backends.finetuned import AdapterHost
-
-        return AdapterHost.of(self.llm)
-
-    @cached_property
     def registry(self):
-        from backends.finetuned import AdapterRegistry
+        from backends.learning.adapters import AdapterRegistry
 
         return AdapterRegistry(self.settings)
 
     @cached_property
     def rag(self):
-        from backends.rag import RAGBackend
+        from backends.answering.rag import RAGBackend
 
         return RAGBackend(self.index, self.llm, self.settings)
 
     @cached_property
     def ft(self):
-        from backends.finetuned import FineTunedBackend
+        from backends.answering.finetuned import FineTunedBackend
 
-        return FineTunedBackend(self.host, self.registry, self.settings, self.index)
+        return FineTunedBackend(self.llm, self.registry, self.settings, self.index)
 
     @cached_property
     def tracer(self):
-        from backends.claims import ClaimTracer, training_examples_of
+        from backends.answering.claims import ClaimTracer, training_examples_of
 
         return ClaimTracer(self.index, lambda adapter: training_examples_of(self.registry.get(adapter, check_base=False).path))
 
@@ -68,14 +63,12 @@ class Duet:
         if backend == "ft":
             return self.ft.stream(question, adapter)
         if backend == "rag_ft":
-            info = self.ft.adapter_info(adapter)
-            self.host.ensure(info)
-            return self.rag.stream(question, combined_with=info.name)
+            return self.rag.stream(question, combined_with=self.ft.use(adapter).name)
         raise ValueError(f"unknown backend {backend!r}")
 
     def trace(self, question: str, answers: dict, asked_at: str = ""):
         """A Comparison: the answers with every claim traced, and the agreement of RAG and fine-tuned."""
-        from backends.types import Comparison
+        from backends.core.types import Comparison
 
         claims = {name: tuple(self.tracer.trace(answer)) for name, answer in answers.items()}
         agreement = self.tracer.agreement(answers["rag"], answers["ft"]) if {"rag", "ft"} <= answers.keys() else None
@@ -83,7 +76,7 @@ class Duet:
 
     def ask(self, backend: str, question: str, adapter: str | None = None):
         """The final Answer of one backend (no streaming)."""
-        from backends.types import final_answer
+        from backends.core.types import final_answer
 
         return final_answer(self.stream(backend, question, adapter))
 
@@ -122,7 +115,7 @@ _instances: dict[tuple, Duet] = {}
 _lock = threading.Lock()
 
 
-def get_duet(settings: Settings, progress: Progress = _quiet) -> Duet:
+def get_duet(settings: Settings, progress: Progress = quiet) -> Duet:
     """One Duet per (store, models) in this process."""
     key = (str(settings.store_dir), settings.llm, settings.embedding_model, settings.device, settings.engine,
            settings.onnx_accuracy)

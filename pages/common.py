@@ -12,8 +12,8 @@ import re
 
 import streamlit as st
 
-from backends.config import Settings, load_settings
-from backends.errors import DuetError
+from backends.core.config import Settings, load_settings
+from backends.core.errors import DuetError
 from backends.service import Duet, get_duet
 
 _MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:])")
@@ -25,7 +25,6 @@ PRESENTATION_STYLE = """<style>
 .stApp h1 { font-size: 2.6rem; } .stApp h3 { font-size: 1.7rem; }
 [data-testid="stText"] { font-size: 1.35rem; }
 </style>"""
-VERDICT_COLOURS = {"supported": "green", "partly supported": "orange", "unsupported": "red"}
 
 
 @st.cache_resource(show_spinner=False)
@@ -138,8 +137,8 @@ def key(page: str, name: str) -> str:
 @st.cache_data(show_spinner=False)
 def demo_questions() -> list[str]:
     """Questions from the demo evaluation set, for the picker."""
-    from backends.config import DATA_DIR
-    from backends.training import read_qa_file
+    from backends.core.config import DATA_DIR
+    from backends.learning.examples import read_qa_file
 
     path = DATA_DIR / "qa" / "eval.jsonl"
     return [item.question for item in read_qa_file(path)] if path.is_file() else []

@@ -11,9 +11,9 @@ from urllib.parse import quote
 
 import streamlit as st
 
-from backends.errors import DuetError
-from backends.reports import comparison_html, comparison_json, comparison_markdown
-from backends.types import Answer, Comparison
+from backends.core.errors import DuetError
+from backends.apps.reports import comparison_html, comparison_json, comparison_markdown
+from backends.core.types import Answer, Comparison
 from pages.common import demo_questions, duet, key, literal, page_errors, presenting
 from pages.panels import (
     TITLES, answer_details, history_section, record_history, sidebar_options, transparency_panel,

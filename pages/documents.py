@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from backends.loaders import SUPPORTED_TYPES
+from backends.knowledge.loaders import SUPPORTED_TYPES
 from pages.common import duet, key, may_change_data, page_errors
 
 PAGE = "documents"

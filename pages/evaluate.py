@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import streamlit as st
 
-from backends.charts import freshness_chart, latency_chart, metrics_chart, scatter_chart
-from backends.config import DATA_DIR
-from backends.evaluation import SYSTEMS, freshness_experiment, list_runs, load_qa, load_run, run_eval, save_run
-from backends.reports import title
+from backends.apps.charts import freshness_chart, latency_chart, metrics_chart, scatter_chart
+from backends.core.config import DATA_DIR
+from backends.apps.evaluation import SYSTEMS, freshness_experiment, list_runs, load_qa, load_run, run_eval, save_run
+from backends.apps.labels import METRICS, title
 from pages.common import duet, key, may_change_data, page_errors
 
 PAGE = "evaluate"
 EVAL_SET = DATA_DIR / "qa" / "eval.jsonl"
-METRICS = ("exact_match", "f1", "contains", "semantic", "groundedness", "recall_at_k", "tokens_per_s")
 
 
 def progress_callback(bar):

@@ -11,10 +11,11 @@ import dataclasses
 import plotly.graph_objects as go
 import streamlit as st
 
-from backends.config import DATA_DIR
-from backends.errors import DuetError
-from backends.gguf_adapter import adapter_gguf_bytes
-from backends.training import TrainConfig, TrainingJob, read_qa_file, store_dataset
+from backends.core.config import DATA_DIR
+from backends.core.errors import DuetError
+from backends.models.lora import adapter_gguf_bytes
+from backends.learning.examples import read_qa_file, store_dataset
+from backends.learning.training import TrainConfig, TrainingJob
 from pages.common import duet, key, literal, may_change_data, page_errors
 
 PAGE = "finetune"

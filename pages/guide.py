@@ -5,8 +5,8 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
-from backends.evaluation import Criteria, advise, list_runs, load_run
-from backends.reports import title
+from backends.apps.evaluation import Criteria, advise, list_runs, load_run
+from backends.apps.labels import SYSTEM_COLOURS, title
 from pages.common import duet, key, page_errors
 
 PAGE = "guide"
@@ -32,7 +32,7 @@ def criteria_form() -> Criteria:
 
 def score_chart(scores: dict) -> go.Figure:
     figure = go.Figure(go.Bar(x=[title(s) for s in scores], y=list(scores.values()),
-                              marker_color=["#0f6e8c", "#c2571a", "#6a4c93"]))
+                              marker_color=[SYSTEM_COLOURS[s] for s in scores]))
     figure.update_layout(height=260, margin=dict(l=10, r=10, t=10, b=10), yaxis_title="points")
     return figure
 

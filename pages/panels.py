@@ -11,16 +11,16 @@ from urllib.parse import quote
 import plotly.graph_objects as go
 import streamlit as st
 
-from backends.text import used_span
-from backends.types import Answer, Claim, Comparison
-from pages.common import VERDICT_COLOURS, duet, key, literal, presenting
+from backends.core.text import used_span
+from backends.core.types import Answer, Claim, Comparison
+from backends.apps.labels import SYSTEM_COLOURS as COLOURS
+from backends.apps.labels import SYSTEM_DESCRIPTIONS as TITLES
+from backends.apps.labels import SYSTEM_SHORT as SHORT
+from backends.apps.labels import VERDICT_BADGES
+from pages.common import duet, key, literal, presenting
 
 PAGE = "compare"
 STAGES = ("embed", "retrieve", "prompt", "first_token", "generate")
-TITLES = {"rag": "RAG (retrieval + base model)", "ft": "Fine-tuned (base model + LoRA, no retrieval)",
-          "rag_ft": "RAG + fine-tuned (retrieval + LoRA)"}
-SHORT = {"rag": "RAG", "ft": "Fine-tuned", "rag_ft": "RAG + FT"}
-COLOURS = {"rag": "#0f6e8c", "ft": "#c2571a", "rag_ft": "#6a4c93"}
 HISTORY_LIMIT = 50
 
 
@@ -93,7 +93,7 @@ def answer_details(comparison: Comparison, columns) -> None:
 
 
 def claim_line(claim: Claim) -> None:
-    colour = VERDICT_COLOURS.get(claim.verdict, "gray")
+    colour = VERDICT_BADGES.get(claim.verdict, "gray")
     origin = f" · origin: {claim.origin}" if claim.origin else ""
     with st.expander(f":{colour}-badge[{claim.verdict}] {literal(claim.text)}"):
         if claim.evidence is None:

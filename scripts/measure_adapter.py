@@ -15,12 +15,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from backends.config import load_settings  # noqa: E402
-from backends.evaluation import load_qa, quick_eval  # noqa: E402
-from backends.rag import answer_from_stream  # noqa: E402
+from backends.core.config import load_settings  # noqa: E402
+from backends.apps.evaluation import load_qa, quick_eval  # noqa: E402
+from backends.answering.streaming import answer_from_stream  # noqa: E402
 from backends.service import get_duet  # noqa: E402
-from backends.training import chat_messages  # noqa: E402
-from backends.types import final_answer  # noqa: E402
+from backends.learning.examples import chat_messages  # noqa: E402
+from backends.core.types import final_answer  # noqa: E402
 
 
 def main() -> int:
@@ -32,7 +32,7 @@ def main() -> int:
     args = parser.parse_args()
     duet = get_duet(load_settings())
     items = load_qa(args.set)[: args.limit or None]
-    duet.host.ensure(duet.ft.adapter_info(args.adapter))
+    duet.ft.use(args.adapter)
 
     def bare(question: str) -> str:
         stream = answer_from_stream("ft", question, duet.llm, chat_messages(question), duet.settings)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from backends.config import DATA_DIR, load_settings
+from backends.core.config import DATA_DIR, load_settings
 from backends.service import Duet
 
 CORPUS = DATA_DIR / "corpus"
@@ -40,7 +40,7 @@ def duet(settings):
 @pytest.fixture(scope="session")
 def tiny_adapter(settings, duet):
     """A real LoRA adapter from a few training steps on eight examples."""
-    from backends.training import TrainConfig, train_adapter
+    from backends.learning.training import TrainConfig, train_adapter
 
     data = settings.store_dir.parent / "tiny.jsonl"
     lines = (DATA_DIR / "qa" / "train.jsonl").read_text().splitlines()[:8]
@@ -123,7 +123,7 @@ def registered_demo_adapter(settings, name: str):
 
 def on_model(llm, settings, adapter: str) -> str:
     """The registered adapter, as its files are now, on this loaded model (as every fine-tuned answer does)."""
-    from backends.finetuned import AdapterHost, AdapterRegistry
+    from backends.answering.finetuned import AdapterHost, AdapterRegistry
 
     AdapterHost.of(llm).ensure(AdapterRegistry(settings).get(adapter))
     return adapter
@@ -138,7 +138,7 @@ def failure_beside_rag(duet, llm, settings, name: str, error_type) -> str:
     import numpy as np
     from safetensors.numpy import load_file, save_file
 
-    from backends.training import ADAPTER_WEIGHTS, chat_messages
+    from backends.learning.training import ADAPTER_WEIGHTS, chat_messages
     from tests.test_generation import QUESTIONS, decoder_text, rag_prompt
 
     registered = settings.adapters_dir / name

@@ -3,7 +3,7 @@
 import dataclasses
 import json
 
-from backends.config import DATA_DIR
+from backends.core.config import DATA_DIR
 from tests.test_cli import run_cli
 
 FIGURES = ["decode_tokens_per_s.onnxruntime.base", "decode_tokens_per_s.onnxruntime.adapter",

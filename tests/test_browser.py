@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from backends.config import REPO_ROOT
+from backends.core.config import REPO_ROOT
 from tests.conftest import copy_demo_store, free_port
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -1,8 +1,8 @@
 """Claim tracing on the real embedding model and a real index of demo documents."""
 
 from backends import claims
-from backends.claims import SUPPORTED, UNSUPPORTED, agreement, groundedness, split_claims
-from backends.types import Answer, Claim
+from backends.answering.claims import SUPPORTED, UNSUPPORTED, agreement, groundedness, split_claims
+from backends.core.types import Answer, Claim
 
 
 def test_split_claims_handles_abbreviations_numbers_lists_and_bullets():
@@ -33,7 +33,7 @@ def test_an_invented_sentence_with_a_wrong_number_is_unsupported(duet):
 
 
 def test_fine_tuned_claims_get_an_origin(duet, tiny_adapter):
-    from backends.claims import training_examples_of
+    from backends.answering.claims import training_examples_of
 
     examples = training_examples_of(tiny_adapter["path"])
     assert examples, "the adapter keeps its training examples"

@@ -6,7 +6,7 @@ import shutil
 import subprocess
 import sys
 
-from backends.config import REPO_ROOT
+from backends.core.config import REPO_ROOT
 
 
 def run_cli(*args, settings, timeout=300, env: dict | None = None):

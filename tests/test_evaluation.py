@@ -5,12 +5,12 @@ import json
 
 import pytest
 
-from backends.config import DATA_DIR
-from backends.evaluation import (
+from backends.core.config import DATA_DIR
+from backends.apps.evaluation import (
     Criteria, advise, aggregate, contains_gold, exact_match, freshness_experiment, load_run, normalize_answer,
     percentile, run_eval, save_run, token_f1,
 )
-from backends.types import QAItem
+from backends.core.types import QAItem
 
 
 def test_squad_normalisation_exact_match_and_f1():

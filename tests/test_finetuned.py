@@ -2,9 +2,9 @@
 
 import threading
 
-from backends.finetuned import AdapterHost, FineTunedBackend, staleness
-from backends.models import _load_llm_uncached
-from backends.types import Answer, final_answer
+from backends.answering.finetuned import AdapterHost, FineTunedBackend, staleness
+from backends.models.files import _load_llm_uncached
+from backends.core.types import Answer, final_answer
 
 QUESTION = "What is the per diem for a full day of business travel?"
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from backends.config import DATA_DIR
-from backends.generation import (
+from backends.core.config import DATA_DIR
+from backends.engines.scheduler import (
     REPETITION_PENALTY, Decoder, copy_constraint, encode_chat, stream_chat, system_prefix_length,
 )
-from backends.rag import build_messages, rank_evidence
-from backends.training import chat_messages
-from backends.types import Answer
+from backends.answering.rag import build_messages, rank_evidence
+from backends.learning.training import chat_messages
+from backends.core.types import Answer
 
 LONG_FREE_ROW = dict(messages=chat_messages("Describe the company in detail."), max_new_tokens=60)
 QUESTIONS = ["How many days of annual leave do employees get?", "What is the daily meal allowance for travel?",
@@ -76,7 +76,7 @@ def test_rag_greedy_output_equals_generate(duet, question):
 
 def test_copied_spans_go_through_the_model_as_chunks(duet):
     """Forced tokens are not decoded one by one, and the system message's KV is reused (answers equal generate's, above)."""
-    from backends.fastdecode import base_causal_lm
+    from backends.engines.torch_passes import base_causal_lm
 
     passes = []  # tokens per pass: every decoding path embeds the tokens it feeds
     embed = base_causal_lm(duet.llm.model).model.embed_tokens
@@ -95,7 +95,7 @@ def test_copied_spans_go_through_the_model_as_chunks(duet):
 
 @pytest.mark.parametrize("lean_step", [True, False], ids=["lean step", "plain step"])
 def test_both_columns_answer_side_by_side_as_alone(duet, tiny_adapter, monkeypatch, lean_step):
-    from backends.fastdecode import LlamaPass
+    from backends.engines.torch_passes import LlamaPass
 
     if not lean_step:  # the path of architectures LlamaPass does not know: model(...) per row
         monkeypatch.setattr(LlamaPass, "supports", staticmethod(lambda model: False))
@@ -164,8 +164,8 @@ def test_one_pass_gives_each_row_what_it_gets_alone(duet, tiny_adapter):
     """Rows of any length, on caches of any length, with and without an adapter, laid end to end in one pass."""
     import torch
 
-    from backends.fastdecode import Feed, LlamaPass, ModelPass
-    from backends.finetuned import AdapterHost
+    from backends.engines.torch_passes import Feed, LlamaPass, ModelPass
+    from backends.answering.finetuned import AdapterHost
 
     duet.host.ensure(duet.registry.get("tiny"))
     route = AdapterHost.of(duet.llm).route
@@ -196,7 +196,7 @@ def test_a_qwen2_model_takes_the_shared_pass_unless_its_attention_slides(sliding
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from backends.fastdecode import Feed, LlamaPass, ModelPass, passes_for
+    from backends.engines.torch_passes import Feed, LlamaPass, ModelPass, passes_for
 
     torch.manual_seed(0)
     config = Qwen2Config(vocab_size=500, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -241,7 +241,7 @@ def test_an_abandoned_stream_frees_the_decoder(duet):
 
 def test_the_bundled_model_decodes_with_the_lean_step(duet, tiny_adapter):
     # The greedy-equality tests above then cover LlamaPass, with and without the peft wrapper.
-    from backends.fastdecode import LlamaPass, passes_for
+    from backends.engines.torch_passes import LlamaPass, passes_for
 
     duet.host.ensure(duet.registry.get("tiny"))
     assert isinstance(passes_for(duet.llm.model), LlamaPass)
@@ -249,7 +249,7 @@ def test_the_bundled_model_decodes_with_the_lean_step(duet, tiny_adapter):
 
 def test_the_plain_step_gives_the_same_answer(duet, monkeypatch):
     # Architectures LlamaPass does not know decode through model(...): same tokens.
-    from backends.fastdecode import LlamaPass
+    from backends.engines.torch_passes import LlamaPass
 
     messages = chat_messages(QUESTIONS[0])
     lean = decoder_text(duet.llm, messages, 24)
@@ -261,7 +261,7 @@ def test_models_compute_only_in_the_decoder_or_passing_threads(duet):
     """A caller's thread never computes with torch (its OpenMP pool would slow the decoder: backends/threads.py)."""
     import threading
 
-    from backends.fastdecode import base_causal_lm
+    from backends.engines.torch_passes import base_causal_lm
 
     seen = []
     record = lambda module, args: seen.append((type(module).__name__, threading.current_thread().name))
@@ -283,7 +283,7 @@ def test_an_adapter_replaced_under_its_name_answers_with_its_new_weights(duet, s
     """Fine-tune's "Replace": peft's layers and the cached keys and values of the system message follow the new weights."""
     import shutil
 
-    from backends.finetuned import AdapterRegistry
+    from backends.answering.finetuned import AdapterRegistry
 
     def answer(name: str) -> str:
         duet.host.ensure(AdapterRegistry(settings).get(name))  # as every fine-tuned answer does

@@ -9,10 +9,10 @@ import shutil
 import numpy as np
 import pytest
 
-from backends.config import DATA_DIR
-from backends.errors import BadInput
-from backends.gguf_adapter import base_config_of, export_gguf, llama_permute
-from backends.training import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from backends.core.config import DATA_DIR
+from backends.core.errors import BadInput
+from backends.models.lora import base_config_of, export_gguf, llama_permute
+from backends.learning.training import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 
 DEMO = DATA_DIR / "adapters" / "demo"
 
@@ -42,12 +42,12 @@ def test_query_and_key_rows_follow_the_base_ggufs_order(duet):
     """The permutation applied to B is the one the bundled GGUF applies to the projection weights."""
     import gguf
 
-    from backends.models import bundled_gguf_path
+    from backends.models.files import bundled_gguf_path
 
     reader = gguf.GGUFReader(str(bundled_gguf_path()))
     stored = {t.name: gguf.quants.dequantize(t.data, t.tensor_type) for t in reader.tensors
               if t.name in ("blk.3.attn_q.weight", "blk.3.attn_k.weight")}
-    from backends.fastdecode import base_causal_lm
+    from backends.engines.torch_passes import base_causal_lm
 
     attention = base_causal_lm(duet.llm.model).model.layers[3].self_attn
     config = duet.llm.model.config
@@ -83,9 +83,9 @@ def test_llama_cpp_with_the_exported_adapter_answers_as_duet_does(duet, settings
     """
     from llama_cpp import Llama
 
-    from backends.generation import REPETITION_PENALTY
-    from backends.models import llm_source
-    from backends.training import chat_messages
+    from backends.engines.scheduler import REPETITION_PENALTY
+    from backends.models.files import llm_source
+    from backends.learning.training import chat_messages
 
     questions = [json.loads(line)["question"] for line in (DATA_DIR / "qa" / "train.jsonl").read_text().splitlines()[:12]]
     engines = {lora: Llama(model_path=llm_source(settings), lora_path=lora, n_threads=2, n_ctx=1024, verbose=False)

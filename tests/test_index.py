@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from backends.errors import BadInput
-from backends.index import DocumentIndex, make_doc_id, safe_display_name
+from backends.core.errors import BadInput
+from backends.knowledge.index import DocumentIndex, make_doc_id, safe_display_name
 
 
 @pytest.fixture(params=["embedded", "server"])
@@ -128,7 +128,7 @@ def test_server_mode_keeps_each_store_in_its_own_collection(chroma_server, fresh
 
 
 def test_an_unreachable_server_is_a_clear_error(fresh_store, duet):
-    from backends.errors import StoreUnavailable
+    from backends.core.errors import StoreUnavailable
 
     with pytest.raises(StoreUnavailable, match="cannot reach the Chroma server at 127.0.0.1:9"):
         DocumentIndex(dataclasses.replace(fresh_store, chroma_server="127.0.0.1:9"), embeddings=duet.index.embeddings)

@@ -16,12 +16,12 @@ import time
 
 import pytest
 
-from backends.config import DATA_DIR
-from backends.errors import BadInput, ModelUnavailable
-from backends.evaluation import contains_gold
-from backends.finetuned import AdapterHost
-from backends.generation import stream_chat
-from backends.training import ADAPTER_CONFIG, ADAPTER_WEIGHTS, chat_messages
+from backends.core.config import DATA_DIR
+from backends.core.errors import BadInput, ModelUnavailable
+from backends.apps.evaluation import contains_gold
+from backends.answering.finetuned import AdapterHost
+from backends.engines.scheduler import stream_chat
+from backends.learning.training import ADAPTER_CONFIG, ADAPTER_WEIGHTS, chat_messages
 from tests.conftest import failure_beside_rag, on_model, registered_demo_adapter
 from tests.test_cli import run_cli
 from tests.test_generation import QUESTIONS, decoder_text, rag_prompt
@@ -33,7 +33,7 @@ DEMO = DATA_DIR / "adapters" / "demo"
 
 @pytest.fixture(scope="module")
 def engine_llm(settings):
-    from backends.models import load_llm
+    from backends.models.files import load_llm
 
     llm = load_llm(dataclasses.replace(settings, engine="llama.cpp"))
     yield llm
@@ -48,7 +48,7 @@ def demo_adapter(settings):
 
 
 def engine_decoder(llm):
-    from backends.llamacpp import LlamaCppDecoder
+    from backends.engines.llamacpp import LlamaCppDecoder
 
     return LlamaCppDecoder.of(llm)
 
@@ -92,7 +92,7 @@ def test_a_new_prompt_computes_only_what_it_does_not_share_with_the_last(duet, e
     messages_a, copy_a = rag_prompt(duet, QUESTIONS[0])
     messages_b, copy_b = rag_prompt(duet, QUESTIONS[1])
     decoder_text(engine_llm, messages_a, 40, copy_from=copy_a)
-    from backends.finetuned import BASE_MODEL
+    from backends.answering.finetuned import BASE_MODEL
 
     context = engine_decoder(engine_llm).idle[BASE_MODEL][-1]
     fed, eval_tokens = [], context.llama.eval
@@ -110,7 +110,7 @@ def test_a_new_prompt_computes_only_what_it_does_not_share_with_the_last(duet, e
 @needs_engine
 def test_a_row_that_llama_cpp_refuses_fails_alone(engine_llm):
     """A token id beyond the vocabulary makes llama_decode fail for real: that row fails, the one beside it answers."""
-    from backends.generation import REPETITION_PENALTY, Request, encode_chat
+    from backends.engines.scheduler import REPETITION_PENALTY, Request, encode_chat
 
     ids = encode_chat(engine_llm, chat_messages(QUESTIONS[0]))
     alone = decoder_text(engine_llm, chat_messages(QUESTIONS[0]), 24)
@@ -183,7 +183,7 @@ def test_an_adapter_llama_cpp_cannot_apply_fails_its_answer_alone(duet, engine_l
 
 @needs_engine
 def test_a_prompt_longer_than_the_context_is_refused_with_the_reason(engine_llm):
-    from backends.llamacpp import CONTEXT_TOKENS
+    from backends.engines.llamacpp import CONTEXT_TOKENS
 
     huge = chat_messages("Summarise: " + "travel policy " * CONTEXT_TOKENS)
     with pytest.raises(BadInput, match=r"do not fit llama\.cpp's context of \d+ tokens: lower top_k"):
@@ -193,7 +193,7 @@ def test_a_prompt_longer_than_the_context_is_refused_with_the_reason(engine_llm)
 
 @needs_engine
 def test_the_engine_runs_gguf_files_only():
-    from backends.llamacpp import require_engine
+    from backends.engines.llamacpp import require_engine
 
     with pytest.raises(ModelUnavailable, match=r"runs \.gguf files only.*DUET_ENGINE=transformers"):
         require_engine(None)
@@ -201,8 +201,8 @@ def test_the_engine_runs_gguf_files_only():
 
 @pytest.mark.skipif(INSTALLED, reason="llama-cpp-python is installed here")
 def test_without_llama_cpp_python_the_engine_says_how_to_install_it(settings):
-    from backends.llamacpp import require_engine
-    from backends.models import bundled_gguf_path
+    from backends.engines.llamacpp import require_engine
+    from backends.models.files import bundled_gguf_path
 
     with pytest.raises(ModelUnavailable, match=r"needs llama-cpp-python: run `make engine`"):
         require_engine(str(bundled_gguf_path()))
@@ -220,7 +220,7 @@ def test_the_cli_refuses_an_engine_it_cannot_run_with_exit_code_2(settings, tmp_
 def test_the_compare_page_answers_on_the_engine(engine_llm, tmp_path, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
-    from backends.config import REPO_ROOT
+    from backends.core.config import REPO_ROOT
     from pages import common
     from tests.conftest import copy_demo_store
     from tests.test_pages import PER_DIEM

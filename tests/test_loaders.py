@@ -4,8 +4,8 @@ import io
 
 import pytest
 
-from backends.errors import BadInput
-from backends.loaders import decode_text, load_document
+from backends.core.errors import BadInput
+from backends.knowledge.loaders import decode_text, load_document
 
 
 def make_pdf(pages: list[str]) -> bytes:

@@ -2,7 +2,7 @@
 
 import os
 
-from backends.models import cache_is_valid, bundled_embedding_path, bundled_gguf_path, prepare_llm
+from backends.models.files import cache_is_valid, bundled_embedding_path, bundled_gguf_path, prepare_llm
 
 
 def test_bundled_models_are_found_without_importing_their_packages():
@@ -38,7 +38,7 @@ def test_bundled_embeddings_equal_sentence_transformers():
     import numpy as np
     from langchain_huggingface import HuggingFaceEmbeddings
 
-    from backends.embedder import MeanPoolingEmbeddings, is_mean_pooling_folder
+    from backends.knowledge.embeddings import MeanPoolingEmbeddings, is_mean_pooling_folder
 
     folder = bundled_embedding_path()
     assert is_mean_pooling_folder(folder)
@@ -53,8 +53,8 @@ def test_the_base_models_hash_follows_its_file_without_reading_it_again(tmp_path
     """Adapters are checked against it at every answer: hashed once per version of the file, not per answer."""
     import hashlib
 
-    from backends.config import load_settings
-    from backends.models import _sha256_of_version, base_model_identity
+    from backends.core.config import load_settings
+    from backends.models.files import _sha256_of_version, base_model_identity
 
     gguf = tmp_path / "model.gguf"
     gguf.write_bytes(b"first version")

@@ -15,10 +15,10 @@ import types
 import numpy as np
 import pytest
 
-from backends.config import DATA_DIR
-from backends.errors import ModelUnavailable
-from backends.evaluation import contains_gold
-from backends.training import chat_messages
+from backends.core.config import DATA_DIR
+from backends.core.errors import ModelUnavailable
+from backends.apps.evaluation import contains_gold
+from backends.learning.training import chat_messages
 from tests.conftest import failure_beside_rag, on_model, registered_demo_adapter
 from tests.test_cli import run_cli
 from tests.test_generation import QUESTIONS, decoder_text, rag_prompt
@@ -32,7 +32,7 @@ def largest_gap(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def engine_llm(settings, accuracy: str):
-    from backends.models import load_llm
+    from backends.models.files import load_llm
 
     return load_llm(dataclasses.replace(settings, engine="onnxruntime", onnx_accuracy=accuracy))
 
@@ -90,7 +90,7 @@ def test_the_engine_answers_without_torchs_copy_of_the_weights(int8_llm):
 def test_compare_gives_the_answers_ask_gives(settings, tmp_path, demo_adapter):
     """Rows beside each other in Compare (int8: a run each; float: one run) answer as they do alone."""
     from backends.service import Duet
-    from backends.types import Answer
+    from backends.core.types import Answer
     from tests.conftest import copy_demo_store
 
     store = copy_demo_store(tmp_path / "store")
@@ -104,9 +104,9 @@ def test_compare_gives_the_answers_ask_gives(settings, tmp_path, demo_adapter):
 
 def test_one_run_gives_each_row_what_it_gets_alone(float_llm, settings, tiny_adapter):
     """Rows of any length laid end to end, with and without the adapter: each gets its logits alone (float)."""
-    from backends.fastdecode import Feed
-    from backends.generation import encode_chat
-    from backends.onnxengine import OrtDecoder
+    from backends.engines.torch_passes import Feed
+    from backends.engines.scheduler import encode_chat
+    from backends.engines.onnx.graph import OrtDecoder
 
     decoder = OrtDecoder.of(float_llm)
     tiny = decoder._tensors(on_model(float_llm, settings, "tiny"))
@@ -136,8 +136,8 @@ def test_blocks_keep_the_gguf_values_exactly():
     from gguf import GGMLQuantizationType, GGUFReader
     from gguf.quants import dequantize, quantize
 
-    from backends.models import bundled_gguf_path
-    from backends.onnxengine import dense_of, read_blocks
+    from backends.models.files import bundled_gguf_path
+    from backends.engines.onnx.graph import dense_of, read_blocks
 
     tensors = {t.name: t for t in GGUFReader(str(bundled_gguf_path())).tensors}
     for name in ("blk.0.ffn_down.weight", "token_embd.weight"):
@@ -151,7 +151,7 @@ def test_blocks_keep_the_gguf_values_exactly():
 
 def test_the_graph_is_built_once_rebuilt_when_broken_and_never_left_half_written(settings, tmp_path, monkeypatch):
     from backends import onnxengine
-    from backends.models import bundled_gguf_path
+    from backends.models.files import bundled_gguf_path
 
     cache = dataclasses.replace(settings, model_cache_dir=tmp_path / "models")
     gguf = bundled_gguf_path()
@@ -177,7 +177,7 @@ def test_the_graph_is_built_once_rebuilt_when_broken_and_never_left_half_written
 def test_auto_picks_onnxruntime_for_a_gguf_it_can_run_and_transformers_otherwise(settings, tmp_path):
     import gguf as gguf_writer
 
-    from backends.models import bundled_gguf_path, resolve_engine
+    from backends.models.files import bundled_gguf_path, resolve_engine
 
     auto = dataclasses.replace(settings, engine="auto")
     assert resolve_engine(auto, str(bundled_gguf_path()), "cpu") == "onnxruntime"
@@ -193,7 +193,7 @@ def test_auto_picks_onnxruntime_for_a_gguf_it_can_run_and_transformers_otherwise
     writer.write_tensors_to_file()
     writer.close()
     assert resolve_engine(auto, str(other), "cpu") == "transformers"
-    from backends.onnxengine import prepare_graph
+    from backends.engines.onnx.graph import prepare_graph
 
     with pytest.raises(ModelUnavailable, match=r"runs Llama-family GGUF files, not 'gpt2'; use DUET_ENGINE=transformers"):
         prepare_graph(other, settings)
@@ -218,7 +218,7 @@ def test_an_adapter_replaced_under_its_name_answers_with_its_new_weights(int8_ll
 
 def test_embedding_work_goes_before_the_next_decoding_pass():
     """A pass in progress finishes; the next waits until the torch work that asked meanwhile is done."""
-    from backends.threads import ComputeTurns
+    from backends.core.threads import ComputeTurns
 
     turns, order = ComputeTurns(), []
     in_pass, release = threading.Event(), threading.Event()

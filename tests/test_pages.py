@@ -7,7 +7,7 @@ import re
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from backends.config import REPO_ROOT
+from backends.core.config import REPO_ROOT
 from tests.conftest import copy_demo_store
 
 PER_DIEM = "What is the per diem for a full day of business travel?"
@@ -131,7 +131,7 @@ UNESCAPED_TAG = re.compile(r"(?<!\\)<\s*(?:img|script)", re.IGNORECASE)
 
 
 def test_a_hostile_answer_and_source_are_shown_as_text_only():
-    from backends.types import Answer, Source
+    from backends.core.types import Answer, Source
     from pages.common import duet
 
     question = "What does the hostile document say?"

@@ -2,11 +2,11 @@
 
 import pytest
 
-from backends.errors import BadInput
-from backends.generation import CopyFromSpans
-from backends.rag import build_messages, rank_evidence
-from backends.text import split_sentences
-from backends.types import Answer, Source
+from backends.core.errors import BadInput
+from backends.engines.scheduler import CopyFromSpans
+from backends.answering.rag import build_messages, rank_evidence
+from backends.core.text import split_sentences
+from backends.core.types import Answer, Source
 
 
 def test_rag_answer_streams_then_returns_the_shared_type(duet):

@@ -2,9 +2,9 @@
 
 import json
 
-from backends.reports import comparison_html, comparison_json, comparison_markdown
-from backends.text import used_span
-from backends.types import Answer, Claim, Comparison, Evidence, Source, Timings
+from backends.apps.reports import comparison_html, comparison_json, comparison_markdown
+from backends.core.text import used_span
+from backends.core.types import Answer, Claim, Comparison, Evidence, Source, Timings
 
 HOSTILE = 'PWNED <img src="https://evil.example/x.png"> <a href="javascript:alert(1)">click</a> <script>x()</script>'
 

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from backends.threads import run_in_fresh_thread
+from backends.core.threads import run_in_fresh_thread
 
 
 def test_the_result_comes_back_from_another_thread_that_has_ended():

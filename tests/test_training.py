@@ -5,9 +5,9 @@ import os
 
 import pytest
 
-from backends.errors import BadInput
-from backends.finetuned import AdapterRegistry
-from backends.training import TrainConfig, TrainingJob, read_qa_bytes, save_adapter_atomically, train_adapter
+from backends.core.errors import BadInput
+from backends.answering.finetuned import AdapterRegistry
+from backends.learning.training import TrainConfig, TrainingJob, read_qa_bytes, save_adapter_atomically, train_adapter
 from tests.conftest import copy_adapter
 
 

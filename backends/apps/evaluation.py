@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from backends.errors import BadInput
-from backends.reports import title
-from backends.training import read_qa_file
-from backends.types import QAItem
+from backends.core.errors import BadInput
+from backends.apps.labels import SYSTEMS, title
+from backends.learning.examples import read_qa_file
+from backends.core.types import QAItem
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = set(string.punctuation)
@@ -80,7 +80,6 @@ def quick_eval(items: list[QAItem], answer: Callable[[str], str]) -> tuple[dict,
 
 # ---- runs --------------------------------------------------------------------------------
 STAGE_NAMES = ("embed", "retrieve", "prompt", "first_token", "generate", "total")
-SYSTEMS = ("rag", "ft", "rag_ft")
 RUN_FILES = ("metrics.json", "results.csv", "report.html")
 
 
@@ -107,7 +106,7 @@ def retrieval_hit(answer, source: str) -> float | None:
 
 def evaluate_answer(duet, item: QAItem, answer) -> dict:
     """One row of a run: the answer, its metrics, its claims' groundedness, its timings."""
-    from backends.claims import groundedness
+    from backends.answering.claims import groundedness
 
     claims = duet.tracer.trace(answer)
     gold_vector, answer_vector = duet.tracer.embed([item.answer, answer.text or " "])
@@ -178,7 +177,7 @@ def save_run(run: dict, out_dir: str | Path) -> Path:
     import os
     import tempfile
 
-    from backends.reports import eval_report_html
+    from backends.apps.reports import eval_report_html
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from backends.config import REPO_ROOT, Settings
-from backends.models import llm_source
+from backends.core.config import REPO_ROOT, Settings
+from backends.models.files import llm_source
 
 PROMPT_QUESTION = "Explain in a few sentences what a travel policy is and why companies have one."
 ANSWER_QUESTIONS = ["What is the daily meal allowance for travel?", "How many days of annual leave do employees get?",
@@ -110,11 +110,11 @@ def _time(work: Callable[[], object]) -> float:
 
 # ---- generation engine: same prompt, same threads -----------------------------------------
 def engine_figures(duet, report: Report, plan: Plan, adapter: str) -> None:
-    from backends.generation import stream_chat
-    from backends.training import chat_messages
+    from backends.engines.scheduler import stream_chat
+    from backends.learning.examples import chat_messages
 
     messages = chat_messages(PROMPT_QUESTION)
-    duet.host.ensure(duet.ft.adapter_info(adapter))
+    duet.ft.use(adapter)
     engine = ENGINE_KEYS[duet.llm.engine]
     for label, name in (("base (RAG)", None), ("adapter (fine-tuned)", adapter)):
         report.progress(f"decode: {duet.llm.engine} engine, {label}")
@@ -175,12 +175,12 @@ def _skipped_llama_cpp(duet, report: Report, name: str) -> bool:
 
 
 def _child_runs(job: dict, report: Report, name: str):
-    """The job's result from a child process (`python -m backends.bench`), or None with the failure in skipped.
+    """The job's result from a child process (`python -m backends.apps.bench`), or None with the failure in skipped.
 
     llama.cpp's worker threads keep polling after a generation, and in this process they halved
     the speed of every answer measured after them: so llama.cpp runs in a child.
     """
-    child = subprocess.run([sys.executable, "-m", "backends.bench"], input=json.dumps(job), capture_output=True,
+    child = subprocess.run([sys.executable, "-m", "backends.apps.bench"], input=json.dumps(job), capture_output=True,
                            text=True, cwd=REPO_ROOT, timeout=1200)
     if child.returncode != 0:
         report.skipped[name] = f"the llama.cpp run failed: {child.stderr.strip()[-300:]}"
@@ -243,7 +243,7 @@ def side_by_side_figures(duet, report: Report, plan: Plan, adapter: str) -> None
 
 def _side_by_side(duet, question: str, adapter: str) -> tuple[float, dict[str, float]]:
     """Seconds until both answers were complete, and per column until its first text and its whole answer."""
-    from backends.types import Answer
+    from backends.core.types import Answer
 
     columns, started = {}, time.perf_counter()
     for name, item in duet.stream_both(question, adapter):
@@ -265,7 +265,7 @@ def synthetic_store(settings: Settings, size: int, embeddings, progress) -> "Doc
 
     import numpy as np
 
-    from backends.index import DocumentIndex
+    from backends.knowledge.index import DocumentIndex
 
     store = settings.with_store(settings.store_dir / "bench" / f"retrieval-{size}")
     index = DocumentIndex(store, embeddings)
@@ -297,8 +297,8 @@ def retrieval_figures(duet, report: Report, plan: Plan) -> None:
 
 
 def ingest_figures(duet, report: Report, plan: Plan) -> None:
-    from backends.index import DocumentIndex, embedding_text, split_segments
-    from backends.loaders import load_document
+    from backends.knowledge.index import DocumentIndex, embedding_text, split_segments
+    from backends.knowledge.loaders import load_document
 
     rng = random.Random(11)
     ingest_runs, embed_runs = [], []
@@ -410,7 +410,7 @@ def child_job(job: dict):
     """What a child process of this harness measures: llama.cpp's own decoding, or Compare on the llama.cpp engine."""
     if job["kind"] == "decode":
         return llama_cpp_runs(job)
-    from backends.config import load_settings
+    from backends.core.config import load_settings
     from backends.service import Duet
 
     duet = Duet(load_settings(store_dir=job["store"], engine="llama.cpp"))

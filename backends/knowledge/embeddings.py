@@ -1,23 +1,31 @@
-"""Sentence embeddings straight from transformers, for local sentence-transformers folders.
+"""The embedding model: loaded once per process, computing in passing threads.
 
+Sentence embeddings straight from transformers, for local sentence-transformers folders:
 The bundled all-MiniLM-L6-v2 is a Transformer, mean pooling and normalisation
 (its modules.json). Computing exactly that here gives the vectors sentence-transformers
 gives, without importing sentence-transformers, which alone took about 7 of the 17
 seconds of a cold `python -m backends ask`. Models with any other layout go through
-langchain-huggingface's HuggingFaceEmbeddings as before (models.load_embeddings).
-Either way the model computes in a passing thread (`FreshThreadEmbeddings`, backends/threads.py).
+langchain-huggingface's HuggingFaceEmbeddings. Either way the model computes in a passing
+thread (`FreshThreadEmbeddings`, core/threads.py).
 """
 
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import torch
 from langchain_core.embeddings import Embeddings
 from transformers import AutoModel, AutoTokenizer
 
-from backends.threads import TURNS, run_in_fresh_thread
+from backends.core.config import Settings
+from backends.core.errors import ModelUnavailable
+from backends.core.threads import TURNS, run_in_fresh_thread
+from backends.models.files import embedding_source, quiet_loading, resolve_device
+
+_cache: dict[tuple, "FreshThreadEmbeddings"] = {}
+_lock = threading.Lock()
 
 PLAIN_MODULES = ["sentence_transformers.models.Transformer", "sentence_transformers.models.Pooling",
                  "sentence_transformers.models.Normalize"]
@@ -78,3 +86,30 @@ class FreshThreadEmbeddings(Embeddings):
     def embed_query(self, text: str) -> list[float]:
         with TURNS.torch_work():
             return run_in_fresh_thread(self.inner.embed_query, text)
+
+
+def load_embeddings(settings: Settings) -> "FreshThreadEmbeddings":
+    """The langchain embeddings object of the configured model, once per process."""
+    key = (settings.embedding_model, settings.device)
+    with _lock:
+        if key not in _cache:
+            _cache[key] = FreshThreadEmbeddings(run_in_fresh_thread(_load_uncached, settings))
+        return _cache[key]
+
+
+def _load_uncached(settings: Settings):
+    source = embedding_source(settings)
+    local = Path(source).is_dir()
+    quiet_loading()
+    if local and is_mean_pooling_folder(Path(source)):  # the bundled model: no sentence-transformers import
+        return MeanPoolingEmbeddings(Path(source), resolve_device(settings.device))
+    from langchain_huggingface import HuggingFaceEmbeddings
+
+    try:
+        return HuggingFaceEmbeddings(
+            model_name=source,
+            model_kwargs={"device": resolve_device(settings.device), "local_files_only": local},
+            encode_kwargs={"normalize_embeddings": True, "batch_size": 32},
+        )
+    except OSError as error:
+        raise ModelUnavailable(f"cannot load embedding model {source!r}: {error}") from error

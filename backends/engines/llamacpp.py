@@ -3,23 +3,23 @@
 llama-cpp-python runs the configured .gguf file itself (the bundled Q4_1 SmolLM2 reads
 ~85 MB of weights a token where torch reads 540 MB of de-quantised float32), with the same
 tokenizer and token ids as the transformers path. Everything else stays as it is: prompts
-are built and tokenized by transformers, `generation.Request` applies the same rules
+are built and tokenized by transformers, `scheduler.Request` applies the same rules
 (repetition penalty, copy-constrained spans, EOS), adapters are trained with peft and
-exported with `gguf_adapter.export_gguf` for llama.cpp to apply. torch's float32 copy of the
-weights is not loaded at all (`LoadedLLM.model` is None): ~540 MB and ~0.5 s saved.
+exported with `models.lora.export_gguf` for llama.cpp to apply. torch's float32 copy of the
+weights is not loaded at all: ~540 MB and ~0.5 s saved.
 
 llama.cpp applies a LoRA adapter to a whole context, so each adapter (and the bare base
 model) gets contexts of its own, kept for the next request: its KV cache then still holds
 the last prompt, and a new prompt re-uses its system message from there, as the transformers
 engine does (no more: the same question asked twice costs the same on both engines). The
 rows are not batched into one forward pass, since their contexts differ: in each of the
-decoder's rounds (`Decoder._run`) each row takes a forward pass of its own, and a request
+decoder's rounds (`scheduler.Decoder`) each row takes a forward pass of its own, and a request
 joins them as soon as it arrives.
 
 Optional because installing llama-cpp-python compiles llama.cpp (`make engine`, a few
 minutes); the default install stays compiler-free. One engine per process: llama.cpp's
 OpenMP resolves to torch's libgomp, and two long-lived OpenMP pools slow each other down
-(`generation.Decoder.stop`).
+(`scheduler.Decoder.stop`).
 """
 
 from __future__ import annotations
@@ -28,10 +28,9 @@ import importlib.util
 import tempfile
 from pathlib import Path
 
-from backends.errors import ModelUnavailable
-from backends.finetuned import AdapterHost, AdapterVersion
-from backends.generation import Decoder, Request, Row, require_room
-from backends.models import LoadedLLM, require_gguf
+from backends.core.errors import ModelUnavailable
+from backends.engines.base import AdapterVersion, Engine, Feed, require_gguf
+from backends.models.lora import export_gguf
 
 # Tokens a context holds (prompt and answer). llama.cpp allocates and clears its KV cache up front
 # (~94 MB for the bundled model at this size), so not the model's full 8192.
@@ -93,37 +92,48 @@ class EngineContext:
         self.llama.close()
 
 
-class LlamaCppDecoder(Decoder):
-    """The decoder of a model run by llama.cpp: each row a forward pass of its own per round, in its context."""
+class LlamaCppEngine(Engine):
+    """A model run by llama.cpp: each row a forward pass of its own per round, in a context of its adapter."""
 
-    def __init__(self, llm: LoadedLLM):
-        super().__init__(llm)
+    name = "llama.cpp"
+    context = CONTEXT_TOKENS
+    context_label = "llama.cpp's"
+    keeps_prefixes = False  # a context keeps its last prompt's tokens itself (`EngineContext.prompt`)
+
+    def __init__(self, gguf: str, config):
         import torch
 
+        self.gguf, self.config = gguf, config
         self.threads = torch.get_num_threads()  # the thread count torch decodes with, for a fair comparison
         self.idle: dict[AdapterVersion, list[EngineContext]] = {}
         self.exported = tempfile.TemporaryDirectory(prefix="duet-llamacpp-")  # adapters as GGUF, for this process
 
-    def _open(self, request: Request) -> Row:
-        """The request's row: a context of its adapter (kept for the next request), to be fed the whole prompt."""
-        require_room(request, CONTEXT_TOKENS, "llama.cpp's")
-        return Row(request, self._take(AdapterHost.of(self.llm).version(request.adapter)), list(request.input_ids))
+    def cache(self, capacity: int, version: AdapterVersion, prefix=None) -> "Slot":
+        """A context of the adapter (kept for the next request), to be fed the whole prompt."""
+        return Slot(self._take(version))
 
-    def _forward(self, rows: list[Row]) -> list:
+    def forward(self, feeds: list[Feed]) -> list:
         """The rows one after the other, each in its own context; a row that fails fails alone."""
-        return [self._logits_of(row) for row in rows]
+        return [self._logits_of(feed) for feed in feeds]
 
     @staticmethod
-    def _logits_of(row: Row):
+    def _logits_of(feed: Feed):
         """The row's prompt (re-using what its context holds) or its feed: the logits after it, or the exception."""
+        slot = feed.cache
         try:
-            return row.cache.feed(row.feed) if row.prompted else row.cache.prompt(row.feed, row.request.prefix_length)
+            if slot.prompted:
+                return slot.context.feed(feed.tokens)
+            slot.prompted = True
+            return slot.context.prompt(feed.tokens, feed.reusable)
         except Exception as error:  # the context forgot its tokens (`EngineContext._eval`): it can serve again
             return error
 
-    def _finish(self, row: Row) -> None:
-        self._release(row.cache)
-        super()._finish(row)
+    def release(self, cache: "Slot") -> None:
+        idle = self.idle.setdefault(cache.context.version, [])
+        if len(idle) < IDLE_CONTEXTS:
+            idle.append(cache.context)
+        else:
+            cache.context.close()
 
     def _take(self, version: AdapterVersion) -> EngineContext:
         if self.idle.get(version):
@@ -131,22 +141,20 @@ class LlamaCppDecoder(Decoder):
         for old in [v for v in self.idle if v.name == version.name and v != version]:  # a retrained adapter's
             for context in self.idle.pop(old):
                 context.close()
-        return EngineContext(self.llm.gguf, self._adapter_gguf(version), self.threads, version)
-
-    def _release(self, context: EngineContext) -> None:
-        idle = self.idle.setdefault(context.version, [])
-        if len(idle) < IDLE_CONTEXTS:
-            idle.append(context)
-        else:
-            context.close()
+        return EngineContext(self.gguf, self._adapter_gguf(version), self.threads, version)
 
     def _adapter_gguf(self, version: AdapterVersion) -> str | None:
         """The adapter as a GGUF file llama.cpp can apply (exported once per version of its weights)."""
         if version.name is None:
             return None
-        from backends.gguf_adapter import export_gguf
-
         target = Path(self.exported.name) / f"{version.name}-{version.mtime_ns}-{version.size}.gguf"
         if not target.is_file():
-            export_gguf(Path(version.folder), self.llm.config.to_dict(), target)
+            export_gguf(Path(version.folder), self.config.to_dict(), target)
         return str(target)
+
+
+class Slot:
+    """A row's context, and whether its prompt went in yet (the first feed is a prompt, the rest follow it)."""
+
+    def __init__(self, context: EngineContext):
+        self.context, self.prompted = context, False

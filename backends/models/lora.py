@@ -1,4 +1,10 @@
-"""A trained LoRA adapter as a GGUF file that llama.cpp (and Ollama, via an ADAPTER line) can load.
+"""LoRA adapter files: peft's folder layout, its names in a GGUF model, and export as a GGUF adapter.
+
+The one map between peft's module names and the GGUF tensor names, and the one row
+permutation of the query and key projections, serve every engine that reads adapters
+(onnxruntime, llama.cpp) and the export.
+
+The export writes a file that llama.cpp (and Ollama, via an ADAPTER line) can load.
 
 The layout is llama.cpp's own (its convert_lora_to_gguf.py): general.type "adapter",
 adapter.type "lora", adapter.lora.alpha, and per layer `blk.N.<tensor>.weight.lora_a` /
@@ -16,18 +22,68 @@ import os
 import re
 from pathlib import Path
 
-from backends.errors import BadInput
-from backends.training import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+import numpy as np
 
+from backends.core.errors import BadInput, ModelUnavailable
+from backends.models.files import prepare_llm
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+METADATA = "metadata.json"  # Duet's record of the adapter: base model, dataset, index snapshot, losses
+TRAINING_DATA = "training_data.jsonl"  # the examples, kept with the adapter for claim tracing
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+# peft module name -> GGUF tensor name, for the seven projections of a Llama layer.
 GGUF_NAMES = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
               "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
               "mlp.down_proj": "ffn_down"}
+PEFT_MODULES = {gguf: peft for peft, gguf in GGUF_NAMES.items()}
 PEFT_KEY = re.compile(r"(?:.*\.)?layers\.(\d+)\.(\w+\.\w+)\.lora_([AB])\.weight$")
 
 
-def llama_permute(rows, heads: int):
-    """llama.cpp's row order for a query/key projection (numpy array, rows = heads x head_dim)."""
-    return rows.reshape(heads, 2, rows.shape[0] // heads // 2, *rows.shape[1:]).swapaxes(1, 2).reshape(rows.shape)
+def gguf_row_order(rows: int, heads: int) -> np.ndarray:
+    """Row j of a query/key projection in the GGUF is transformers' row order[j] (llama.cpp interleaves rotary halves
+    per head); `np.argsort(order)` goes the other way."""
+    return np.arange(rows).reshape(heads, 2, rows // heads // 2).swapaxes(1, 2).reshape(rows)
+
+
+def llama_permute(rows: np.ndarray, heads: int) -> np.ndarray:
+    """A query/key projection's rows (or a LoRA B of them) in llama.cpp's order."""
+    return rows[gguf_row_order(rows.shape[0], heads)]
+
+
+def peft_lora(folder: Path) -> dict[tuple[int, str], tuple[np.ndarray, np.ndarray, float]]:
+    """(layer, GGUF projection name) -> (A, B, scale) of a peft adapter folder, as float32 numpy arrays.
+
+    ModelUnavailable names what an engine applying plain LoRA on the seven projections cannot apply.
+    """
+    from safetensors.numpy import load_file
+
+    config = json.loads((folder / ADAPTER_CONFIG).read_text())
+    if config.get("use_dora"):
+        raise ModelUnavailable("this engine applies LoRA adapters, not DoRA; use DUET_ENGINE=transformers")
+    parts: dict[tuple[int, str], dict[str, np.ndarray]] = {}
+    for key, value in load_file(str(folder / ADAPTER_WEIGHTS)).items():
+        match = PEFT_KEY.match(key)
+        if match is None or match.group(2) not in GGUF_NAMES:
+            raise ModelUnavailable(f"adapter tensor {key!r} is not on a projection this engine adapts; "
+                                   "use DUET_ENGINE=transformers")
+        parts.setdefault((int(match.group(1)), GGUF_NAMES[match.group(2)]), {})[match.group(3)] = value.astype(np.float32)
+    lora = {}
+    for (layer, name), ab in parts.items():
+        rank = ab["A"].shape[0]
+        alpha = _pattern_value(config.get("alpha_pattern") or {}, layer, name, config["lora_alpha"])
+        lora[(layer, name)] = (ab["A"], ab["B"], alpha / (rank ** 0.5 if config.get("use_rslora") else rank))
+    return lora
+
+
+def _pattern_value(pattern: dict, layer: int, name: str, default: float) -> float:
+    """peft's per-module override (alpha_pattern) for this projection, else the default."""
+    module = PEFT_MODULES[name]
+    for key, value in pattern.items():
+        if module.endswith(key) or f"layers.{layer}.{module}".endswith(key):
+            return value
+    return default
 
 
 def gguf_tensors(adapter_dir: Path, base_config: dict) -> dict:
@@ -81,8 +137,6 @@ def export_gguf(adapter_dir: Path, base_config: dict, target: Path) -> Path:
 def base_config_of(settings) -> dict:
     """The configured base model's config (the converted bundled model, a local folder or a hub id)."""
     from transformers import AutoConfig
-
-    from backends.models import prepare_llm
 
     path = prepare_llm(settings)
     return AutoConfig.from_pretrained(path, local_files_only=Path(path).is_dir()).to_dict()

@@ -5,7 +5,7 @@ takes the child with it, never the app: the child is killed after `parse_timeout
 and its address space is capped at `parse_memory_mb`. Either way the caller gets a
 `BadInput` naming what happened, and nothing reached the index.
 
-Protocol: `python -m backends.sandbox NAME CSV_ROWS MEMORY_MB` reads the file's bytes on stdin and
+Protocol: `python -m backends.knowledge.sandbox NAME CSV_ROWS MEMORY_MB` reads the file's bytes on stdin and
 prints one JSON object: {"segments": [[text, location, splittable], ...]} or {"error": reason}.
 """
 
@@ -16,9 +16,9 @@ import resource
 import subprocess
 import sys
 
-from backends.config import REPO_ROOT, Settings
-from backends.errors import BadInput
-from backends.loaders import Segment, load_document
+from backends.core.config import REPO_ROOT, Settings
+from backends.core.errors import BadInput
+from backends.knowledge.loaders import Segment, load_document
 
 
 def _cap_memory(limit_bytes: int):
@@ -30,7 +30,7 @@ def _cap_memory(limit_bytes: int):
 
 def parse_isolated(name: str, data: bytes, settings: Settings) -> list[Segment]:
     """load_document in a child process; BadInput for unreadable, hanging or exploding files."""
-    command = [sys.executable, "-m", "backends.sandbox", name, str(settings.csv_rows_per_chunk), str(settings.parse_memory_mb)]
+    command = [sys.executable, "-m", "backends.knowledge.sandbox", name, str(settings.csv_rows_per_chunk), str(settings.parse_memory_mb)]
     try:
         done = subprocess.run(command, input=data, capture_output=True, timeout=settings.parse_timeout_s, cwd=REPO_ROOT,
                               preexec_fn=_cap_memory(settings.parse_memory_mb * 1024 * 1024))

@@ -13,9 +13,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from backends.errors import BadInput
+from backends.core.errors import BadInput
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DATA_DIR = REPO_ROOT / "data"
 BUNDLED = "bundled"
 ENGINES = ("auto", "transformers", "onnxruntime", "llama.cpp")

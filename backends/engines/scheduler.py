@@ -1,9 +1,9 @@
-"""Generation: one batched greedy decoder per loaded model, with streaming and per-stage timing.
+"""The scheduler: one batched greedy decoder per loaded model, with streaming and per-stage timing.
 
 Every inference forward pass of a model goes through its `Decoder`: a worker thread that
 takes the requests waiting for it and runs them together, one forward pass a round for all
-of them (`fastdecode.LlamaPass`), the weights read once for all, with peft applying each
-row's adapter to its tokens (`AdapterHost.route`). Each row feeds what it has to: a
+of them through its engine (`base.Engine`: torch, onnxruntime or llama.cpp; the decoder
+knows none of them), each row with its own adapter. Each row feeds what it has to: a
 free-writing answer (fine-tuned, RAG + fine-tuned) its last token; a copy-constrained (RAG)
 answer, which needs the model only where it can go two ways, the tokens its constraint
 forced since, in one chunk; a new request its prompt. A request that arrives while others
@@ -26,8 +26,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterator, Union
 
-from backends.errors import BadInput
-from backends.models import LoadedLLM
+from backends.core.errors import BadInput
+from backends.engines.adapters import AdapterHost
+from backends.engines.base import AdapterVersion, Engine, Feed, LoadedLLM
 
 # Greedy decoding: answers must be reproducible (tests compare them) and short.
 REPETITION_PENALTY = 1.15
@@ -141,9 +142,8 @@ class Request:
     def choose(self, logits) -> int:
         """The greedy next token of this row (logits: a 1-D float tensor or numpy array, changed in place).
 
-        The same operations on either: torch's for the transformers engine (its OpenMP workers stay
-        warm between steps: ~5% faster decoding than numpy here), numpy's for llama.cpp's logits
-        (a torch operation in that decoder's thread would start a second OpenMP pool, see `stop`).
+        torch's operations on a torch engine's logits (its OpenMP workers stay warm between steps), numpy's on the
+        others' (a torch operation there would start a second OpenMP pool, see `Decoder.stop`).
         """
         import numpy as xp
 
@@ -166,41 +166,44 @@ class Request:
         return allowed[0] if len(allowed) == 1 else None
 
 
-def require_room(request: Request, context: int, whose: str) -> None:
-    """BadInput where the prompt and its longest answer do not fit `context` tokens (`whose`: "the model's", say)."""
-    if len(request.input_ids) + request.max_new_tokens > context:
+def require_room(request: Request, engine: Engine) -> None:
+    """BadInput where the prompt and its longest answer do not fit the engine's context."""
+    if engine.context is not None and len(request.input_ids) + request.max_new_tokens > engine.context:
         raise BadInput(f"the prompt ({len(request.input_ids)} tokens) and its answer ({request.max_new_tokens}) do "
-                       f"not fit {whose} context of {context} tokens: lower top_k, chunk_size or max_new_tokens")
+                       f"not fit {engine.context_label} context of {engine.context} tokens: lower top_k, chunk_size "
+                       "or max_new_tokens")
+
+
+@dataclass(frozen=True)
+class Done:
+    """The last message of a request's output queue: its whole answer and how many tokens it took."""
+
+    text: str
+    tokens_out: int
 
 
 @dataclass(eq=False)
 class Row:
-    """A request being answered: its engine's KV cache of it, and its tokens that cache does not hold yet."""
+    """A request being answered: its engine's cache of it, its adapter version, and the tokens the cache lacks yet."""
 
     request: Request
     cache: object
     feed: list[int]
-    prompted: bool = False  # its prompt went through the model
+    version: AdapterVersion
     error: Exception | None = None  # why it ended without an answer
 
 
 class Decoder:
     """The batched greedy decoder of one loaded model (one worker thread, started on first use)."""
 
-    def __init__(self, llm: LoadedLLM):
-        self.llm = llm
+    def __init__(self, engine: Engine, tokenizer, eos: frozenset[int], host: AdapterHost, lock: threading.RLock):
+        self.engine, self.tokenizer, self.eos, self.host, self.lock = engine, tokenizer, eos, host, lock
         self.pending: list[Request] = []
         self.wakeup = threading.Condition()
         self.worker: threading.Thread | None = None
-        self.eos = llm.eos
         self.batches = 0  # how many batches ran (tests check that a late RAG row joined the running one)
-        self.prefixes: dict[tuple, object] = {}  # (pass kind, prompt prefix...) -> its KV cache (base model)
+        self.prefixes: dict[tuple, object] = {}  # (cache kind, adapter version, prompt prefix...) -> its cache
         self.stopping = False
-
-    @classmethod
-    def of(cls, llm: LoadedLLM) -> "Decoder":
-        """The decoder of this loaded model: one per model, since it owns every forward pass."""
-        return llm.companion(cls)
 
     def stop(self) -> None:
         """End the worker, and with it its OpenMP pool; a later request starts a new one.
@@ -241,7 +244,7 @@ class Decoder:
             if not batch:
                 continue
             try:
-                with self.llm.lock:
+                with self.lock:
                     self.batches += 1
                     self._run(batch)
             except BaseException as error:  # reported to every waiting caller
@@ -258,21 +261,18 @@ class Decoder:
         Requests that arrive meanwhile join at the next round; each answer is finished as soon
         as it is done.
         """
-        import torch
-
         rows: list[Row] = []
         arrived = batch
-        with torch.inference_mode():
-            while arrived or rows:
-                rows += self._open_rows(arrived)
-                if rows:
-                    self._pass(rows)
-                for row in rows:
-                    if row.request.done:
-                        self._finish(row)
-                rows = [row for row in rows if not row.request.done]
-                arrived = self._joining()
-                batch.extend(arrived)  # so that a failure is reported to them too
+        while arrived or rows:
+            rows += self._open_rows(arrived)
+            if rows:
+                self._pass(rows)
+            for row in rows:
+                if row.request.done:
+                    self._finish(row)
+            rows = [row for row in rows if not row.request.done]
+            arrived = self._joining()
+            batch.extend(arrived)  # so that a failure is reported to them too
 
     def _open_rows(self, requests: list[Request]) -> list[Row]:
         """Rows for the requests that can start; one that cannot (its adapter not loaded, say) fails alone."""
@@ -292,28 +292,20 @@ class Decoder:
         with its own 18 tokens. An adapter changes their keys and values, so they are kept per
         adapter as the model holds it (an adapter replaced under its name has a new version).
         """
-        from backends.finetuned import AdapterHost
-
-        version = AdapterHost.of(self.llm).version(request.adapter)
-        passes = self._passes()
+        version = self.host.version(request.adapter)
+        require_room(request, self.engine)
         capacity = len(request.input_ids) + request.max_new_tokens
         n = request.prefix_length
-        if not 0 < n < len(request.input_ids):
-            return Row(request, passes.cache(capacity), list(request.input_ids))
-        key = (type(passes).__name__, version, *request.input_ids[:n])  # each pass keeps its own kind of cache
+        if not self.engine.keeps_prefixes or not 0 < n < len(request.input_ids):
+            return Row(request, self.engine.cache(capacity, version), list(request.input_ids), version)
+        key = (self.engine.cache_kind(), version, *request.input_ids[:n])
         if key not in self.prefixes:
             while len(self.prefixes) >= PREFIX_CACHE_SIZE:
                 self.prefixes.pop(next(iter(self.prefixes)))
-            prefix = passes.cache(n)
-            self._forward([Row(request, prefix, request.input_ids[:n])])
+            prefix = self.engine.cache(n, version)
+            self._forward([Row(request, prefix, request.input_ids[:n], version)])
             self.prefixes[key] = prefix
-        return Row(request, passes.cache(capacity, self.prefixes[key]), request.input_ids[n:])
-
-    def _passes(self):
-        """How the model runs a forward pass of several rows (the lean shared pass where its architecture allows)."""
-        from backends.fastdecode import passes_for
-
-        return passes_for(self.llm.model)
+        return Row(request, self.engine.cache(capacity, version, self.prefixes[key]), request.input_ids[n:], version)
 
     def _pass(self, rows: list[Row]) -> None:
         """One forward pass of every row; each then chooses its next token and takes those its constraint forces."""
@@ -321,20 +313,15 @@ class Decoder:
             if isinstance(logits, Exception):  # an engine whose rows run apart: this row's failure alone
                 row.error, row.request.done = logits, True
                 continue
-            row.prompted = True
             row.feed = [self._advance(row.request, logits)]
             self._take_forced(row.request, row.feed)
 
     def _forward(self, rows: list[Row]):
         """The logits after each row's feed (one row of logits per row, or the exception of a row that failed).
 
-        One forward pass of them all: it fails as a whole (the rows' caches left as they were).
+        A pass that raises fails as a whole (the rows' caches left as they were).
         """
-        from backends.fastdecode import Feed
-        from backends.finetuned import AdapterHost
-
-        feeds = [Feed(row.cache, row.feed, row.request.adapter) for row in rows]
-        return self._passes()(feeds, AdapterHost.of(self.llm).route)
+        return self.engine.forward([Feed(row.cache, row.feed, row.version, row.request.prefix_length) for row in rows])
 
     def _joining(self) -> list[Request]:
         """The requests that arrived since the last look: they join the running passes at the next round."""
@@ -368,7 +355,7 @@ class Decoder:
         return token
 
     def _stream_text(self, request: Request) -> None:
-        text = self.llm.tokenizer.decode(request.generated, skip_special_tokens=True)
+        text = self.tokenizer.decode(request.generated, skip_special_tokens=True)
         if text.endswith("\ufffd") and not request.done:  # a character split over tokens: wait for the rest
             return
         if len(text) > request.printed:
@@ -376,25 +363,13 @@ class Decoder:
             request.printed = len(text)
 
     def _finish(self, row: Row) -> None:
+        self.engine.release(row.cache)
         request = row.request
         if row.error is not None:
             request.output.put(row.error)
             return
-        text = self.llm.tokenizer.decode(request.generated, skip_special_tokens=True)
-        request.output.put(("done", text.strip(), len(request.generated)))
-
-
-def decoder_of(llm: LoadedLLM) -> Decoder:
-    """The decoder of the model's engine: torch (`Decoder`), onnxruntime (`backends.onnxengine`) or llama.cpp."""
-    if llm.engine == "onnxruntime":
-        from backends.onnxengine import OrtDecoder
-
-        return OrtDecoder.of(llm)
-    if llm.engine == "llama.cpp":
-        from backends.llamacpp import LlamaCppDecoder
-
-        return LlamaCppDecoder.of(llm)
-    return Decoder.of(llm)
+        text = self.tokenizer.decode(request.generated, skip_special_tokens=True)
+        request.output.put(Done(text.strip(), len(request.generated)))
 
 
 def stream_chat(
@@ -420,15 +395,15 @@ def stream_chat(
     )
     prompt_s = time.perf_counter() - started
     gen_start = time.perf_counter()
-    decoder_of(llm).submit(request)
+    llm.decoder.submit(request)
     first_token_s = 0.0
     try:
         while True:
             item = request.output.get()
             if isinstance(item, BaseException):
                 raise item
-            if isinstance(item, tuple):
-                _, text, tokens_out = item
+            if isinstance(item, Done):
+                text, tokens_out = item.text, item.tokens_out
                 break
             if not first_token_s:
                 first_token_s = time.perf_counter() - gen_start

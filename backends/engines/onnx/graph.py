@@ -1,27 +1,12 @@
-"""The onnxruntime engine (`DUET_ENGINE=onnxruntime`, `auto`'s choice for a Llama GGUF on a CPU): the file's 4-bit weights as they are.
+"""The onnxruntime engine's graph: a Llama GGUF file's 4-bit weights as one ONNX graph, built once and cached.
 
-torch decodes the bundled model from a float32 copy of its weights (538 MB read per token);
-llama.cpp reads the GGUF's own 4-bit blocks but needs a compiler to install. This engine runs
-the same blocks through onnxruntime, a wheel that chromadb already installs: the model
-becomes one ONNX graph (`build_graph`, cached once per GGUF file by `prepare_graph`) whose
-linear layers are onnxruntime's `MatMulNBits` over the very 4-bit values of the file. Q4_1
-blocks (w = d*q + m) are `MatMulNBits`' symmetric form plus a correction, exactly:
-w = d*(q - 8) + (m + 8d), and the second term is (m + 8d) times the sum of the input over
-the block, a small float32 product. Q4_0 needs no correction, Q8_0 goes in as 8 bits, float
-tensors as float32.
-
-A run of the graph can serve several answers, as `fastdecode.LlamaPass` does: the rows' new
-tokens lie end to end, every linear layer reads its weights once for all, and attention
-keeps each token to its own row by a mask over the rows' keys and values (each row's KV
-cache is its own numpy buffer, `OrtRowCache`, read without a copy when the row runs alone).
-A LoRA adapter is a low-rank term on each projection, masked per token, so a fine-tuned
-row's tokens get the adapter and RAG's do not; its matrices are inputs of the graph, bound
-once per adapter version (`AdapterTensors`).
-
-`accuracy` picks `MatMulNBits`' arithmetic: "int8" (the default: inputs rounded per block to
-8 bits, as llama.cpp does; ~2x faster, answers may differ where two words nearly tie, and
-each row runs apart, see `OrtPass`) or "float" (float32: greedy answers equal the
-transformers engine's, tests/test_onnxengine.py checks, and rows share runs).
+The model becomes one ONNX graph (`build_graph`, cached once per GGUF file by
+`prepare_graph`) whose linear layers are onnxruntime's `MatMulNBits` over the very 4-bit
+values of the file. Q4_1 blocks (w = d*q + m) are `MatMulNBits`' symmetric form plus a
+correction, exactly: w = d*(q - 8) + (m + 8d), and the second term is (m + 8d) times the sum
+of the input over the block, a small float32 product. Q4_0 needs no correction, Q8_0 goes
+in as 8 bits, float tensors as float32. How a run serves several rows, and the adapters'
+inputs: `runtime.py`, `adapters.py`.
 """
 
 from __future__ import annotations
@@ -34,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from backends.errors import ModelUnavailable
-from backends.generation import Decoder, Request, Row, require_room
-from backends.threads import TURNS
+from backends.core.errors import ModelUnavailable
+from backends.models.files import cache_is_valid, file_sha256, write_cache_folder
+from backends.models.lora import gguf_row_order
 
 GRAPH_VERSION = 1  # bump when build_graph changes: cached graphs of an older version are rebuilt
 GRAPH_FILE, WEIGHTS_FILE, CORRECTIONS_FILE, INFO_FILE = "model.onnx", "weights.data", "corrections.npz", "graph.json"
@@ -46,9 +31,6 @@ BLOCK = 32  # the quantization block of every supported GGUF type
 # Layers whose projections share an input go through one MatMulNBits: their rows stacked.
 GROUPS = {"qkv": ("attn_q", "attn_k", "attn_v"), "o": ("attn_output",), "gate_up": ("ffn_gate", "ffn_up"),
           "down": ("ffn_down",)}
-PEFT_MODULES = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-                "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
-                "ffn_down": "mlp.down_proj"}
 MASKED = -1e30  # a score no token attends to
 
 
@@ -183,12 +165,9 @@ def read_blocks(tensor) -> Blocks:
                            f"({tensor.name}); use DUET_ENGINE=transformers or llama.cpp")
 
 
-def hf_row_order(rows: int, heads: int) -> np.ndarray:
-    """Where each of transformers' query/key rows lies in the GGUF (llama.cpp interleaves rotary halves per head)."""
-    gguf_to_hf = np.arange(rows).reshape(heads, 2, rows // heads // 2).swapaxes(1, 2).reshape(rows)
-    order = np.empty(rows, dtype=np.int64)
-    order[gguf_to_hf] = np.arange(rows)
-    return order
+def hf_rows(rows: int, heads: int) -> np.ndarray:
+    """Where each of transformers' query/key rows lies in the GGUF."""
+    return np.argsort(gguf_row_order(rows, heads))
 
 
 def dense_of(blocks: Blocks) -> np.ndarray:
@@ -352,7 +331,7 @@ def _decoder_layer(b: GraphBuilder, shape: Shape, tensors: dict, layer: int, hid
     kv = shape.kv_heads * shape.head_dim
     normed = _rms_norm(b, hidden, tensors[name("attn_norm")], shape.norm_eps)
     q, k, v = (read_blocks(tensors[name(part)]) for part in GROUPS["qkv"])
-    q, k = q.take_rows(hf_row_order(q.rows, shape.heads)), k.take_rows(hf_row_order(k.rows, shape.kv_heads))
+    q, k = q.take_rows(hf_rows(q.rows, shape.heads)), k.take_rows(hf_rows(k.rows, shape.kv_heads))
     q = _scaled(q, shape.head_dim ** -0.5)  # attention's scale, in the query rows (exact for head dim 64: 1/8)
     qkv = _projection(b, normed, [q, k, v], shape.hidden, layer, "qkv", mix)
     query_key, value = b.op("Split", qkv, b.ints(shape.hidden + kv, kv), axis=-1, outputs=2)
@@ -407,188 +386,9 @@ def _attention(b: GraphBuilder, shape: Shape, query: str, keys: tuple, values: t
     return b.op("Reshape", b.op("Transpose", attended, perm=[1, 0, 2]), b.ints(-1, shape.hidden))
 
 
-# ---- running it -------------------------------------------------------------------------------
-class OrtRowCache:
-    """One answer's keys and values (layers x kv heads x capacity x head dim), allocated once, zeros beyond `length`.
-
-    A pass reads a layer's whole buffer when the row runs alone (no copy; the mask hides the
-    positions not written yet, and zeros keep them harmless).
-    """
-
-    def __init__(self, shape: Shape, capacity: int):
-        size = (shape.layers, shape.kv_heads, capacity, shape.head_dim)
-        self.keys, self.values = np.zeros(size, np.float32), np.zeros(size, np.float32)
-        self.length = 0
-
-    @property
-    def capacity(self) -> int:
-        return self.keys.shape[2]
-
-    def start_from(self, prefix: "OrtRowCache") -> "OrtRowCache":
-        n = prefix.length
-        self.keys[:, :, :n], self.values[:, :, :n] = prefix.keys[:, :, :n], prefix.values[:, :, :n]
-        self.length = n
-        return self
-
-
-class AdapterTensors:
-    """One adapter version's graph inputs (`lora_a.*`, `lora_c.*`), as onnxruntime values made once.
-
-    A group's `lora_a` is [block sums | A of each projection] (inputs x blocks+r) and its
-    `lora_c` is [the Q4_1 correction ; each projection's B, scaled as peft scales it, over its
-    own output rows]. The bare base model has a rank-1 zero adapter.
-    """
-
-    def __init__(self, corrections: dict[str, np.ndarray], shape: Shape, folder: str | None):
-        import onnxruntime as ort
-
-        lora = _peft_lora(Path(folder)) if folder else {}
-        layers = {layer for layer, _ in lora}
-        self.ranks = {group: max([1] + [sum(lora[(layer, n)][0].shape[0] for n in names if (layer, n) in lora)
-                                        for layer in layers])
-                      for group, names in GROUPS.items()}  # the columns each group's adapter needs, in every layer
-        self.values = {}
-        for key, correction in corrections.items():
-            layer, group = key.split(".")
-            a, c = _group_matrices(lora, int(layer), group, correction, shape, self.ranks[group])
-            self.values[f"lora_a.{key}"] = ort.OrtValue.ortvalue_from_numpy(a)
-            self.values[f"lora_c.{key}"] = ort.OrtValue.ortvalue_from_numpy(c)
-        self.blocks = {key.split(".")[1]: correction.shape[0] for key, correction in corrections.items()}
-
-    def mix(self, adapted: np.ndarray) -> dict[str, np.ndarray]:
-        """Per group: T x blocks+r, ones for the block sums and `adapted` (1/0 per token) for the adapter's columns."""
-        return {f"mix.{group}": np.concatenate([np.ones((len(adapted), self.blocks[group]), np.float32),
-                                                np.repeat(adapted[:, None], self.ranks[group], axis=1)], axis=1)
-                for group in GROUPS}
-
-
-def _peft_lora(folder: Path) -> dict[tuple[int, str], tuple[np.ndarray, np.ndarray, float]]:
-    """(layer, GGUF projection name) -> (A, B, scale) of a peft adapter folder."""
-    from safetensors.numpy import load_file
-
-    from backends.gguf_adapter import GGUF_NAMES, PEFT_KEY
-    from backends.training import ADAPTER_CONFIG, ADAPTER_WEIGHTS
-
-    config = json.loads((folder / ADAPTER_CONFIG).read_text())
-    if config.get("use_dora"):
-        raise ModelUnavailable("engine 'onnxruntime' applies LoRA adapters, not DoRA; use DUET_ENGINE=transformers")
-    parts: dict[tuple[int, str], dict[str, np.ndarray]] = {}
-    for key, value in load_file(str(folder / ADAPTER_WEIGHTS)).items():
-        match = PEFT_KEY.match(key)
-        if match is None or match.group(2) not in GGUF_NAMES:
-            raise ModelUnavailable(f"adapter tensor {key!r} is not on a projection this engine adapts; "
-                                   "use DUET_ENGINE=transformers")
-        parts.setdefault((int(match.group(1)), GGUF_NAMES[match.group(2)]), {})[match.group(3)] = value.astype(np.float32)
-    lora = {}
-    for (layer, name), ab in parts.items():
-        rank = ab["A"].shape[0]
-        alpha = _pattern_value(config.get("alpha_pattern") or {}, layer, name, config["lora_alpha"])
-        lora[(layer, name)] = (ab["A"], ab["B"], alpha / (rank ** 0.5 if config.get("use_rslora") else rank))
-    return lora
-
-
-def _pattern_value(pattern: dict, layer: int, name: str, default: float) -> float:
-    """peft's per-module override (alpha_pattern) for this projection, else the default."""
-    module = PEFT_MODULES[name]
-    for key, value in pattern.items():
-        if module.endswith(key) or f"layers.{layer}.{module}".endswith(key):
-            return value
-    return default
-
-
-def _group_matrices(lora: dict, layer: int, group: str, correction: np.ndarray, shape: Shape, rank: int):
-    """`lora_a` (inputs x blocks+rank) and `lora_c` (blocks+rank x rows) of one group."""
-    blocks, rows = correction.shape
-    a = np.zeros((blocks * BLOCK, blocks + rank), np.float32)
-    a[np.arange(blocks * BLOCK), np.arange(blocks * BLOCK) // BLOCK] = 1  # block sums
-    c = np.zeros((blocks + rank, rows), np.float32)
-    c[:blocks] = correction
-    column = start = 0
-    for name, count in zip(GROUPS[group], _group_row_counts(shape, group, rows)):
-        if (layer, name) in lora:
-            lora_a, lora_b, scale = lora[(layer, name)]
-            if name == "attn_q":
-                scale *= shape.head_dim ** -0.5  # as the query rows themselves (`_decoder_layer`)
-            r = lora_a.shape[0]
-            a[:, blocks + column:blocks + column + r] = lora_a.T
-            c[blocks + column:blocks + column + r, start:start + count] = (lora_b * scale).T
-            column += r
-        start += count
-    return a, c
-
-
-def _group_row_counts(shape: Shape, group: str, rows: int) -> list[int]:
-    kv = shape.kv_heads * shape.head_dim
-    return {"qkv": [shape.hidden, kv, kv], "o": [rows], "gate_up": [rows // 2, rows // 2], "down": [rows]}[group]
-
-
-class OrtPass:
-    """Feeds several rows their tokens in one run of the graph; each row keeps its own KV cache (numpy)."""
-
-    def __init__(self, session, shape: Shape, accuracy: str):
-        self.session, self.shape = session, shape
-        # With int8 inputs, the rows beside a row change its results: MatMulNBits computes one token
-        # differently from several, and attention's sums shift in their last bits; a rounding step then
-        # flips and, later, a near-tie between two words (the same question asked alone and in Compare:
-        # 5 of 12 fine-tuned answers differed). So int8 rows run apart, a run each per round, exactly as
-        # alone; float rows share runs (12 of 12 equal).
-        self.shares_rows = accuracy == "float"
-        self.outputs = [o.name for o in session.get_outputs()]
-
-    def cache(self, capacity: int, prefix: OrtRowCache | None = None) -> OrtRowCache:
-        cache = OrtRowCache(self.shape, capacity)
-        return cache.start_from(prefix) if prefix is not None else cache
-
-    def __call__(self, feeds: list, adapter: AdapterTensors, adapted: set) -> np.ndarray:
-        """The logits after each row's last fed token (rows x vocabulary); rows whose adapter is in `adapted` get it."""
-        import onnxruntime as ort
-
-        held = [feed.cache.length for feed in feeds]
-        counts = [len(feed.tokens) for feed in feeds]
-        flags = [float(feed.adapter in adapted) for feed, n in zip(feeds, counts) for _ in range(n)]
-        inputs = {"ids": np.array([t for feed in feeds for t in feed.tokens], np.int64),
-                  "positions": np.array([[h + i for h, n in zip(held, counts) for i in range(n)]], np.int64),
-                  "mask": self._mask(feeds, counts),
-                  "last": np.cumsum(counts) - 1,
-                  **adapter.mix(np.array(flags, np.float32))}
-        for layer in range(self.shape.layers):
-            inputs[f"past_keys.{layer}"] = _joined([feed.cache.keys[layer] for feed in feeds])
-            inputs[f"past_values.{layer}"] = _joined([feed.cache.values[layer] for feed in feeds])
-        values = {name: ort.OrtValue.ortvalue_from_numpy(value) for name, value in inputs.items()}
-        results = dict(zip(self.outputs, self.session.run_with_ort_values(self.outputs, {**values, **adapter.values})))
-        new = {name: value.numpy() for name, value in results.items()}
-        start = 0
-        for feed, h, n in zip(feeds, held, counts):  # only now: a failed run leaves every cache as it was
-            for layer in range(self.shape.layers):
-                feed.cache.keys[layer][:, h:h + n] = new[f"new_keys.{layer}"][:, start:start + n]
-                feed.cache.values[layer][:, h:h + n] = new[f"new_values.{layer}"][:, start:start + n]
-            feed.cache.length = h + n
-            start += n
-        return new["logits"]
-
-    def _mask(self, feeds: list, counts: list[int]) -> np.ndarray:
-        """group*T x (capacities + T): a token sees its row's held positions and its row's new tokens up to itself."""
-        capacities = [feed.cache.capacity for feed in feeds]
-        held_total, total = sum(capacities), sum(counts)
-        mask = np.full((total, held_total + total), MASKED, np.float32)
-        c = t = 0
-        for feed, capacity, n in zip(feeds, capacities, counts):
-            mask[t:t + n, c:c + feed.cache.length] = 0
-            mask[t:t + n, held_total + t:held_total + t + n] = np.triu(np.full((n, n), MASKED, np.float32), 1)
-            c, t = c + capacity, t + n
-        return np.tile(mask, (self.shape.heads // self.shape.kv_heads, 1))
-
-
-def _joined(buffers: list[np.ndarray]) -> np.ndarray:
-    """The rows' whole buffers of one layer one after the other (kv heads x capacities x head dim); one row: itself."""
-    return buffers[0] if len(buffers) == 1 else np.concatenate(buffers, axis=1)
-
-
-# ---- the cached graph and the decoder -----------------------------------------------------------
+# ---- the cached graph -----------------------------------------------------------
 def graph_folder(gguf: Path, settings) -> tuple[Path, str]:
     """Where the GGUF's graph is cached (per file version, accuracy and GRAPH_VERSION), and the file's hash."""
-    from backends.models import file_sha256
-
     sha = file_sha256(gguf)
     return settings.model_cache_dir / f"{gguf.stem}-{sha[:12]}-onnx-{settings.onnx_accuracy}-v{GRAPH_VERSION}", sha
 
@@ -599,15 +399,11 @@ def can_run(gguf: Path, settings) -> bool:
     Reading the metadata parses the whole file's header (its vocabulary: ~1.5 s for the bundled
     model), so a cached graph answers first.
     """
-    from backends.models import cache_is_valid
-
     return cache_is_valid(*graph_folder(gguf, settings)) or unsupported_reason(str(gguf)) is None
 
 
 def prepare_graph(gguf: Path, settings, progress=lambda _: None) -> Path:
     """The GGUF's graph folder in the model cache, built once."""
-    from backends.models import cache_is_valid, write_cache_folder
-
     target, sha = graph_folder(gguf, settings)
     if not cache_is_valid(target, sha):
         reason = unsupported_reason(str(gguf))
@@ -627,74 +423,3 @@ def _write_graph(gguf: Path, accuracy: str, folder: Path) -> None:
                     location=WEIGHTS_FILE, size_threshold=1024)
     np.savez(folder / CORRECTIONS_FILE, **corrections)
     (folder / INFO_FILE).write_text(json.dumps({"shape": dataclasses.asdict(shape), "accuracy": accuracy}))
-
-
-class OrtDecoder(Decoder):
-    """The decoder of a model run by onnxruntime: each round, a run of the graph per row (int8) or per adapter (float)."""
-
-    def __init__(self, llm):
-        super().__init__(llm)
-        import onnxruntime as ort
-        import torch
-
-        folder = Path(llm.graph)
-        info = json.loads((folder / INFO_FILE).read_text())
-        self.shape = Shape(**info["shape"])
-        with np.load(folder / CORRECTIONS_FILE) as saved:
-            self.corrections = {key: saved[key] for key in saved.files}
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()  # the thread count torch decodes with
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3  # no warnings about initializers the optimizer folded
-        session = ort.InferenceSession(str(folder / GRAPH_FILE), options, providers=["CPUExecutionProvider"])
-        self.passes = OrtPass(session, self.shape, info["accuracy"])
-        self.adapters: dict = {}  # AdapterVersion -> AdapterTensors
-
-    def _passes(self) -> OrtPass:
-        return self.passes
-
-    def _open(self, request: Request) -> Row:
-        require_room(request, self.shape.context, "the model's")
-        return super()._open(request)
-
-    def _forward(self, rows: list[Row]) -> list:
-        """Logits per row (or the exception of a row that failed alone: an adapter this engine cannot apply, say)."""
-        from backends.fastdecode import Feed
-
-        feeds = [Feed(row.cache, row.feed, row.request.adapter) for row in rows]
-        tensors: dict = {}
-        logits: list = [None] * len(rows)
-        for index, feed in enumerate(feeds):
-            try:
-                tensors[feed.adapter] = self._tensors(feed.adapter)
-            except Exception as error:  # this row fails alone
-                logits[index] = error
-        for name, members in self._runs([(i, f) for i, f in enumerate(feeds) if logits[i] is None]):
-            with TURNS.decoding_pass():  # after any embedding that is waiting (backends/threads.py)
-                out = self.passes([feeds[i] for i in members], tensors[name], {name} if name else set())
-            for index, row_logits in zip(members, out):
-                logits[index] = row_logits
-        return logits
-
-    def _runs(self, feeds: list[tuple]) -> list[tuple]:
-        """(adapter, indices of its rows) per run of the graph: a run per row, or (float) per adapter, the base rows
-        with the first."""
-        if not self.passes.shares_rows:
-            return [(feed.adapter, [index]) for index, feed in feeds]
-        by_adapter: dict = {}
-        for index, feed in feeds:
-            by_adapter.setdefault(feed.adapter, []).append(index)
-        adapters = [name for name in by_adapter if name is not None] or [None]
-        return [(name, by_adapter.get(name, []) + (by_adapter.get(None, []) if turn == 0 and name is not None else []))
-                for turn, name in enumerate(adapters)]
-
-    def _tensors(self, adapter: str | None) -> AdapterTensors:
-        """The adapter's graph inputs as the model holds it (made once per version)."""
-        from backends.finetuned import AdapterHost
-
-        version = AdapterHost.of(self.llm).version(adapter)
-        if version not in self.adapters:
-            for old in [v for v in self.adapters if v.name == version.name]:  # a replaced adapter's old weights
-                del self.adapters[old]
-            self.adapters[version] = AdapterTensors(self.corrections, self.shape, version.folder or None)
-        return self.adapters[version]

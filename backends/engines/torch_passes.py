@@ -21,28 +21,22 @@ DynamicCache (`passes_for` picks).
 from __future__ import annotations
 
 import sys
-from typing import Callable, ContextManager, NamedTuple
+from typing import Callable, ContextManager
 
 import torch
+
+from backends.engines.base import Feed
 
 # Decoder layers of the Llama shape (Qwen2's differ in biases, which its linear layers carry, and a sliding window).
 SUPPORTED_MODEL_TYPES = {"llama", "qwen2"}
 
-# Routes each fed token to its row's adapter: AdapterHost.route, given one adapter name (or None) per token.
+# Routes each fed token to its row's adapter: TorchEngine.route, given one adapter name (or None) per token.
 Route = Callable[[list], ContextManager]
 
 
 def base_causal_lm(model):
     """The transformers model under a peft wrapper (the same object when there is none)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-class Feed(NamedTuple):
-    """What one row feeds in a pass: tokens after those its cache holds, and the adapter they go through."""
-
-    cache: object  # a RowCache (LlamaPass) or a DynamicCache (ModelPass)
-    tokens: list[int]
-    adapter: str | None
 
 
 class RowCache:

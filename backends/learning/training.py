@@ -1,15 +1,13 @@
-"""LoRA training: dataset validation, the training loop with progress and cancel, atomic save.
+"""LoRA training: the training loop with progress and cancel, and the atomic save into the registry.
 
-A dataset is JSONL of {"question", "answer"} (optional "source"). Every line is checked
-before training starts. Examples are formatted with the model's chat template and the
-loss covers the answer tokens only. The adapter is written to a temporary folder in the
-registry, verified (safetensors only, finite weights, metadata readable), then renamed
-into place, so a crash or a cancel leaves the registry as it was.
+The dataset is validated before training starts (`examples.read_qa_file`); the loss covers
+the answer tokens only. The adapter is written to a temporary folder in the registry,
+verified (safetensors only, finite weights, metadata readable), then renamed into place, so
+a crash or a cancel leaves the registry as it was.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -23,17 +21,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from backends.config import Settings
-from backends.errors import BadInput
-from backends.faults import pause_point
-from backends.types import QAItem
+from backends.core.config import Settings
+from backends.core.errors import BadInput
+from backends.core.faults import pause_point
+from backends.learning.adapters import AdapterRegistry, verify_adapter_folder
+from backends.learning.examples import read_qa_file, tokenize_example
+from backends.models.files import base_model_identity, file_sha256, prepare_llm, resolve_device
+from backends.models.lora import METADATA, TRAINING_DATA
 
-FT_SYSTEM_PROMPT = "You answer questions about the organisation's documents in one short sentence."
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
-METADATA = "metadata.json"
-TRAINING_DATA = "training_data.jsonl"  # the examples, kept with the adapter for claim tracing
-MAX_FIELD_CHARS = 4000
 
 
 @dataclass(frozen=True)
@@ -77,70 +72,7 @@ class TrainingCancelled(Exception):
     """Raised inside the training loop when its cancel event is set."""
 
 
-# ---- dataset -----------------------------------------------------------------------------
-def parse_qa_lines(lines: list[str], label: str) -> list[QAItem]:
-    """Validate QA JSONL lines; BadInput names the line and what is wrong with it."""
-    items = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as error:
-            raise BadInput(f"{label} line {number}: not valid JSON ({error.msg} at column {error.colno})") from None
-        if not isinstance(row, dict):
-            raise BadInput(f"{label} line {number}: expected an object like {{\"question\": ..., \"answer\": ...}}")
-        for name in ("question", "answer"):
-            value = row.get(name)
-            if not isinstance(value, str) or not value.strip():
-                raise BadInput(f"{label} line {number}: \"{name}\" must be a non-empty string")
-            if len(value) > MAX_FIELD_CHARS:
-                raise BadInput(f"{label} line {number}: \"{name}\" is longer than {MAX_FIELD_CHARS} characters")
-        if "source" in row and not isinstance(row["source"], str):
-            raise BadInput(f"{label} line {number}: \"source\" must be a string when present")
-        items.append(QAItem(row["question"].strip(), row["answer"].strip(), row.get("source", "")))
-    if not items:
-        raise BadInput(f"{label} holds no question/answer pairs")
-    return items
-
-
-def read_qa_bytes(data: bytes, label: str) -> list[QAItem]:
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise BadInput(f"{label} is not UTF-8 text (byte {error.start}); save it as UTF-8 JSONL") from None
-    return parse_qa_lines(text.splitlines(), label)
-
-
-def read_qa_file(path: str | Path) -> list[QAItem]:
-    path = Path(path)
-    if not path.is_file():
-        raise BadInput(f"no such dataset file: {path}")
-    return read_qa_bytes(path.read_bytes(), path.name)
-
-
-def chat_messages(question: str, answer: str | None = None) -> list[dict]:
-    """The fine-tuned backend's conversation: the same at training and at answer time."""
-    messages = [{"role": "system", "content": FT_SYSTEM_PROMPT}, {"role": "user", "content": question}]
-    if answer is not None:
-        messages.append({"role": "assistant", "content": answer})
-    return messages
-
-
-def tokenize_example(tokenizer, item: QAItem, max_length: int) -> tuple[list[int], list[int]]:
-    """Input ids and labels; labels are -100 on the prompt so the loss covers the answer only."""
-    prompt = tokenizer.apply_chat_template(chat_messages(item.question), add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
-    full = tokenizer.apply_chat_template(chat_messages(item.question, item.answer), tokenize=True, return_dict=True)["input_ids"]
-    full = full[:max_length]
-    labels = [-100] * min(len(prompt), len(full)) + full[len(prompt):]
-    return full, labels
-
-
 # ---- training ----------------------------------------------------------------------------
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _batches(examples: list, batch_size: int, rng: random.Random):
     order = list(range(len(examples)))
     rng.shuffle(order)
@@ -173,8 +105,6 @@ def train_adapter(
     overwrite: bool = False,
 ) -> Path:
     """Train a LoRA adapter and save it to the registry as `name`; returns its folder."""
-    from backends.finetuned import AdapterRegistry
-
     config.check()
     data_path = Path(data_path)
     items = read_qa_file(data_path)
@@ -203,8 +133,6 @@ def _trainable_model(settings: Settings, config: TrainConfig):
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from backends.models import base_model_identity, prepare_llm, resolve_device
 
     path = prepare_llm(settings)
     torch.manual_seed(config.seed)
@@ -258,8 +186,6 @@ def _train_loop(model, tokenizer, items, config: TrainConfig, on_progress, cance
 def save_adapter_atomically(model, metadata: dict, target: Path, overwrite: bool = False,
                             training_data: Path | None = None) -> Path:
     """Write to a temporary folder beside `target`, verify, then rename into place."""
-    from backends.finetuned import verify_adapter_folder
-
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".saving-{target.name}-", dir=target.parent))
     try:
@@ -338,16 +264,3 @@ class TrainingJob:
             self.state, self.error = "failed", str(error)
         except Exception as error:  # shown on the page; the registry is unchanged (atomic save)
             self.state, self.error = "failed", f"training failed: {type(error).__name__}: {error}"
-
-
-def store_dataset(settings: Settings, data: bytes, label: str) -> tuple[Path, list[QAItem]]:
-    """Validate an uploaded dataset and keep it in the store under a content-derived name."""
-    items = read_qa_bytes(data, label)
-    folder = settings.store_dir / "datasets"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{hashlib.sha256(data).hexdigest()[:16]}.jsonl"
-    if not path.exists():
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    return path, items

@@ -7,7 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Iterator, Union
+from typing import Callable, Iterator, Union
+
+# What long work reports as it goes (model conversion, loading): one line of text a step.
+Progress = Callable[[str], None]
+
+
+def quiet(_: str) -> None:
+    """A Progress that shows nothing."""
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ import argparse
 import json
 import sys
 
-from backends.config import DATA_DIR, load_settings
-from backends.errors import DuetError
+from backends.core.config import DATA_DIR, load_settings
+from backends.core.errors import DuetError
 
 
 def _progress(message: str) -> None:
@@ -24,7 +24,7 @@ def _duet(args):
 
 
 def cmd_ingest(args) -> int:
-    from backends.index import expand_paths
+    from backends.knowledge.index import expand_paths
 
     index = _duet(args).index
     results = []
@@ -59,7 +59,7 @@ def cmd_docs(args) -> int:
 
 
 def cmd_ask(args) -> int:
-    from backends.rag import check_question
+    from backends.answering.prompts import check_question
 
     check_question(args.question, load_settings())  # before any model loads
     duet = _duet(args)
@@ -94,8 +94,9 @@ def _print_answer_footer(answer) -> None:
 def cmd_train(args) -> int:
     from dataclasses import fields
 
-    from backends.finetuned import check_adapter_name
-    from backends.training import TrainConfig, read_qa_file, train_adapter
+    from backends.learning.adapters import check_adapter_name
+    from backends.learning.examples import read_qa_file
+    from backends.learning.training import TrainConfig, train_adapter
 
     values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
     if "target_modules" in values:
@@ -135,7 +136,7 @@ def cmd_setup(args) -> int:
 
 def cmd_eval(args) -> int:
     """Run a QA set through the systems; write metrics.json, results.csv and report.html."""
-    from backends.evaluation import SYSTEMS, freshness_experiment, load_qa, run_eval, save_run
+    from backends.apps.evaluation import SYSTEMS, freshness_experiment, load_qa, run_eval, save_run
 
     systems = tuple(s.strip() for s in args.systems.split(",") if s.strip())
     unknown = [s for s in systems if s not in SYSTEMS]
@@ -167,7 +168,7 @@ def cmd_eval(args) -> int:
 
 def cmd_bench(args) -> int:
     """Measure speed (see backends/bench.py); a table, or with --json one JSON object."""
-    from backends.bench import format_table, run_bench
+    from backends.apps.bench import format_table, run_bench
 
     result = run_bench(_duet(args), quick=args.quick, progress=_progress)
     print(json.dumps(result, indent=2) if args.json else format_table(result))
@@ -179,7 +180,7 @@ def _eval_progress(done: int, total: int, label: str) -> None:
 
 
 def raise_bad(message: str):
-    from backends.errors import BadInput
+    from backends.core.errors import BadInput
 
     raise BadInput(message)
 
@@ -246,7 +247,7 @@ def _add_train_options(parser) -> None:
     """One option per TrainConfig field, with the field's help and default."""
     from dataclasses import MISSING, fields
 
-    from backends.training import TrainConfig
+    from backends.learning.training import TrainConfig
 
     for f in fields(TrainConfig):
         kind = {"int": int, "float": float}.get(str(f.type), str)

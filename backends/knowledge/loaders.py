@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import PurePath
 
-from backends.errors import BadInput
+from backends.core.errors import BadInput
 
 TEXT_TYPES = {".txt", ".md", ".markdown"}
 SUPPORTED_TYPES = TEXT_TYPES | {".pdf", ".docx", ".html", ".htm", ".csv"}

@@ -10,10 +10,9 @@ import html
 import json
 import re
 
-from backends.types import Comparison
+from backends.apps.labels import METRICS, VERDICT_COLOURS, title
+from backends.core.types import Comparison
 
-BACKEND_TITLES = {"rag": "RAG", "ft": "Fine-tuned", "rag_ft": "RAG + fine-tuned"}
-VERDICT_COLOURS = {"supported": "#1b7f3b", "partly supported": "#b26b00", "unsupported": "#b3261e"}
 PAGE_STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2rem auto; color: #1d2733; line-height: 1.45; }
 h1, h2, h3 { color: #0f4c5c; } table { border-collapse: collapse; margin: 0.5rem 0 1rem; }
@@ -21,10 +20,6 @@ td, th { border: 1px solid #c9d3dc; padding: 0.3rem 0.6rem; text-align: left; ve
 .answer { white-space: pre-wrap; background: #f3f6f8; padding: 0.6rem; border-radius: 6px; }
 .small { color: #5b6875; font-size: 0.9em; }
 """
-
-
-def title(backend: str) -> str:
-    return BACKEND_TITLES.get(backend, backend)
 
 
 def comparison_json(comparison: Comparison) -> str:
@@ -94,14 +89,13 @@ def _md_code(text: str) -> str:
 
 def eval_report_html(run: dict) -> str:
     """A self-contained evaluation report: metrics tables, plotly charts (library inlined once), rows."""
-    from backends.charts import latency_chart, metrics_chart, scatter_chart
+    from backends.apps.charts import latency_chart, metrics_chart, scatter_chart
 
     e = html.escape
     charts = [metrics_chart(run), latency_chart(run)] + ([scatter_chart(run)] if len(run["metrics"]) > 1 else [])
     figures = "".join(chart.to_html(full_html=False, include_plotlyjs=(n == 0)) for n, chart in enumerate(charts))
-    metric_names = ("exact_match", "f1", "contains", "semantic", "groundedness", "recall_at_k", "tokens_per_s")
-    summary = table(("system",) + metric_names + ("p50 total s", "p95 total s"),
-                    [(title(s),) + tuple(_fmt(m.get(k)) for k in metric_names)
+    summary = table(("system",) + METRICS + ("p50 total s", "p95 total s"),
+                    [(title(s),) + tuple(_fmt(m.get(k)) for k in METRICS)
                      + (_fmt(m["latency"]["total"]["p50"]), _fmt(m["latency"]["total"]["p95"]))
                      for s, m in run["metrics"].items()])
     about = (f"<p class='small'>Run {e(run['id'])} · {e(run['created_at'])} · {run['questions']} questions · model "

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
-from backends.reports import title
-
-COLOURS = {"rag": "#0f6e8c", "ft": "#c2571a", "rag_ft": "#6a4c93"}
-QUALITY = ("exact_match", "f1", "contains", "semantic", "groundedness", "recall_at_k")
+from backends.apps.labels import QUALITY_METRICS as QUALITY
+from backends.apps.labels import SYSTEM_COLOURS as COLOURS
+from backends.apps.labels import title
 
 
 def _layout(figure: go.Figure, heading: str, **extra) -> go.Figure:

@@ -28,12 +28,12 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePath
 from typing import Iterable
 
-from backends.config import Settings
-from backends.errors import BadInput, StoreInUse, StoreUnavailable
-from backends.faults import pause_point
-from backends.loaders import SUPPORTED_TYPES, Segment, file_type
-from backends.sandbox import parse_isolated
-from backends.types import DocumentRecord, IngestResult, Source
+from backends.core.config import Settings
+from backends.core.errors import BadInput, StoreInUse, StoreUnavailable
+from backends.core.faults import pause_point
+from backends.knowledge.loaders import SUPPORTED_TYPES, Segment, file_type
+from backends.knowledge.sandbox import parse_isolated
+from backends.core.types import DocumentRecord, IngestResult, Source
 
 COLLECTION = "duet"
 COLLECTION_CONFIGURATION = {"hnsw": {"space": "cosine"}}  # scores are 1 - cosine distance
@@ -75,7 +75,8 @@ class DocumentIndex:
         self.settings = settings
         settings.store_dir.mkdir(parents=True, exist_ok=True)
         self._lease = StoreLease.take(settings.store_dir)  # first: a busy store is reported before slow imports
-        from backends.models import load_embeddings
+        from backends.knowledge.embeddings import load_embeddings  # torch and transformers: after the lease
+
         self.embeddings = embeddings or load_embeddings(settings)
         self._client, self.collection_name = _chroma_client(settings)
         # embedding_function=None: Chroma's downloading default is never used (vectors come from self.embeddings).

@@ -1,0 +1,1 @@
+"""Answering: prompts, the RAG and fine-tuned backends, and the claim tracer."""

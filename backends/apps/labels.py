@@ -1,0 +1,21 @@
+"""What people read and see for each system, verdict and metric: defined once for pages, reports and charts."""
+
+from __future__ import annotations
+
+SYSTEMS = ("rag", "ft", "rag_ft")
+SYSTEM_TITLES = {"rag": "RAG", "ft": "Fine-tuned", "rag_ft": "RAG + fine-tuned"}
+SYSTEM_SHORT = {"rag": "RAG", "ft": "Fine-tuned", "rag_ft": "RAG + FT"}  # table columns, legends
+SYSTEM_DESCRIPTIONS = {"rag": "RAG (retrieval + base model)", "ft": "Fine-tuned (base model + LoRA, no retrieval)",
+                       "rag_ft": "RAG + fine-tuned (retrieval + LoRA)"}
+SYSTEM_COLOURS = {"rag": "#0f6e8c", "ft": "#c2571a", "rag_ft": "#6a4c93"}
+
+VERDICT_COLOURS = {"supported": "#1b7f3b", "partly supported": "#b26b00", "unsupported": "#b3261e"}
+# Streamlit's named colours for the same verdicts (its badges take names, not hex values).
+VERDICT_BADGES = {"supported": "green", "partly supported": "orange", "unsupported": "red"}
+
+QUALITY_METRICS = ("exact_match", "f1", "contains", "semantic", "groundedness", "recall_at_k")
+METRICS = QUALITY_METRICS + ("tokens_per_s",)
+
+
+def title(system: str) -> str:
+    return SYSTEM_TITLES.get(system, system)

@@ -1,0 +1,1 @@
+"""Core: settings, errors, the shared result types, text utilities and threads. Imports nothing else of Duet."""

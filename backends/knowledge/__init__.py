@@ -1,0 +1,1 @@
+"""Knowledge: documents loaded (in a sandbox), chunked, embedded and indexed in Chroma."""

@@ -1,0 +1,1 @@
+"""Learning: question/answer examples, LoRA training, and the adapter registry."""

@@ -1,0 +1,179 @@
+"""The adapter registry: the folder of trained adapters (list, verify, choose the active one, delete), and staleness.
+
+Only safetensors adapters trained on the same base model are accepted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from backends.core.config import Settings
+from backends.core.errors import BadInput
+from backends.models.files import base_model_identity
+from backends.models.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, METADATA, PICKLE_SUFFIXES
+
+NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    name: str
+    path: Path
+    metadata: dict
+
+    @property
+    def created_at(self) -> str:
+        return self.metadata.get("created_at", "")
+
+
+@dataclass(frozen=True)
+class Staleness:
+    """Documents added, changed or deleted in the index since the adapter was trained."""
+
+    added: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()
+    deleted: tuple[str, ...] = ()
+
+    @property
+    def is_stale(self) -> bool:
+        return bool(self.added or self.changed or self.deleted)
+
+    def describe(self) -> str:
+        parts = [f"{len(v)} {k}" for k, v in (("added", self.added), ("changed", self.changed), ("deleted", self.deleted)) if v]
+        return "documents " + ", ".join(parts) + " since this adapter was trained" if parts else "up to date with the index"
+
+
+def staleness(snapshot_then: dict[str, str], snapshot_now: dict[str, str]) -> Staleness:
+    return Staleness(
+        added=tuple(sorted(set(snapshot_now) - set(snapshot_then))),
+        changed=tuple(sorted(d for d in snapshot_now.keys() & snapshot_then.keys() if snapshot_now[d] != snapshot_then[d])),
+        deleted=tuple(sorted(set(snapshot_then) - set(snapshot_now))),
+    )
+
+
+def check_adapter_name(name: str) -> str:
+    if not name or len(name) > 64 or not set(name) <= NAME_CHARS or name.startswith(("-", "_")):
+        raise BadInput("an adapter name uses 1-64 lower-case letters, digits, '-' or '_' (for example 'demo-v2')")
+    return name
+
+
+def verify_adapter_folder(folder: Path, check_finite: bool = False) -> dict:
+    """Refuse pickles and incomplete folders; return the metadata."""
+    pickles = [p.name for p in folder.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES]
+    if pickles:
+        raise BadInput(f"adapter {folder.name!r} contains pickle files ({', '.join(pickles)}), which can run code when loaded; "
+                       "Duet only loads safetensors adapters: re-save it with safe_serialization=True")
+    for required in (ADAPTER_WEIGHTS, ADAPTER_CONFIG, METADATA):
+        if not (folder / required).is_file():
+            raise BadInput(f"adapter {folder.name!r} is incomplete: {required} is missing")
+    try:
+        metadata = json.loads((folder / METADATA).read_text())
+    except ValueError:
+        raise BadInput(f"adapter {folder.name!r} has an unreadable {METADATA}") from None
+    if check_finite:
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(folder / ADAPTER_WEIGHTS))
+        if not tensors or any(not math.isfinite(float(t.float().abs().sum())) for t in tensors.values()):
+            raise BadInput(f"adapter {folder.name!r} has empty or non-finite weights")
+    return metadata
+
+
+class AdapterRegistry:
+    """The adapters folder: one sub-folder per adapter. The active choice is kept in the store."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.root = settings.adapters_dir
+        self._restore_interrupted_replacements()
+
+    def _restore_interrupted_replacements(self) -> None:
+        """Undo what a killed save left: restore an adapter renamed aside, drop half-written folders."""
+        if not self.root.is_dir():
+            return
+        for aside in self.root.glob(".replaced-*"):
+            original = self.root / aside.name.removeprefix(".replaced-")
+            if not original.exists():
+                os.replace(aside, original)
+        with contextlib.suppress(BadInput), self.training_lock():  # nobody is saving right now
+            for partial in self.root.glob(".saving-*"):
+                shutil.rmtree(partial, ignore_errors=True)
+
+    def names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    def list(self) -> list[AdapterInfo]:
+        """Every adapter that passes verification (broken ones are skipped)."""
+        adapters = []
+        for name in self.names():
+            with contextlib.suppress(BadInput):
+                adapters.append(self.get(name, check_base=False))
+        return adapters
+
+    def get(self, name: str, check_base: bool = True) -> AdapterInfo:
+        folder = self.root / name
+        if not folder.is_dir():
+            known = ", ".join(self.names()) or "none yet"
+            raise BadInput(f"no adapter named {name!r} (adapters: {known}); train one with `python -m backends train`")
+        metadata = verify_adapter_folder(folder)
+        if check_base:
+            self._check_base(name, metadata)
+        return AdapterInfo(name, folder, metadata)
+
+    def _check_base(self, name: str, metadata: dict) -> None:
+        expected = base_model_identity(self.settings)
+        recorded = metadata.get("base_model", {})
+        if recorded.get("id") != expected["id"] or recorded.get("sha256", "") != expected["sha256"]:
+            raise BadInput(f"adapter {name!r} was trained on base model {recorded.get('id', 'unknown')!r}, "
+                           f"not on the configured {expected['id']!r}; retrain it on this base model")
+
+    def path_for_new(self, name: str, overwrite: bool = False) -> Path:
+        check_adapter_name(name)
+        path = self.root / name
+        if path.exists() and not overwrite:
+            raise BadInput(f"an adapter named {name!r} already exists; choose another name or delete it first")
+        return path
+
+    def delete(self, name: str) -> None:
+        self.get(name, check_base=False)
+        shutil.rmtree(self.root / name)
+        if self.active_name() == name:
+            self._active_file.unlink(missing_ok=True)
+
+    @property
+    def _active_file(self) -> Path:
+        return self.settings.store_dir / "active_adapter.txt"
+
+    def active_name(self) -> str:
+        if self._active_file.is_file():
+            return self._active_file.read_text().strip()
+        return self.settings.active_adapter
+
+    def set_active(self, name: str) -> None:
+        self.get(name)
+        self.settings.store_dir.mkdir(parents=True, exist_ok=True)
+        self._active_file.write_text(name)
+
+    @contextlib.contextmanager
+    def training_lock(self):
+        """One training job at a time per store."""
+        from filelock import FileLock, Timeout
+
+        self.settings.store_dir.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(self.settings.store_dir / ".training.lock"))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise BadInput("a training job is already running for this store; wait for it to finish or cancel it") from None
+        try:
+            yield
+        finally:
+            lock.release()

@@ -1,0 +1,1 @@
+"""Model files and caches: the bundled models located, GGUF conversion, adapter file formats."""
