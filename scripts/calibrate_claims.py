@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from backends import claims  # noqa: E402
+from backends.answering import claims  # noqa: E402
 from backends.core.config import DATA_DIR, load_settings  # noqa: E402
 from backends.service import get_duet  # noqa: E402
 from backends.learning.examples import read_qa_file  # noqa: E402

@@ -6,16 +6,12 @@ uses the project's normal cache (data/store/models), which `make test` prepares.
 
 from __future__ import annotations
 
-import json
-import shutil
-from pathlib import Path
-
 import pytest
 
 from backends.core.config import DATA_DIR, load_settings
 from backends.service import Duet
+from tests.helpers import CORPUS, free_port
 
-CORPUS = DATA_DIR / "corpus"
 SMALL_CORPUS = ["travel_policy.pdf", "glossary.html", "product_catalog.csv", "support_escalation.txt", "company_overview.md"]
 
 
@@ -58,31 +54,6 @@ def fresh_store(tmp_path, settings):
     return settings.with_store(tmp_path / "store")
 
 
-def copy_adapter(src: Path, dst: Path, edit_metadata=None) -> Path:
-    shutil.copytree(src, dst)
-    if edit_metadata:
-        meta_path = dst / "metadata.json"
-        meta = json.loads(meta_path.read_text())
-        edit_metadata(meta)
-        meta_path.write_text(json.dumps(meta))
-    return dst
-
-
-def copy_demo_store(target: Path) -> Path:
-    """A copy of the demo store prepared by `make test` (no models, runs, benchmark stores or locks)."""
-    shutil.copytree(DATA_DIR / "store", target,
-                    ignore=shutil.ignore_patterns("models", "runs", "datasets", "bench", ".writer.lock", ".store.lock"))
-    return target
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def chroma_server(tmp_path_factory):
     """A real `chroma run` server on a loopback port, for client/server mode; yields "host:port"."""
@@ -113,55 +84,10 @@ def chroma_server(tmp_path_factory):
         server.wait(timeout=30)
 
 
-def registered_demo_adapter(settings, name: str):
-    """The demo adapter registered under `name` in the test adapters folder (a fixture's body: yields the name)."""
-    target = settings.adapters_dir / name
-    shutil.copytree(DATA_DIR / "adapters" / "demo", target)
-    yield name
-    shutil.rmtree(target)
 
 
-def on_model(llm, settings, adapter: str) -> str:
-    """The registered adapter, as its files are now, on this loaded model (as every fine-tuned answer does)."""
-    from backends.answering.finetuned import AdapterHost, AdapterRegistry
-
-    AdapterHost.of(llm).ensure(AdapterRegistry(settings).get(adapter))
-    return adapter
-
-
-def failure_beside_rag(duet, llm, settings, name: str, error_type) -> str:
-    """An adapter with a LoRA on the output layer (which the GGUF engines do not apply), registered as `name`: its
-    answer fails in one thread while a RAG answer runs in this one. Asserts the RAG answer is its answer alone;
-    returns the fine-tuned answer's error message."""
-    import threading
-
-    import numpy as np
-    from safetensors.numpy import load_file, save_file
-
-    from backends.learning.training import ADAPTER_WEIGHTS, chat_messages
-    from tests.test_generation import QUESTIONS, decoder_text, rag_prompt
-
-    registered = settings.adapters_dir / name
-    shutil.copytree(DATA_DIR / "adapters" / "demo", registered)
-    tensors = load_file(str(registered / ADAPTER_WEIGHTS))
-    tensors["base_model.model.lm_head.lora_A.weight"] = np.zeros((8, 576), dtype=np.float32)
-    save_file(tensors, str(registered / ADAPTER_WEIGHTS))
-    try:
-        adapter = on_model(llm, settings, name)
-        messages, copy_from = rag_prompt(duet, QUESTIONS[1])
-        alone = decoder_text(llm, messages, 40, copy_from=copy_from)
-        outcome = {}
-
-        def fine_tuned():
-            try:
-                decoder_text(llm, chat_messages(QUESTIONS[1]), 24, adapter)
-            except error_type as error:
-                outcome["error"] = str(error)
-
-        worker = threading.Thread(target=fine_tuned)
-        worker.start()
-        assert decoder_text(llm, messages, 40, copy_from=copy_from) == alone
-        worker.join(60)
-        return outcome["error"]
-    finally:
-        shutil.rmtree(registered)
+def pytest_collection_modifyitems(items):
+    """Every test not marked fast belongs to the model tier."""
+    for item in items:
+        if item.get_closest_marker("fast") is None:
+            item.add_marker(pytest.mark.model)

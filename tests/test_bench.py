@@ -4,7 +4,7 @@ import dataclasses
 import json
 
 from backends.core.config import DATA_DIR
-from tests.test_cli import run_cli
+from tests.helpers import run_cli
 
 FIGURES = ["decode_tokens_per_s.onnxruntime.base", "decode_tokens_per_s.onnxruntime.adapter",
            "first_token_s.onnxruntime.base", "first_token_s.onnxruntime.adapter",

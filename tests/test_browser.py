@@ -14,7 +14,7 @@ import urllib.request
 import pytest
 
 from backends.core.config import REPO_ROOT
-from tests.conftest import copy_demo_store, free_port
+from tests.helpers import copy_demo_store, free_port
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = REPO_ROOT / "test-artifacts"

@@ -1,6 +1,6 @@
 """Claim tracing on the real embedding model and a real index of demo documents."""
 
-from backends import claims
+from backends.answering import claims
 from backends.answering.claims import SUPPORTED, UNSUPPORTED, agreement, groundedness, split_claims
 from backends.core.types import Answer, Claim
 

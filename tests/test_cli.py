@@ -1,18 +1,9 @@
 """The public CLI contract, driven as a reviewer would: subprocesses, stdout, stderr, exit codes."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 
-from backends.core.config import REPO_ROOT
-
-
-def run_cli(*args, settings, timeout=300, env: dict | None = None):
-    env = {**os.environ, "DUET_ADAPTERS_DIR": str(settings.adapters_dir), "DUET_MAX_NEW_TOKENS": "24", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "backends", *args], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+from tests.helpers import run_cli
 
 
 def test_ingest_reports_each_file_and_exits_2_when_one_is_rejected(tmp_path, settings):

@@ -2,9 +2,13 @@
 
 import threading
 
-from backends.answering.finetuned import AdapterHost, FineTunedBackend, staleness
-from backends.models.files import _load_llm_uncached
+import pytest
+
+from backends.answering.finetuned import FineTunedBackend
 from backends.core.types import Answer, final_answer
+from backends.engines import _load_llm_uncached
+from backends.learning.adapters import staleness
+
 
 QUESTION = "What is the per diem for a full day of business travel?"
 
@@ -24,8 +28,8 @@ def test_ft_answer_has_the_shared_type_and_no_sources(duet, tiny_adapter):
 
 def test_one_copy_of_base_weights_serves_both_backends(duet, tiny_adapter):
     final_answer(duet.stream("ft", QUESTION, adapter="tiny"))
-    base = duet.llm.model.get_base_model()
-    assert duet.rag.llm is duet.ft.host.llm
+    base = duet.llm.engine.model.get_base_model()
+    assert duet.rag.llm is duet.ft.llm
     assert sum(1 for name, _ in base.named_parameters() if name.endswith("q_proj.base_layer.weight")) == base.config.num_hidden_layers
 
 
@@ -53,7 +57,7 @@ def test_save_load_round_trip_gives_identical_greedy_output(settings, duet, tiny
     """Greedy output from a freshly loaded copy with the saved adapter equals the served one."""
     served = final_answer(duet.stream("ft", QUESTION, adapter="tiny")).text
     fresh_llm = _load_llm_uncached(settings, lambda message: None)
-    fresh = FineTunedBackend(AdapterHost.of(fresh_llm), duet.registry, settings)
+    fresh = FineTunedBackend(fresh_llm, duet.registry, settings)
     assert served and final_answer(fresh.stream(QUESTION, adapter="tiny")).text == served
 
 

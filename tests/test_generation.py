@@ -4,63 +4,19 @@ from __future__ import annotations
 
 import pytest
 
+from backends.answering.prompts import build_messages
 from backends.core.config import DATA_DIR
-from backends.engines.scheduler import (
-    REPETITION_PENALTY, Decoder, copy_constraint, encode_chat, stream_chat, system_prefix_length,
-)
-from backends.answering.rag import build_messages, rank_evidence
-from backends.learning.training import chat_messages
+from backends.core.errors import ModelUnavailable
 from backends.core.types import Answer
-
-LONG_FREE_ROW = dict(messages=chat_messages("Describe the company in detail."), max_new_tokens=60)
-QUESTIONS = ["How many days of annual leave do employees get?", "What is the daily meal allowance for travel?",
-             "Who approves expenses above the limit?"]
-
-
-def reference_tokens(llm, messages, max_new_tokens, adapter=None, copy_from=None) -> list[int]:
-    """Greedy tokens from `model.generate`, the path the decoder replaces."""
-    import torch
-    from peft import PeftModel
-    from transformers import LogitsProcessorList
-
-    ids = encode_chat(llm, messages)
-    processors = LogitsProcessorList([copy_constraint(llm, copy_from, len(ids))] if copy_from else [])
-    model = llm.model
-    if not isinstance(model, PeftModel):
-        weights = torch.inference_mode()
-    elif adapter is None:
-        weights = model.disable_adapter()
-    else:
-        model.set_adapter(adapter)
-        weights = torch.inference_mode()
-    with llm.lock, weights, torch.inference_mode():
-        out = model.generate(torch.tensor([ids]), attention_mask=torch.ones((1, len(ids)), dtype=torch.long),
-                             max_new_tokens=max_new_tokens, do_sample=False, logits_processor=processors,
-                             repetition_penalty=1.0 if copy_from else REPETITION_PENALTY,
-                             pad_token_id=llm.tokenizer.pad_token_id)
-    return out[0, len(ids):].tolist()
-
-
-def decoder_text(llm, messages, max_new_tokens, adapter=None, copy_from=None) -> str:
-    *_, stats = stream_chat(llm, messages, max_new_tokens, adapter, copy_from=copy_from)
-    return stats.text
-
-
-def rag_prompt(duet, question: str) -> tuple[list[dict], list[str]]:
-    """The extractive RAG backend's messages and copy passage for a question."""
-    sources, _, _ = duet.index.search(question, 3)
-    evidence = rank_evidence(question, sources, duet.index.embeddings)[:2]
-    return build_messages(question, evidence), [" ".join(e.text for e in evidence)]
-
-
-def as_text(llm, tokens) -> str:
-    return llm.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+from backends.engines.base import BASE_MODEL
+from backends.engines.scheduler import Decoder, encode_chat, stream_chat, system_prefix_length
+from backends.learning.examples import chat_messages
+from tests.helpers import LONG_FREE_ROW, QUESTIONS, as_text, decoder_text, rag_prompt, reference_tokens
 
 
 @pytest.mark.parametrize("question", QUESTIONS)
 def test_fine_tuned_greedy_output_equals_generate(duet, tiny_adapter, question):
-    info = duet.registry.get("tiny")
-    duet.host.ensure(info)
+    duet.ft.use("tiny")
     messages = chat_messages(question)
     assert decoder_text(duet.llm, messages, 40, "tiny") == as_text(duet.llm, reference_tokens(duet.llm, messages, 40, "tiny"))
 
@@ -79,7 +35,7 @@ def test_copied_spans_go_through_the_model_as_chunks(duet):
     from backends.engines.torch_passes import base_causal_lm
 
     passes = []  # tokens per pass: every decoding path embeds the tokens it feeds
-    embed = base_causal_lm(duet.llm.model).model.embed_tokens
+    embed = base_causal_lm(duet.llm.engine.model).model.embed_tokens
     hook = embed.register_forward_pre_hook(lambda module, args: passes.append(args[0].shape[-1]))
     try:
         duet.ask("rag", QUESTIONS[0])  # its system message is now cached
@@ -105,49 +61,47 @@ def test_both_columns_answer_side_by_side_as_alone(duet, tiny_adapter, monkeypat
     assert {name: answer.text for name, answer in finals.items()} == alone
 
 
-def side_by_side(duet, late: dict) -> tuple[dict, dict]:
-    """A long free row, and 1 s later (RAG's retrieval) the `late` request.
+def side_by_side(duet, late: dict) -> dict:
+    """A long free row, and once its first words are out (it is running) the `late` request, as RAG's after retrieval.
 
-    Returns each row's text (or the exception it raised) and when it ended.
+    Returns each row's text (or the exception it raised).
     """
     import threading
-    import time
 
-    texts, ended = {}, {}
+    texts, running = {}, threading.Event()
 
-    def row(name, delay, **request):
-        time.sleep(delay)
+    def late_row():
+        running.wait(120)
         try:
-            texts[name] = decoder_text(duet.llm, **request)
+            texts["rag"] = decoder_text(duet.llm, **late)
         except Exception as error:  # the test looks at it
-            texts[name] = error
-        ended[name] = time.monotonic()
+            texts["rag"] = error
 
-    rows = [threading.Thread(target=row, args=("free", 0.0), kwargs=LONG_FREE_ROW),
-            threading.Thread(target=row, args=("rag", 1.0), kwargs=late)]
-    for thread in rows:
-        thread.start()
-    for thread in rows:
-        thread.join(120)
-    return texts, ended
+    worker = threading.Thread(target=late_row)
+    worker.start()
+    for item in stream_chat(duet.llm, LONG_FREE_ROW["messages"], LONG_FREE_ROW["max_new_tokens"]):
+        running.set()
+        if not isinstance(item, str):
+            texts["free"] = item.text
+    worker.join(120)
+    return texts
 
 
 @pytest.mark.parametrize("copied", [True, False], ids=["copied row", "free row (no evidence to copy)"])
 def test_rags_row_joins_the_running_batch_and_rides_on_its_passes(duet, monkeypatch, copied):
-    """RAG's row in Compare: joins the free row's running passes (no pass of its own), ends first, same text."""
+    """RAG's row in Compare: joins the free row's running passes (no pass of its own), same text as alone."""
     messages, copy_from = rag_prompt(duet, QUESTIONS[1])
     late = dict(messages=messages, max_new_tokens=40 if copied else 8, copy_from=copy_from if copied else None)
     passes, forward = [], Decoder._forward
     monkeypatch.setattr(Decoder, "_forward", lambda self, rows: passes.append(len(rows)) or forward(self, rows))
     alone = decoder_text(duet.llm, **late)
     free_alone = decoder_text(duet.llm, **LONG_FREE_ROW)
-    decoder, passes[:] = Decoder.of(duet.llm), []
+    decoder, passes[:] = duet.llm.decoder, []
     free_passes_alone = (decoder_text(duet.llm, **LONG_FREE_ROW), len(passes))[1]
     before, passes[:] = decoder.batches, []
-    texts, ended = side_by_side(duet, late)
+    texts = side_by_side(duet, late)
     assert decoder.batches == before + 1  # RAG's row joined the batch already running
     assert texts == {"rag": alone, "free": free_alone}
-    assert ended["rag"] < ended["free"]  # finished when done, not when the batch was
     assert len(passes) == free_passes_alone and 2 in passes  # RAG's prompt and chunks took no pass of their own
 
 
@@ -155,8 +109,8 @@ def test_a_row_that_fails_fails_alone(duet):
     """A copied row that cannot run (its adapter is not loaded) fails; the free row in its batch answers as alone."""
     messages, copy_from = rag_prompt(duet, QUESTIONS[1])
     alone = decoder_text(duet.llm, **LONG_FREE_ROW)
-    texts, _ = side_by_side(duet, dict(messages=messages, max_new_tokens=40, adapter="not-loaded", copy_from=copy_from))
-    assert isinstance(texts["rag"], RuntimeError) and "not loaded" in str(texts["rag"])
+    texts = side_by_side(duet, dict(messages=messages, max_new_tokens=40, adapter="not-loaded", copy_from=copy_from))
+    assert isinstance(texts["rag"], ModelUnavailable) and "not loaded" in str(texts["rag"])
     assert texts["free"] == alone
 
 
@@ -164,13 +118,13 @@ def test_one_pass_gives_each_row_what_it_gets_alone(duet, tiny_adapter):
     """Rows of any length, on caches of any length, with and without an adapter, laid end to end in one pass."""
     import torch
 
-    from backends.engines.torch_passes import Feed, LlamaPass, ModelPass
-    from backends.answering.finetuned import AdapterHost
+    from backends.engines.base import Feed
+    from backends.engines.torch_passes import LlamaPass, ModelPass
 
-    duet.host.ensure(duet.registry.get("tiny"))
-    route = AdapterHost.of(duet.llm).route
+    duet.ft.use("tiny")
+    route, tiny = duet.llm.engine.route, duet.llm.host.version("tiny")
     prompts = [encode_chat(duet.llm, chat_messages(question)) for question in QUESTIONS[:2]]
-    feeds = [[(prompts[0], "tiny"), (prompts[1], None)], [([11], "tiny"), ([12, 13, 14], None)]]  # prompts, then more
+    feeds = [[(prompts[0], tiny), (prompts[1], BASE_MODEL)], [([11], tiny), ([12, 13, 14], BASE_MODEL)]]  # prompts, more
 
     def logits_of(passes, together: bool) -> list[torch.Tensor]:
         caches, out = [passes.cache(64), passes.cache(64)], []
@@ -180,8 +134,9 @@ def test_one_pass_gives_each_row_what_it_gets_alone(duet, tiny_adapter):
         return list(torch.cat(out))
 
     with duet.llm.lock, torch.inference_mode():
-        lean = LlamaPass(duet.llm.model)
-        together, alone, plain = logits_of(lean, True), logits_of(lean, False), logits_of(ModelPass(duet.llm.model), False)
+        model = duet.llm.engine.model
+        together, alone, plain = logits_of(LlamaPass(model), True), logits_of(LlamaPass(model), False), \
+            logits_of(ModelPass(model), False)
     for row in range(4):
         assert torch.allclose(together[row], alone[row], atol=1e-4)
         assert torch.allclose(together[row], plain[row], atol=1e-3)  # model(...) with peft's own LoRA
@@ -196,7 +151,8 @@ def test_a_qwen2_model_takes_the_shared_pass_unless_its_attention_slides(sliding
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from backends.engines.torch_passes import Feed, LlamaPass, ModelPass, passes_for
+    from backends.engines.base import Feed
+    from backends.engines.torch_passes import LlamaPass, ModelPass, passes_for
 
     torch.manual_seed(0)
     config = Qwen2Config(vocab_size=500, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -212,8 +168,8 @@ def test_a_qwen2_model_takes_the_shared_pass_unless_its_attention_slides(sliding
         lean, plain = LlamaPass(model), ModelPass(model)
         caches = [lean.cache(16) for _ in rows], [plain.cache(16) for _ in rows]
         for fed in (rows, [[1], [2, 3], [4]]):  # prompts, then more tokens on their caches
-            together = lean([Feed(cache, tokens, None) for cache, tokens in zip(caches[0], fed)], route)
-            one_by_one = plain([Feed(cache, tokens, None) for cache, tokens in zip(caches[1], fed)], route)
+            together = lean([Feed(cache, tokens, BASE_MODEL) for cache, tokens in zip(caches[0], fed)], route)
+            one_by_one = plain([Feed(cache, tokens, BASE_MODEL) for cache, tokens in zip(caches[1], fed)], route)
             assert torch.allclose(together, one_by_one, atol=1e-5)
 
 
@@ -243,8 +199,8 @@ def test_the_bundled_model_decodes_with_the_lean_step(duet, tiny_adapter):
     # The greedy-equality tests above then cover LlamaPass, with and without the peft wrapper.
     from backends.engines.torch_passes import LlamaPass, passes_for
 
-    duet.host.ensure(duet.registry.get("tiny"))
-    assert isinstance(passes_for(duet.llm.model), LlamaPass)
+    duet.ft.use("tiny")
+    assert isinstance(passes_for(duet.llm.engine.model), LlamaPass)
 
 
 def test_the_plain_step_gives_the_same_answer(duet, monkeypatch):
@@ -258,14 +214,14 @@ def test_the_plain_step_gives_the_same_answer(duet, monkeypatch):
 
 
 def test_models_compute_only_in_the_decoder_or_passing_threads(duet):
-    """A caller's thread never computes with torch (its OpenMP pool would slow the decoder: backends/threads.py)."""
+    """A caller's thread never computes with torch (its OpenMP pool would slow the decoder: core/threads.py)."""
     import threading
 
     from backends.engines.torch_passes import base_causal_lm
 
     seen = []
     record = lambda module, args: seen.append((type(module).__name__, threading.current_thread().name))
-    hooks = [base_causal_lm(duet.llm.model).model.embed_tokens.register_forward_pre_hook(record),  # every pass embeds
+    hooks = [base_causal_lm(duet.llm.engine.model).model.embed_tokens.register_forward_pre_hook(record),  # every pass embeds
              duet.index.embeddings.inner.model.register_forward_pre_hook(record)]
     try:
         answer = duet.ask("rag", QUESTIONS[1])
@@ -283,10 +239,8 @@ def test_an_adapter_replaced_under_its_name_answers_with_its_new_weights(duet, s
     """Fine-tune's "Replace": peft's layers and the cached keys and values of the system message follow the new weights."""
     import shutil
 
-    from backends.answering.finetuned import AdapterRegistry
-
     def answer(name: str) -> str:
-        duet.host.ensure(AdapterRegistry(settings).get(name))  # as every fine-tuned answer does
+        duet.ft.use(name)  # as every fine-tuned answer does
         return decoder_text(duet.llm, chat_messages(QUESTIONS[0]), 24, name)
 
     registered = settings.adapters_dir / "replaced"

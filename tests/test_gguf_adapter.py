@@ -12,7 +12,7 @@ import pytest
 from backends.core.config import DATA_DIR
 from backends.core.errors import BadInput
 from backends.models.lora import base_config_of, export_gguf, llama_permute
-from backends.learning.training import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from backends.models.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 
 DEMO = DATA_DIR / "adapters" / "demo"
 
@@ -49,8 +49,8 @@ def test_query_and_key_rows_follow_the_base_ggufs_order(duet):
               if t.name in ("blk.3.attn_q.weight", "blk.3.attn_k.weight")}
     from backends.engines.torch_passes import base_causal_lm
 
-    attention = base_causal_lm(duet.llm.model).model.layers[3].self_attn
-    config = duet.llm.model.config
+    attention = base_causal_lm(duet.llm.engine.model).model.layers[3].self_attn
+    config = duet.llm.engine.model.config
     for name, layer, heads in (("attn_q", attention.q_proj, config.num_attention_heads),
                                ("attn_k", attention.k_proj, config.num_key_value_heads)):
         hf_rows = (layer.base_layer if hasattr(layer, "base_layer") else layer).weight.detach().numpy()
@@ -85,7 +85,7 @@ def test_llama_cpp_with_the_exported_adapter_answers_as_duet_does(duet, settings
 
     from backends.engines.scheduler import REPETITION_PENALTY
     from backends.models.files import llm_source
-    from backends.learning.training import chat_messages
+    from backends.learning.examples import chat_messages
 
     questions = [json.loads(line)["question"] for line in (DATA_DIR / "qa" / "train.jsonl").read_text().splitlines()[:12]]
     engines = {lora: Llama(model_path=llm_source(settings), lora_path=lora, n_threads=2, n_ctx=1024, verbose=False)

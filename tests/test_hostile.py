@@ -23,7 +23,7 @@ from backends.core.config import DATA_DIR, REPO_ROOT
 from backends.knowledge.index import DocumentIndex
 from backends.core.text import strip_links
 from backends.core.types import Answer
-from tests.test_cli import run_cli
+from tests.helpers import run_cli
 
 GOOD_PDF = (DATA_DIR / "corpus" / "travel_policy.pdf").read_bytes()
 
@@ -227,7 +227,7 @@ def test_sigkill_in_the_middle_of_an_ingest_leaves_a_consistent_store(tmp_path, 
 
 
 def test_sigkill_while_an_adapter_is_saved_leaves_the_registry_intact(tmp_path, settings, tiny_adapter):
-    from backends.answering.finetuned import AdapterRegistry
+    from backends.learning.adapters import AdapterRegistry
 
     before = AdapterRegistry(settings).names()
     data = tmp_path / "four.jsonl"

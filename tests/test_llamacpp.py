@@ -19,12 +19,10 @@ import pytest
 from backends.core.config import DATA_DIR
 from backends.core.errors import BadInput, ModelUnavailable
 from backends.apps.evaluation import contains_gold
-from backends.answering.finetuned import AdapterHost
 from backends.engines.scheduler import stream_chat
-from backends.learning.training import ADAPTER_CONFIG, ADAPTER_WEIGHTS, chat_messages
-from tests.conftest import failure_beside_rag, on_model, registered_demo_adapter
-from tests.test_cli import run_cli
-from tests.test_generation import QUESTIONS, decoder_text, rag_prompt
+from backends.learning.examples import chat_messages
+from backends.models.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from tests.helpers import QUESTIONS, decoder_text, failure_beside_rag, on_model, rag_prompt, registered_demo_adapter, run_cli
 
 INSTALLED = importlib.util.find_spec("llama_cpp") is not None
 needs_engine = pytest.mark.skipif(not INSTALLED, reason="llama-cpp-python is not installed (`make engine` compiles it)")
@@ -33,24 +31,18 @@ DEMO = DATA_DIR / "adapters" / "demo"
 
 @pytest.fixture(scope="module")
 def engine_llm(settings):
-    from backends.models.files import load_llm
+    from backends.engines import load_llm
 
     llm = load_llm(dataclasses.replace(settings, engine="llama.cpp"))
     yield llm
     # Its decoder thread's OpenMP pool ends with it: the later tests' torch decoding runs at full speed again.
-    engine_decoder(llm).stop()
+    llm.decoder.stop()
 
 
 @pytest.fixture(scope="module")
 def demo_adapter(settings):
     """The demo adapter registered in the test adapters folder, on both engines' models."""
     yield from registered_demo_adapter(settings, "demo-engine")
-
-
-def engine_decoder(llm):
-    from backends.engines.llamacpp import LlamaCppDecoder
-
-    return LlamaCppDecoder.of(llm)
 
 
 @needs_engine
@@ -83,7 +75,7 @@ def test_fine_tuned_answers_keep_their_quality(duet, settings, engine_llm, demo_
 @needs_engine
 def test_the_engine_answers_with_an_adapter_without_torchs_copy_of_the_weights(engine_llm, settings, demo_adapter):
     answer = decoder_text(engine_llm, chat_messages(QUESTIONS[0]), 24, on_model(engine_llm, settings, demo_adapter))
-    assert answer and engine_llm.model is None and engine_llm.weights == "gguf"
+    assert answer and engine_llm.engine.name == "llama.cpp" and engine_llm.weights == "gguf"
     assert engine_llm.eos == {engine_llm.tokenizer.eos_token_id}  # from the model's generation config
 
 
@@ -92,9 +84,9 @@ def test_a_new_prompt_computes_only_what_it_does_not_share_with_the_last(duet, e
     messages_a, copy_a = rag_prompt(duet, QUESTIONS[0])
     messages_b, copy_b = rag_prompt(duet, QUESTIONS[1])
     decoder_text(engine_llm, messages_a, 40, copy_from=copy_a)
-    from backends.answering.finetuned import BASE_MODEL
+    from backends.engines.base import BASE_MODEL
 
-    context = engine_decoder(engine_llm).idle[BASE_MODEL][-1]
+    context = engine_llm.engine.idle[BASE_MODEL][-1]
     fed, eval_tokens = [], context.llama.eval
     context.llama.eval = lambda tokens: (fed.append(len(tokens)), eval_tokens(tokens))[1]
     try:
@@ -116,7 +108,7 @@ def test_a_row_that_llama_cpp_refuses_fails_alone(engine_llm):
     alone = decoder_text(engine_llm, chat_messages(QUESTIONS[0]), 24)
     good = Request(input_ids=ids, max_new_tokens=24, repetition_penalty=REPETITION_PENALTY)
     bad = Request(input_ids=ids[:-3] + [10**6] + ids[-2:], max_new_tokens=8)
-    decoder = engine_decoder(engine_llm)
+    decoder = engine_llm.decoder
     decoder.submit(good)
     decoder.submit(bad)  # joins the running rounds, or starts in the same batch
 
@@ -168,8 +160,8 @@ def test_a_retrained_adapter_is_not_answered_from_its_old_context(engine_llm, se
         after = decoder_text(engine_llm, messages, 24, on_model(engine_llm, settings, "retrained"))  # as Ask does
         tiny = decoder_text(engine_llm, messages, 24, on_model(engine_llm, settings, "tiny"))
         assert after == tiny != before
-        kept = [version for version in engine_decoder(engine_llm).idle if version.name == "retrained"]
-        assert kept == [AdapterHost.of(engine_llm).version("retrained")]  # the old version's contexts were closed
+        kept = [version for version in engine_llm.engine.idle if version.name == "retrained"]
+        assert kept == [engine_llm.host.version("retrained")]  # the old version's contexts were closed
     finally:
         shutil.rmtree(registered)
 
@@ -222,8 +214,7 @@ def test_the_compare_page_answers_on_the_engine(engine_llm, tmp_path, monkeypatc
 
     from backends.core.config import REPO_ROOT
     from pages import common
-    from tests.conftest import copy_demo_store
-    from tests.test_pages import PER_DIEM
+    from tests.helpers import PER_DIEM, copy_demo_store
 
     monkeypatch.setenv("DUET_STORE", str(copy_demo_store(tmp_path / "store")))
     monkeypatch.setenv("DUET_ENGINE", "llama.cpp")

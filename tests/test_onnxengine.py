@@ -18,10 +18,10 @@ import pytest
 from backends.core.config import DATA_DIR
 from backends.core.errors import ModelUnavailable
 from backends.apps.evaluation import contains_gold
-from backends.learning.training import chat_messages
-from tests.conftest import failure_beside_rag, on_model, registered_demo_adapter
-from tests.test_cli import run_cli
-from tests.test_generation import QUESTIONS, decoder_text, rag_prompt
+from backends.engines.base import BASE_MODEL, Feed
+from backends.learning.examples import chat_messages
+from tests.helpers import QUESTIONS, decoder_text, failure_beside_rag, on_model, rag_prompt, registered_demo_adapter, run_cli
+
 
 DEMO = DATA_DIR / "adapters" / "demo"
 SAME_LOGITS = 1e-3  # float32 sums over the other rows differ in their last bits (logits of ~10: up to ~1e-4 seen)
@@ -32,7 +32,7 @@ def largest_gap(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def engine_llm(settings, accuracy: str):
-    from backends.models.files import load_llm
+    from backends.engines import load_llm
 
     return load_llm(dataclasses.replace(settings, engine="onnxruntime", onnx_accuracy=accuracy))
 
@@ -83,7 +83,8 @@ def test_int8_arithmetic_keeps_the_answers_quality(duet, settings, int8_llm, dem
 
 
 def test_the_engine_answers_without_torchs_copy_of_the_weights(int8_llm):
-    assert int8_llm.model is None and int8_llm.engine == "onnxruntime" and "int8" in int8_llm.weights
+    assert int8_llm.engine.name == "onnxruntime" and "int8" in int8_llm.weights
+    assert not hasattr(int8_llm.engine, "model")  # no torch copy of the weights
     assert decoder_text(int8_llm, chat_messages(QUESTIONS[0]), 16)
 
 
@@ -91,7 +92,7 @@ def test_compare_gives_the_answers_ask_gives(settings, tmp_path, demo_adapter):
     """Rows beside each other in Compare (int8: a run each; float: one run) answer as they do alone."""
     from backends.service import Duet
     from backends.core.types import Answer
-    from tests.conftest import copy_demo_store
+    from tests.helpers import copy_demo_store
 
     store = copy_demo_store(tmp_path / "store")
     for accuracy in ("int8", "float"):
@@ -104,14 +105,13 @@ def test_compare_gives_the_answers_ask_gives(settings, tmp_path, demo_adapter):
 
 def test_one_run_gives_each_row_what_it_gets_alone(float_llm, settings, tiny_adapter):
     """Rows of any length laid end to end, with and without the adapter: each gets its logits alone (float)."""
-    from backends.engines.torch_passes import Feed
     from backends.engines.scheduler import encode_chat
-    from backends.engines.onnx.graph import OrtDecoder
 
-    decoder = OrtDecoder.of(float_llm)
-    tiny = decoder._tensors(on_model(float_llm, settings, "tiny"))
+    decoder = float_llm.engine
+    version = float_llm.host.version(on_model(float_llm, settings, "tiny"))
+    tiny = decoder._tensors(version)
     prompts = [encode_chat(float_llm, chat_messages(question)) for question in QUESTIONS[:2]]
-    feeds = [[(prompts[0], "tiny"), (prompts[1], None)], [([11], "tiny"), ([12, 13, 14], None)]]
+    feeds = [[(prompts[0], version), (prompts[1], BASE_MODEL)], [([11], version), ([12, 13, 14], BASE_MODEL)]]
 
     def logits_of(together: bool) -> list:
         caches, out = [decoder.passes.cache(64), decoder.passes.cache(64)], []
@@ -124,11 +124,11 @@ def test_one_run_gives_each_row_what_it_gets_alone(float_llm, settings, tiny_ada
     together, alone = logits_of(True), logits_of(False)
     for row in range(4):
         assert (gap := largest_gap(together[row], alone[row])) < SAME_LOGITS, gap
-    base = decoder._tensors(None)
+    base = decoder._tensors(BASE_MODEL)
     cache = decoder.passes.cache(64)
-    assert largest_gap(decoder.passes([Feed(cache, prompts[1], None)], base, set())[0], together[1]) < SAME_LOGITS
+    assert largest_gap(decoder.passes([Feed(cache, prompts[1], BASE_MODEL)], base, set())[0], together[1]) < SAME_LOGITS
     cache = decoder.passes.cache(64)
-    assert not np.allclose(decoder.passes([Feed(cache, prompts[0], None)], base, set())[0], together[0], atol=1e-2)
+    assert not np.allclose(decoder.passes([Feed(cache, prompts[0], BASE_MODEL)], base, set())[0], together[0], atol=1e-2)
 
 
 def test_blocks_keep_the_gguf_values_exactly():
@@ -150,7 +150,7 @@ def test_blocks_keep_the_gguf_values_exactly():
 
 
 def test_the_graph_is_built_once_rebuilt_when_broken_and_never_left_half_written(settings, tmp_path, monkeypatch):
-    from backends import onnxengine
+    from backends.engines.onnx import graph as onnxengine
     from backends.models.files import bundled_gguf_path
 
     cache = dataclasses.replace(settings, model_cache_dir=tmp_path / "models")
@@ -177,7 +177,8 @@ def test_the_graph_is_built_once_rebuilt_when_broken_and_never_left_half_written
 def test_auto_picks_onnxruntime_for_a_gguf_it_can_run_and_transformers_otherwise(settings, tmp_path):
     import gguf as gguf_writer
 
-    from backends.models.files import bundled_gguf_path, resolve_engine
+    from backends.engines import resolve_engine
+    from backends.models.files import bundled_gguf_path
 
     auto = dataclasses.replace(settings, engine="auto")
     assert resolve_engine(auto, str(bundled_gguf_path()), "cpu") == "onnxruntime"
@@ -251,7 +252,7 @@ def test_embedding_work_goes_before_the_next_decoding_pass():
 
 
 def test_the_cli_answers_on_the_default_engine(settings, tmp_path, demo_adapter):
-    from tests.conftest import copy_demo_store
+    from tests.helpers import copy_demo_store
 
     store = copy_demo_store(tmp_path / "store")
     done = run_cli("ask", QUESTIONS[1], "--backend", "both", "--adapter", demo_adapter, "--json", "--store", str(store),

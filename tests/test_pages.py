@@ -8,9 +8,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from backends.core.config import REPO_ROOT
-from tests.conftest import copy_demo_store
+from tests.helpers import copy_demo_store
 
-PER_DIEM = "What is the per diem for a full day of business travel?"
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -4,7 +4,8 @@ import pytest
 
 from backends.core.errors import BadInput
 from backends.engines.scheduler import CopyFromSpans
-from backends.answering.rag import build_messages, rank_evidence
+from backends.answering.prompts import build_messages
+from backends.answering.rag import rank_evidence
 from backends.core.text import split_sentences
 from backends.core.types import Answer, Source
 

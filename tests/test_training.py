@@ -6,9 +6,10 @@ import os
 import pytest
 
 from backends.core.errors import BadInput
-from backends.answering.finetuned import AdapterRegistry
-from backends.learning.training import TrainConfig, TrainingJob, read_qa_bytes, save_adapter_atomically, train_adapter
-from tests.conftest import copy_adapter
+from backends.learning.adapters import AdapterRegistry
+from backends.learning.examples import read_qa_bytes
+from backends.learning.training import TrainConfig, TrainingJob, save_adapter_atomically, train_adapter
+from tests.helpers import copy_adapter
 
 
 def test_tiny_training_writes_a_loadable_adapter_whose_loss_went_down(tiny_adapter, settings):

@@ -1,0 +1,149 @@
+"""Helpers shared by test modules (test modules never import each other)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from backends.answering.rag import rank_evidence
+from backends.answering.prompts import build_messages
+from backends.core.config import DATA_DIR, REPO_ROOT
+from backends.engines.scheduler import REPETITION_PENALTY, copy_constraint, encode_chat, stream_chat
+from backends.learning.examples import chat_messages
+
+CORPUS = DATA_DIR / "corpus"
+PER_DIEM = "What is the per diem for a full day of business travel?"
+
+
+def run_cli(*args, settings, timeout=300, env: dict | None = None):
+    env = {**os.environ, "DUET_ADAPTERS_DIR": str(settings.adapters_dir), "DUET_MAX_NEW_TOKENS": "24", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "backends", *args], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def copy_adapter(src: Path, dst: Path, edit_metadata=None) -> Path:
+    shutil.copytree(src, dst)
+    if edit_metadata:
+        meta_path = dst / "metadata.json"
+        meta = json.loads(meta_path.read_text())
+        edit_metadata(meta)
+        meta_path.write_text(json.dumps(meta))
+    return dst
+
+
+def copy_demo_store(target: Path) -> Path:
+    """A copy of the demo store prepared by `make test` (no models, runs, benchmark stores or locks)."""
+    shutil.copytree(DATA_DIR / "store", target,
+                    ignore=shutil.ignore_patterns("models", "runs", "datasets", "bench", ".writer.lock", ".store.lock"))
+    return target
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+LONG_FREE_ROW = dict(messages=chat_messages("Describe the company in detail."), max_new_tokens=60)
+QUESTIONS = ["How many days of annual leave do employees get?", "What is the daily meal allowance for travel?",
+             "Who approves expenses above the limit?"]
+
+
+def reference_tokens(llm, messages, max_new_tokens, adapter=None, copy_from=None) -> list[int]:
+    """Greedy tokens from `model.generate`, the path the decoder replaces."""
+    import torch
+    from peft import PeftModel
+    from transformers import LogitsProcessorList
+
+    ids = encode_chat(llm, messages)
+    processors = LogitsProcessorList([copy_constraint(llm, copy_from, len(ids))] if copy_from else [])
+    model = llm.engine.model
+    if not isinstance(model, PeftModel):
+        weights = torch.inference_mode()
+    elif adapter is None:
+        weights = model.disable_adapter()
+    else:
+        model.set_adapter(adapter)
+        weights = torch.inference_mode()
+    with llm.lock, weights, torch.inference_mode():
+        out = model.generate(torch.tensor([ids]), attention_mask=torch.ones((1, len(ids)), dtype=torch.long),
+                             max_new_tokens=max_new_tokens, do_sample=False, logits_processor=processors,
+                             repetition_penalty=1.0 if copy_from else REPETITION_PENALTY,
+                             pad_token_id=llm.tokenizer.pad_token_id)
+    return out[0, len(ids):].tolist()
+
+
+def decoder_text(llm, messages, max_new_tokens, adapter=None, copy_from=None) -> str:
+    *_, stats = stream_chat(llm, messages, max_new_tokens, adapter, copy_from=copy_from)
+    return stats.text
+
+
+def rag_prompt(duet, question: str) -> tuple[list[dict], list[str]]:
+    """The extractive RAG backend's messages and copy passage for a question."""
+    sources, _, _ = duet.index.search(question, 3)
+    evidence = rank_evidence(question, sources, duet.index.embeddings)[:2]
+    return build_messages(question, evidence), [" ".join(e.text for e in evidence)]
+
+
+def as_text(llm, tokens) -> str:
+    return llm.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+
+
+def registered_demo_adapter(settings, name: str):
+    """The demo adapter registered under `name` in the test adapters folder (a fixture's body: yields the name)."""
+    target = settings.adapters_dir / name
+    shutil.copytree(DATA_DIR / "adapters" / "demo", target)
+    yield name
+    shutil.rmtree(target)
+
+
+def on_model(llm, settings, adapter: str) -> str:
+    """The registered adapter, as its files are now, on this loaded model (as every fine-tuned answer does)."""
+    from backends.learning.adapters import AdapterRegistry
+
+    info = AdapterRegistry(settings).get(adapter)
+    llm.host.ensure(info.name, info.path)
+    return adapter
+
+
+def failure_beside_rag(duet, llm, settings, name: str, error_type) -> str:
+    """An adapter with a LoRA on the output layer (which the GGUF engines do not apply), registered as `name`: its
+    answer fails in one thread while a RAG answer runs in this one. Asserts the RAG answer is its answer alone;
+    returns the fine-tuned answer's error message."""
+    import threading
+
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    from backends.models.lora import ADAPTER_WEIGHTS
+
+    registered = settings.adapters_dir / name
+    shutil.copytree(DATA_DIR / "adapters" / "demo", registered)
+    tensors = load_file(str(registered / ADAPTER_WEIGHTS))
+    tensors["base_model.model.lm_head.lora_A.weight"] = np.zeros((8, 576), dtype=np.float32)
+    save_file(tensors, str(registered / ADAPTER_WEIGHTS))
+    try:
+        adapter = on_model(llm, settings, name)
+        messages, copy_from = rag_prompt(duet, QUESTIONS[1])
+        alone = decoder_text(llm, messages, 40, copy_from=copy_from)
+        outcome = {}
+
+        def fine_tuned():
+            try:
+                decoder_text(llm, chat_messages(QUESTIONS[1]), 24, adapter)
+            except error_type as error:
+                outcome["error"] = str(error)
+
+        worker = threading.Thread(target=fine_tuned)
+        worker.start()
+        assert decoder_text(llm, messages, 40, copy_from=copy_from) == alone
+        worker.join(60)
+        return outcome["error"]
+    finally:
+        shutil.rmtree(registered)
