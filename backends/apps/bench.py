@@ -115,9 +115,9 @@ def engine_figures(duet, report: Report, plan: Plan, adapter: str) -> None:
 
     messages = chat_messages(PROMPT_QUESTION)
     duet.ft.use(adapter)
-    engine = ENGINE_KEYS[duet.llm.engine]
+    engine = ENGINE_KEYS[duet.llm.engine.name]
     for label, name in (("base (RAG)", None), ("adapter (fine-tuned)", adapter)):
-        report.progress(f"decode: {duet.llm.engine} engine, {label}")
+        report.progress(f"decode: {duet.llm.engine.name} engine, {label}")
         stream_chat_stats = lambda: list(stream_chat(duet.llm, messages, plan.decode_tokens, name, stop_at_eos=False))[-1]
         stream_chat_stats()  # warm-up
         runs = [stream_chat_stats() for _ in range(plan.repeats)]
@@ -384,7 +384,7 @@ def run_bench(duet, quick: bool = False, progress: Callable[[str], None] = lambd
         "quick": quick, "seconds": round(time.perf_counter() - started, 1),
         "machine": {"cpus": os.cpu_count(), "threads": torch.get_num_threads(), "device": duet.llm.device,
                     "python": platform.python_version(), "torch": torch.__version__, "processor": platform.processor()},
-        "model": duet.llm.name, "adapter": adapter, "weights": duet.llm.weights, "engine": duet.llm.engine,
+        "model": duet.llm.name, "adapter": adapter, "weights": duet.llm.weights, "engine": duet.llm.engine.name,
         "figures": {name: figure.to_dict() for name, figure in report.figures.items()},
         "skipped": report.skipped,
     }

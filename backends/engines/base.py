@@ -7,6 +7,7 @@ part of it; only `engines/__init__` chooses which.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,10 @@ class Engine:
     def cache(self, capacity: int, version: AdapterVersion, prefix=None):
         """A new row's cache with room for `capacity` tokens, holding `prefix`'s tokens first when given."""
         raise NotImplementedError
+
+    def serving(self) -> contextlib.AbstractContextManager:
+        """Held around a batch's rounds, in the decoder's thread (torch: inference mode, so logits can change in place)."""
+        return contextlib.nullcontext()
 
     def cache_kind(self) -> str:
         """What kind of cache `cache` makes now: a system message's cache is kept per kind."""

@@ -263,16 +263,17 @@ class Decoder:
         """
         rows: list[Row] = []
         arrived = batch
-        while arrived or rows:
-            rows += self._open_rows(arrived)
-            if rows:
-                self._pass(rows)
-            for row in rows:
-                if row.request.done:
-                    self._finish(row)
-            rows = [row for row in rows if not row.request.done]
-            arrived = self._joining()
-            batch.extend(arrived)  # so that a failure is reported to them too
+        with self.engine.serving():
+            while arrived or rows:
+                rows += self._open_rows(arrived)
+                if rows:
+                    self._pass(rows)
+                for row in rows:
+                    if row.request.done:
+                        self._finish(row)
+                rows = [row for row in rows if not row.request.done]
+                arrived = self._joining()
+                batch.extend(arrived)  # so that a failure is reported to them too
 
     def _open_rows(self, requests: list[Request]) -> list[Row]:
         """Rows for the requests that can start; one that cannot (its adapter not loaded, say) fails alone."""

@@ -62,9 +62,11 @@ class TorchEngine(Engine):
     def cache(self, capacity: int, version: AdapterVersion, prefix=None):
         return self.passes().cache(capacity, prefix)
 
+    def serving(self):
+        return torch.inference_mode()
+
     def forward(self, feeds: list[Feed]):
-        with torch.inference_mode():
-            return self.passes()(feeds, self.route)
+        return self.passes()(feeds, self.route)
 
     def load_adapter(self, name: str, folder: Path, replacing: bool) -> None:
         import warnings
