@@ -11,6 +11,7 @@ import threading
 from functools import cached_property
 
 from backends.core.config import Settings
+from backends.core.errors import BadInput
 from backends.core.types import Progress, quiet
 from backends.engines import load_llm
 
@@ -64,7 +65,7 @@ class Duet:
             return self.ft.stream(question, adapter)
         if backend == "rag_ft":
             return self.rag.stream(question, combined_with=self.ft.use(adapter).name)
-        raise ValueError(f"unknown backend {backend!r}")
+        raise BadInput(f"unknown backend {backend!r}: use rag, ft or rag_ft")
 
     def trace(self, question: str, answers: dict, asked_at: str = ""):
         """A Comparison: the answers with every claim traced, and the agreement of RAG and fine-tuned."""

@@ -8,6 +8,7 @@ from backends.apps.charts import freshness_chart, latency_chart, metrics_chart, 
 from backends.core.config import DATA_DIR
 from backends.apps.evaluation import SYSTEMS, freshness_experiment, list_runs, load_qa, load_run, run_eval, save_run
 from backends.apps.labels import METRICS, title
+from backends.apps.runs import EvalRun
 from pages.common import duet, key, may_change_data, page_errors
 
 PAGE = "evaluate"
@@ -30,44 +31,44 @@ def new_run_section() -> None:
     bar = st.progress(0.0, text="Starting…")
     run = run_eval(duet(), items[: int(limit)], tuple(systems), on_progress=progress_callback(bar))
     if freshness:
-        run["freshness"] = freshness_experiment(duet(), DATA_DIR / "corpus_updates", DATA_DIR / "qa" / "updates.jsonl",
-                                                tuple(systems), on_progress=progress_callback(bar))
-    save_run(run, duet().settings.runs_dir / run["id"])
-    st.success(f"Run {run['id']} saved.")
+        run.freshness = freshness_experiment(duet(), DATA_DIR / "corpus_updates", DATA_DIR / "qa" / "updates.jsonl",
+                                             tuple(systems), on_progress=progress_callback(bar))
+    save_run(run, duet().settings.runs_dir / run.id)
+    st.success(f"Run {run.id} saved.")
 
 
-def metrics_table(run: dict) -> list[dict]:
-    return [{"system": title(s), **{m: v.get(m) for m in METRICS}, "p50 s": v["latency"]["total"]["p50"],
-             "p95 s": v["latency"]["total"]["p95"], "p50 first token s": v["latency"]["first_token"]["p50"]}
-            for s, v in run["metrics"].items()]
+def metrics_table(run: EvalRun) -> list[dict]:
+    return [{"system": title(s), **{m: v.get(m) for m in METRICS}, "p50 s": v.latency["total"].p50,
+             "p95 s": v.latency["total"].p95, "p50 first token s": v.latency["first_token"].p50}
+            for s, v in run.metrics.items()]
 
 
-def show_run(run: dict, where) -> None:
+def show_run(run: EvalRun, where) -> None:
     with where:
-        st.caption(f"{run['created_at']} · {run['questions']} questions · adapter {run['adapter']} · "
-                   f"index {run['index']['documents']} documents (version {run['index']['version']})")
+        st.caption(f"{run.created_at} · {run.questions} questions · adapter {run.adapter} · "
+                   f"index {run.index.documents} documents (version {run.index.version})")
         st.dataframe(metrics_table(run), hide_index=True, width="stretch")
-        st.plotly_chart(metrics_chart(run), key=key(PAGE, f"m-{run['id']}-{id(where)}"))
+        st.plotly_chart(metrics_chart(run), key=key(PAGE, f"m-{run.id}-{id(where)}"))
 
 
-def run_details(run: dict) -> None:
+def run_details(run: EvalRun) -> None:
     st.plotly_chart(latency_chart(run), key=key(PAGE, "latency"))
-    if len(run["metrics"]) > 1:
+    if len(run.metrics) > 1:
         st.plotly_chart(scatter_chart(run), key=key(PAGE, "scatter"))
-    if run.get("freshness"):
-        f = run["freshness"]
-        st.markdown(f"**Freshness**: after ingesting the updated documents, "
-                    + ", ".join(f"{title(s)} gave {c['new']} of {f['questions']} new facts ({c['old']} old)"
-                                for s, c in f["systems"].items()))
+    if run.freshness:
+        f = run.freshness
+        st.markdown("**Freshness**: after ingesting the updated documents, "
+                    + ", ".join(f"{title(s)} gave {c.new} of {f.questions} new facts ({c.old} old)"
+                                for s, c in f.systems.items()))
         st.plotly_chart(freshness_chart(f), key=key(PAGE, "freshness"))
-    folder = run["folder"]
+    folder = run.folder
     a, b, c = st.columns(3)
     for column, name, mime in ((a, "report.html", "text/html"), (b, "results.csv", "text/csv"), (c, "metrics.json", "application/json")):
         with open(f"{folder}/{name}", "rb") as f:
-            column.download_button(name, f.read(), f"duet-{run['id']}-{name}", mime, on_click="ignore", key=key(PAGE, name))
+            column.download_button(name, f.read(), f"duet-{run.id}-{name}", mime, on_click="ignore", key=key(PAGE, name))
     with st.expander("Every answer"):
-        st.dataframe([{k: r[k] for k in ("system", "question", "gold", "prediction", "f1", "contains", "groundedness")}
-                      for r in run["rows"]], hide_index=True, width="stretch")
+        st.dataframe([{k: getattr(r, k) for k in ("system", "question", "gold", "prediction", "f1", "contains",
+                                                  "groundedness")} for r in run.rows], hide_index=True, width="stretch")
 
 
 def runs_section() -> None:

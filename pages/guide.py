@@ -46,8 +46,8 @@ with page_errors():
     if run is None:
         st.info("No evaluation run yet: the advice uses your answers only. Run one on the Evaluate page.")
     else:
-        st.caption(f"Measurements from run {run['id']} ({run['questions']} questions).")
-    advice = advise(criteria, run, run.get("freshness") if run else None)
+        st.caption(f"Measurements from run {run.id} ({run.questions} questions).")
+    advice = advise(criteria, run, run.freshness if run else None)
     st.subheader(f"Recommendation: {title(advice.recommendation)}")
     st.plotly_chart(score_chart(advice.scores), key=key(PAGE, "scores"))
     st.markdown("**Why, point by point**")

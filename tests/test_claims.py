@@ -1,10 +1,13 @@
 """Claim tracing on the real embedding model and a real index of demo documents."""
 
+import pytest
+
 from backends.answering import claims
 from backends.answering.claims import SUPPORTED, UNSUPPORTED, agreement, groundedness, split_claims
 from backends.core.types import Answer, Claim
 
 
+@pytest.mark.fast
 def test_split_claims_handles_abbreviations_numbers_lists_and_bullets():
     text = ("The limit is 41.6 million euros, e.g. for Dr. Holm's team. It was approved in 2025!\n"
             "1. Trains are preferred.\n- Hotels cost up to 160 euros.\n• I don't know.")
@@ -14,6 +17,7 @@ def test_split_claims_handles_abbreviations_numbers_lists_and_bullets():
     ]
 
 
+@pytest.mark.fast
 def test_numbers_and_names_are_normalised():
     assert claims.numbers("It costs 1,290 euros, or 41.6 k") == {"1290", "416"}
     assert "tw-410" in claims.names("The buoy is a TW-410 from Brackwater.")
@@ -55,6 +59,7 @@ def test_agreement_finds_shared_claims_and_a_conflicting_number(duet):
     assert len(same.both) == 1 and not same.conflicts
 
 
+@pytest.mark.fast
 def test_groundedness_is_the_share_of_supported_claims():
     verdicts = [SUPPORTED, UNSUPPORTED, SUPPORTED, "partly supported"]
     assert groundedness([Claim(f"c{i}", v) for i, v in enumerate(verdicts)]) == 0.5

@@ -10,9 +10,11 @@ from backends.apps.evaluation import (
     Criteria, advise, aggregate, contains_gold, exact_match, freshness_experiment, load_run, normalize_answer,
     percentile, run_eval, save_run, token_f1,
 )
+from backends.apps.runs import EvalRow, EvalRun, IndexInfo, Spread, SystemMetrics
 from backends.core.types import QAItem
 
 
+@pytest.mark.fast
 def test_squad_normalisation_exact_match_and_f1():
     assert normalize_answer("The  Per-Diem, is 1,260 euros!") == "per diem is 1260 euros"
     assert exact_match("the Lantern Building.", "Lantern building") == 1.0
@@ -24,20 +26,21 @@ def test_squad_normalisation_exact_match_and_f1():
     assert contains_gold("It is 155 euros.", "55 euros") == 0.0
 
 
+@pytest.mark.fast
 def test_percentile_interpolates():
     assert percentile([1, 2, 3, 4], 50) == 2.5
     assert percentile([5], 95) == 5
     assert percentile([0, 10], 95) == pytest.approx(9.5)
 
 
+@pytest.mark.fast
 def test_aggregate_means_and_latency_percentiles():
-    rows = [{"system": "rag", "exact_match": e, "f1": f, "contains": c, "semantic": 0.5, "groundedness": g,
-             "tokens_per_s": 10.0, "recall_at_k": r, **{f"t_{s}": t for s in
-             ("embed", "retrieve", "prompt", "first_token", "generate", "total")}}
+    rows = [EvalRow("q", "g", "s", "rag", "p", exact_match=e, f1=f, contains=c, semantic=0.5, groundedness=g, claims=1,
+                    recall_at_k=r, tokens_out=5, tokens_per_s=10.0, t_total=t)
             for e, f, c, g, r, t in [(1, 1.0, 1, 1.0, 1.0, 1.0), (0, 0.5, 1, 0.0, 0.0, 3.0)]]
     m = aggregate(rows)["rag"]
-    assert (m["exact_match"], m["f1"], m["contains"], m["groundedness"], m["recall_at_k"]) == (0.5, 0.75, 1.0, 0.5, 0.5)
-    assert m["latency"]["total"] == {"p50": 2.0, "p95": 2.9}
+    assert (m.exact_match, m.f1, m.contains, m.groundedness, m.recall_at_k) == (0.5, 0.75, 1.0, 0.5, 0.5)
+    assert m.latency["total"] == Spread(p50=2.0, p95=2.9)
 
 
 def test_an_eval_run_on_three_questions_writes_the_three_files(duet, tiny_adapter, tmp_path):
@@ -58,25 +61,32 @@ def test_an_eval_run_on_three_questions_writes_the_three_files(duet, tiny_adapte
     assert len(rows) == 6 and {"question", "system", "prediction", "f1", "groundedness", "t_total"} <= set(rows[0])
     report = (out / "report.html").read_text()
     assert "plotly" in report.lower() and "Duet evaluation" in report
-    assert load_run(out)["rows"][0]["f1"] == pytest.approx(float(rows[0]["f1"]))
+    loaded = load_run(out)
+    assert loaded.rows[0].f1 == pytest.approx(float(rows[0]["f1"])) and loaded.rows == run.rows
+    assert loaded.metrics == run.metrics and loaded.index == run.index
 
 
 def test_freshness_experiment_leaves_the_original_index_intact(duet, tiny_adapter):
     before = (duet.index.snapshot(), duet.index.chunk_count(), duet.settings.manifest_path.read_bytes())
     result = freshness_experiment(duet, DATA_DIR / "corpus_updates", DATA_DIR / "qa" / "updates.jsonl",
                                   ("rag",), adapter="tiny", limit=2)
-    assert result["questions"] == 2 and len(result["rows"]) == 2
-    assert len(result["ingested"]) == 5 and all(not r.startswith("rejected") for r in result["ingested"])
-    assert any("replaced" in r for r in result["ingested"]), "updated versions replace their originals in the copy"
+    assert result.questions == 2 and len(result.rows) == 2
+    assert len(result.ingested) == 5 and all(not r.startswith("rejected") for r in result.ingested)
+    assert any("replaced" in r for r in result.ingested), "updated versions replace their originals in the copy"
     assert (duet.index.snapshot(), duet.index.chunk_count(), duet.settings.manifest_path.read_bytes()) == before
 
 
+@pytest.mark.fast
 def test_advisor_follows_the_criteria_and_the_measurements():
     assert advise(Criteria(changing_data=2, traceability=2, terminology=0, training_examples=20)).recommendation == "rag"
     ft_case = Criteria(changing_data=0, external_data=False, terminology=2, training_examples=5000, traceability=0)
     assert advise(ft_case).recommendation == "ft"
-    run = {"metrics": {"rag": {"contains": 0.6, "f1": 0.2, "groundedness": 0.9},
-                       "ft": {"contains": 0.3, "f1": 0.25, "groundedness": 0.2}}}
+    measured_metrics = lambda contains, f1, grounded: SystemMetrics(  # noqa: E731
+        exact_match=0.0, f1=f1, contains=contains, semantic=0.5, groundedness=grounded, tokens_per_s=10.0,
+        recall_at_k=None, questions=20, latency={"total": Spread(1.0, 2.0)})
+    run = EvalRun(id="r", created_at="", systems=["rag", "ft"], model="m", adapter="a", adapter_created_at="",
+                  index=IndexInfo(1, 1, "v"), config={}, questions=20,
+                  metrics={"rag": measured_metrics(0.6, 0.2, 0.9), "ft": measured_metrics(0.3, 0.25, 0.2)})
     advice = advise(ft_case, run)
     measured = [r for r in advice.reasons if r[2].startswith("measured")]
     assert ("rag", 2) in [(r[0], r[1]) for r in measured] and any("0.60" in r[2] for r in measured)

@@ -61,6 +61,7 @@ def test_save_load_round_trip_gives_identical_greedy_output(settings, duet, tiny
     assert served and final_answer(fresh.stream(QUESTION, adapter="tiny")).text == served
 
 
+@pytest.mark.fast
 def test_staleness_reports_added_changed_and_deleted():
     then = {"a": "1", "b": "2", "c": "3"}
     now = {"a": "1", "b": "9", "d": "4"}

@@ -281,6 +281,7 @@ def test_prompt_injection_canary_is_inert(fresh_store, duet):
     canary.index.close()
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("raw, shown", [
     ("See ![x](https://evil.example/a.png) now", "See x now"),
     ("Read [the policy](https://evil.example/p) first", "Read the policy first"),

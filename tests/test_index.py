@@ -94,6 +94,7 @@ def test_crash_between_chunks_and_manifest_is_recovered_on_next_open(index, stor
     assert reopened.ingest_bytes("half.txt", b"half-written document").status == "added"
 
 
+@pytest.mark.fast
 def test_file_names_never_become_paths():
     assert safe_display_name("../../etc/passwd") == "passwd"
     assert safe_display_name("C:\\Users\\x\\report.pdf") == "report.pdf"

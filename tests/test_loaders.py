@@ -7,6 +7,8 @@ import pytest
 from backends.core.errors import BadInput
 from backends.knowledge.loaders import decode_text, load_document
 
+pytestmark = pytest.mark.fast
+
 
 def make_pdf(pages: list[str]) -> bytes:
     from fpdf import FPDF

@@ -1,10 +1,12 @@
 """Bundled models are found offline; the GGUF is converted once into a verified cache."""
 
+import pytest
 import os
 
 from backends.models.files import cache_is_valid, bundled_embedding_path, bundled_gguf_path, prepare_llm
 
 
+@pytest.mark.fast
 def test_bundled_models_are_found_without_importing_their_packages():
     assert bundled_gguf_path().name == "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert (bundled_embedding_path() / "model.safetensors").is_file()
@@ -49,6 +51,7 @@ def test_bundled_embeddings_equal_sentence_transformers():
     assert np.abs(ours - np.array(reference.embed_documents(texts))).max() < 1e-5
 
 
+@pytest.mark.fast
 def test_the_base_models_hash_follows_its_file_without_reading_it_again(tmp_path):
     """Adapters are checked against it at every answer: hashed once per version of the file, not per answer."""
     import hashlib

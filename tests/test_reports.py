@@ -2,9 +2,13 @@
 
 import json
 
+import pytest
+
 from backends.apps.reports import comparison_html, comparison_json, comparison_markdown
 from backends.core.text import used_span
 from backends.core.types import Answer, Claim, Comparison, Evidence, Source, Timings
+
+pytestmark = pytest.mark.fast
 
 HOSTILE = 'PWNED <img src="https://evil.example/x.png"> <a href="javascript:alert(1)">click</a> <script>x()</script>'
 

@@ -8,6 +8,8 @@ import pytest
 
 from backends.core.threads import run_in_fresh_thread
 
+pytestmark = pytest.mark.fast
+
 
 def test_the_result_comes_back_from_another_thread_that_has_ended():
     ran_on = []

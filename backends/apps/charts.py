@@ -7,6 +7,7 @@ import plotly.graph_objects as go
 from backends.apps.labels import QUALITY_METRICS as QUALITY
 from backends.apps.labels import SYSTEM_COLOURS as COLOURS
 from backends.apps.labels import title
+from backends.apps.runs import EvalRun, FreshnessResult
 
 
 def _layout(figure: go.Figure, heading: str, **extra) -> go.Figure:
@@ -14,32 +15,32 @@ def _layout(figure: go.Figure, heading: str, **extra) -> go.Figure:
     return figure
 
 
-def metrics_chart(run: dict) -> go.Figure:
+def metrics_chart(run: EvalRun) -> go.Figure:
     """Quality metrics per system, side by side."""
     figure = go.Figure()
-    for system, metrics in run["metrics"].items():
+    for system, metrics in run.metrics.items():
         figure.add_bar(name=title(system), x=list(QUALITY), y=[metrics.get(m) or 0 for m in QUALITY],
                        marker_color=COLOURS.get(system))
     return _layout(figure, "Answer quality (higher is better)", barmode="group", yaxis=dict(range=[0, 1]))
 
 
-def latency_chart(run: dict) -> go.Figure:
+def latency_chart(run: EvalRun) -> go.Figure:
     """Distribution of total and first-token latency per system."""
     figure = go.Figure()
-    for system in run["metrics"]:
-        rows = [r for r in run["rows"] if r["system"] == system]
-        for stage in ("t_first_token", "t_total"):
-            figure.add_box(y=[r[stage] for r in rows], name=f"{title(system)} · {stage[2:]}",
+    for system in run.metrics:
+        rows = run.rows_of(system)
+        for stage in ("first_token", "total"):
+            figure.add_box(y=[r.seconds(stage) for r in rows], name=f"{title(system)} · {stage}",
                            marker_color=COLOURS.get(system), boxpoints="all", jitter=0.3)
     return _layout(figure, "Latency per question (seconds)", showlegend=False)
 
 
-def scatter_chart(run: dict, metric: str = "f1") -> go.Figure:
+def scatter_chart(run: EvalRun, metric: str = "f1") -> go.Figure:
     """Per question: the metric of the first system against the second."""
-    systems = list(run["metrics"])[:2]
+    systems = list(run.metrics)[:2]
     by_question = {}
-    for row in run["rows"]:
-        by_question.setdefault(row["question"], {})[row["system"]] = row[metric]
+    for row in run.rows:
+        by_question.setdefault(row.question, {})[row.system] = getattr(row, metric)
     points = [(q, v.get(systems[0], 0), v.get(systems[-1], 0)) for q, v in by_question.items()]
     figure = go.Figure(go.Scatter(x=[p[1] for p in points], y=[p[2] for p in points], mode="markers",
                                   text=[p[0] for p in points], hovertemplate="%{text}<br>%{x:.2f} vs %{y:.2f}",
@@ -50,12 +51,12 @@ def scatter_chart(run: dict, metric: str = "f1") -> go.Figure:
                    yaxis=dict(title=title(systems[-1]), range=[-0.05, 1.05]))
 
 
-def freshness_chart(result: dict) -> go.Figure:
+def freshness_chart(result: FreshnessResult) -> go.Figure:
     """Updated facts answered with the new value vs still with the old one."""
     figure = go.Figure()
-    systems = list(result["systems"])
-    figure.add_bar(name="new fact (right)", x=[title(s) for s in systems], y=[result["systems"][s]["new"] for s in systems],
+    systems = list(result.systems)
+    figure.add_bar(name="new fact (right)", x=[title(s) for s in systems], y=[result.systems[s].new for s in systems],
                    marker_color="#1b7f3b")
-    figure.add_bar(name="old fact (stale)", x=[title(s) for s in systems], y=[result["systems"][s]["old"] for s in systems],
+    figure.add_bar(name="old fact (stale)", x=[title(s) for s in systems], y=[result.systems[s].old for s in systems],
                    marker_color="#b3261e")
-    return _layout(figure, f"Freshness: {result['questions']} updated facts", barmode="group", yaxis_title="answers")
+    return _layout(figure, f"Freshness: {result.questions} updated facts", barmode="group", yaxis_title="answers")

@@ -150,24 +150,24 @@ def cmd_eval(args) -> int:
         duet.registry.get(args.adapter)
     run = run_eval(duet, items, systems, args.adapter, on_progress=_eval_progress)
     if args.freshness:
-        run["freshness"] = freshness_experiment(duet, DATA_DIR / "corpus_updates", DATA_DIR / "qa" / "updates.jsonl",
-                                                systems, args.adapter, on_progress=_eval_progress)
-    out = save_run(run, args.out or duet.settings.runs_dir / run["id"])
+        run.freshness = freshness_experiment(duet, DATA_DIR / "corpus_updates", DATA_DIR / "qa" / "updates.jsonl",
+                                             systems, args.adapter, on_progress=_eval_progress)
+    out = save_run(run, args.out or duet.settings.runs_dir / run.id)
     print(file=sys.stderr)
-    for system, m in run["metrics"].items():
-        print(f"{system:7} EM {m['exact_match']:.3f}  F1 {m['f1']:.3f}  contains {m['contains']:.3f}  "
-              f"semantic {m['semantic']:.3f}  grounded {m['groundedness']:.3f}  "
-              f"recall@k {m['recall_at_k'] if m['recall_at_k'] is not None else '-'}  "
-              f"p50 {m['latency']['total']['p50']:.2f}s  p95 {m['latency']['total']['p95']:.2f}s  {m['tokens_per_s']:.1f} tok/s")
+    for system, m in run.metrics.items():
+        print(f"{system:7} EM {m.exact_match:.3f}  F1 {m.f1:.3f}  contains {m.contains:.3f}  "
+              f"semantic {m.semantic:.3f}  grounded {m.groundedness:.3f}  "
+              f"recall@k {m.recall_at_k if m.recall_at_k is not None else '-'}  "
+              f"p50 {m.latency['total'].p50:.2f}s  p95 {m.latency['total'].p95:.2f}s  {m.tokens_per_s:.1f} tok/s")
     if args.freshness:
-        for system, c in run["freshness"]["systems"].items():
-            print(f"freshness {system}: {c['new']} of {run['freshness']['questions']} new facts, {c['old']} old facts")
+        for system, c in run.freshness.systems.items():
+            print(f"freshness {system}: {c.new} of {run.freshness.questions} new facts, {c.old} old facts")
     print(f"wrote {out / 'metrics.json'}, {out / 'results.csv'}, {out / 'report.html'}")
     return 0
 
 
 def cmd_bench(args) -> int:
-    """Measure speed (see backends/bench.py); a table, or with --json one JSON object."""
+    """Measure speed (see backends/apps/bench.py); a table, or with --json one JSON object."""
     from backends.apps.bench import format_table, run_bench
 
     result = run_bench(_duet(args), quick=args.quick, progress=_progress)

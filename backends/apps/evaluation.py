@@ -8,6 +8,7 @@ so "The per diem is 55 euros." is right although its exact match is 0.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import string
@@ -18,6 +19,9 @@ from typing import Callable, Iterable
 
 from backends.core.errors import BadInput
 from backends.apps.labels import SYSTEMS, title
+from backends.apps.runs import (
+    STAGES, EvalRow, EvalRun, FreshCount, FreshnessResult, IndexInfo, Spread, SystemMetrics,
+)
 from backends.learning.examples import read_qa_file
 from backends.core.types import QAItem
 
@@ -79,7 +83,6 @@ def quick_eval(items: list[QAItem], answer: Callable[[str], str]) -> tuple[dict,
 
 
 # ---- runs --------------------------------------------------------------------------------
-STAGE_NAMES = ("embed", "retrieve", "prompt", "first_token", "generate", "total")
 RUN_FILES = ("metrics.json", "results.csv", "report.html")
 
 
@@ -104,43 +107,42 @@ def retrieval_hit(answer, source: str) -> float | None:
     return float(any(s.file_name == source for s in answer.sources))
 
 
-def evaluate_answer(duet, item: QAItem, answer) -> dict:
+def evaluate_answer(duet, item: QAItem, answer) -> EvalRow:
     """One row of a run: the answer, its metrics, its claims' groundedness, its timings."""
     from backends.answering.claims import groundedness
 
     claims = duet.tracer.trace(answer)
     gold_vector, answer_vector = duet.tracer.embed([item.answer, answer.text or " "])
-    row = {
-        "question": item.question, "gold": item.answer, "source": item.source, "system": answer.backend,
-        "prediction": answer.text, **score_answer(answer.text, item.answer),
-        "semantic": round(cosine(gold_vector, answer_vector), 4),
-        "groundedness": round(groundedness(claims), 4), "claims": len(claims),
-        "recall_at_k": retrieval_hit(answer, item.source),
-        "tokens_out": answer.tokens_out, "tokens_per_s": answer.tokens_per_s,
-    }
-    row.update({f"t_{stage}": round(getattr(answer.timings, stage), 4) for stage in STAGE_NAMES})
-    return row
+    return EvalRow(
+        question=item.question, gold=item.answer, source=item.source, system=answer.backend,
+        prediction=answer.text, **score_answer(answer.text, item.answer),
+        semantic=round(cosine(gold_vector, answer_vector), 4),
+        groundedness=round(groundedness(claims), 4), claims=len(claims),
+        recall_at_k=retrieval_hit(answer, item.source),
+        tokens_out=answer.tokens_out, tokens_per_s=answer.tokens_per_s,
+        **{f"t_{stage}": round(getattr(answer.timings, stage), 4) for stage in STAGES},
+    )
 
 
-def aggregate(rows: list[dict]) -> dict:
+def aggregate(rows: list[EvalRow]) -> dict[str, SystemMetrics]:
     """Per-system means of the metrics and p50/p95 of every stage's latency."""
     summary = {}
-    for system in dict.fromkeys(r["system"] for r in rows):
-        mine = [r for r in rows if r["system"] == system]
-        recall = [r["recall_at_k"] for r in mine if r["recall_at_k"] is not None]
-        metrics = {m: round(sum(r[m] for r in mine) / len(mine), 4)
-                   for m in ("exact_match", "f1", "contains", "semantic", "groundedness", "tokens_per_s")}
-        metrics["recall_at_k"] = round(sum(recall) / len(recall), 4) if recall else None
-        metrics["questions"] = len(mine)
-        metrics["latency"] = {stage: {"p50": round(percentile([r[f"t_{stage}"] for r in mine], 50), 4),
-                                      "p95": round(percentile([r[f"t_{stage}"] for r in mine], 95), 4)}
-                              for stage in STAGE_NAMES}
-        summary[system] = metrics
+    for system in dict.fromkeys(r.system for r in rows):
+        mine = [r for r in rows if r.system == system]
+        recall = [r.recall_at_k for r in mine if r.recall_at_k is not None]
+        mean = lambda metric: round(sum(getattr(r, metric) for r in mine) / len(mine), 4)  # noqa: E731
+        spread = lambda stage: Spread(round(percentile([r.seconds(stage) for r in mine], 50), 4),  # noqa: E731
+                                      round(percentile([r.seconds(stage) for r in mine], 95), 4))
+        summary[system] = SystemMetrics(
+            exact_match=mean("exact_match"), f1=mean("f1"), contains=mean("contains"), semantic=mean("semantic"),
+            groundedness=mean("groundedness"), tokens_per_s=mean("tokens_per_s"),
+            recall_at_k=round(sum(recall) / len(recall), 4) if recall else None, questions=len(mine),
+            latency={stage: spread(stage) for stage in STAGES})
     return summary
 
 
 def run_eval(duet, items: list[QAItem], systems=("rag", "ft"), adapter: str | None = None,
-             on_progress: Callable[[int, int, str], None] = lambda done, total, label: None) -> dict:
+             on_progress: Callable[[int, int, str], None] = lambda done, total, label: None) -> EvalRun:
     """Every item through every system; returns the run (metadata, per-system metrics, rows)."""
     import hashlib
     from datetime import datetime, timezone
@@ -154,23 +156,18 @@ def run_eval(duet, items: list[QAItem], systems=("rag", "ft"), adapter: str | No
     on_progress(total, total, "done")
     snapshot = duet.index.snapshot()
     created = datetime.now(timezone.utc)
-    return {
-        "id": created.strftime("%Y%m%d-%H%M%S"),
-        "created_at": created.isoformat(timespec="seconds"),
-        "systems": list(systems),
-        "model": duet.llm.name,
-        "adapter": adapter,
-        "adapter_created_at": duet.registry.get(adapter, check_base=False).created_at,
-        "index": {"documents": len(snapshot), "chunks": duet.index.chunk_count(),
-                  "version": hashlib.sha256(json.dumps(snapshot, sort_keys=True).encode()).hexdigest()[:12]},
-        "config": {k: str(v) for k, v in duet.settings.public().items()},
-        "questions": len(items),
-        "metrics": aggregate(rows),
-        "rows": rows,
-    }
+    return EvalRun(
+        id=created.strftime("%Y%m%d-%H%M%S"), created_at=created.isoformat(timespec="seconds"), systems=list(systems),
+        model=duet.llm.name, adapter=adapter,
+        adapter_created_at=duet.registry.get(adapter, check_base=False).created_at,
+        index=IndexInfo(documents=len(snapshot), chunks=duet.index.chunk_count(),
+                        version=hashlib.sha256(json.dumps(snapshot, sort_keys=True).encode()).hexdigest()[:12]),
+        config={k: str(v) for k, v in duet.settings.public().items()}, questions=len(items),
+        metrics=aggregate(rows), rows=rows,
+    )
 
 
-def save_run(run: dict, out_dir: str | Path) -> Path:
+def save_run(run: EvalRun, out_dir: str | Path) -> Path:
     """metrics.json (everything but the rows), results.csv (the rows) and report.html, written atomically."""
     import csv
     import io
@@ -182,11 +179,11 @@ def save_run(run: dict, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(run["rows"][0]) if run["rows"] else ["question"])
+    writer = csv.DictWriter(buffer, fieldnames=[f.name for f in dataclasses.fields(EvalRow)])
     writer.writeheader()
-    writer.writerows(run["rows"])
+    writer.writerows(row.to_csv() for row in run.rows)
     contents = {
-        "metrics.json": json.dumps({k: v for k, v in run.items() if k != "rows"}, indent=2),
+        "metrics.json": json.dumps(run.to_json(), indent=2),
         "results.csv": buffer.getvalue(),
         "report.html": eval_report_html(run),
     }
@@ -199,26 +196,14 @@ def save_run(run: dict, out_dir: str | Path) -> Path:
     return out
 
 
-def load_run(folder: str | Path) -> dict:
+def load_run(folder: str | Path) -> EvalRun:
     """A saved run: metrics.json plus its rows from results.csv."""
     import csv
 
     folder = Path(folder)
-    run = json.loads((folder / "metrics.json").read_text())
     with open(folder / "results.csv", newline="", encoding="utf-8") as f:
-        run["rows"] = [_typed_row(r) for r in csv.DictReader(f)]
-    run["folder"] = str(folder)
-    return run
-
-
-def _typed_row(row: dict) -> dict:
-    typed = {}
-    for k, v in row.items():
-        if k in ("question", "gold", "source", "system", "prediction"):
-            typed[k] = v
-        else:
-            typed[k] = None if v == "" else float(v)
-    return typed
+        rows = [EvalRow.from_csv(r) for r in csv.DictReader(f)]
+    return EvalRun.from_json(json.loads((folder / "metrics.json").read_text()), rows, str(folder))
 
 
 def list_runs(settings) -> list[Path]:
@@ -230,7 +215,7 @@ def list_runs(settings) -> list[Path]:
 # ---- freshness ---------------------------------------------------------------------------
 def freshness_experiment(duet, updates_dir: str | Path, questions_path: str | Path, systems=("rag", "ft"),
                          adapter: str | None = None, limit: int = 0,
-                         on_progress: Callable[[int, int, str], None] = lambda done, total, label: None) -> dict:
+                         on_progress: Callable[[int, int, str], None] = lambda done, total, label: None) -> FreshnessResult:
     """Ingest the updated documents into a COPY of the store, ask the update questions, count new vs old facts.
 
     Each question has the new `answer` and the `old_answer` of the earlier document. The copy is
@@ -264,9 +249,9 @@ def freshness_experiment(duet, updates_dir: str | Path, questions_path: str | Pa
                                 "prediction": answer.text, "has_new": contains_gold(answer.text, row["answer"]),
                                 "has_old": contains_gold(answer.text, row["old_answer"])})
         copy.index.close()
-    summary = {s: {"new": int(sum(r["has_new"] for r in results if r["system"] == s)),
-                   "old": int(sum(r["has_old"] for r in results if r["system"] == s))} for s in systems}
-    return {"questions": len(rows), "ingested": ingested, "systems": summary, "rows": results, "adapter": adapter}
+    summary = {s: FreshCount(new=int(sum(r["has_new"] for r in results if r["system"] == s)),
+                             old=int(sum(r["has_old"] for r in results if r["system"] == s))) for s in systems}
+    return FreshnessResult(questions=len(rows), ingested=ingested, systems=summary, rows=results, adapter=adapter)
 
 
 # ---- advisor -----------------------------------------------------------------------------
@@ -289,7 +274,7 @@ class Advice:
     reasons: tuple[tuple[str, int, str], ...]  # (system favoured, points, why)
 
 
-def advise(criteria: Criteria, run: dict | None = None, freshness: dict | None = None) -> Advice:
+def advise(criteria: Criteria, run: EvalRun | None = None, freshness: FreshnessResult | None = None) -> Advice:
     """Score RAG, fine-tuning and their combination from the criteria and the latest measurements."""
     reasons: list[tuple[str, int, str]] = []
     add = lambda system, points, why: reasons.append((system, points, why))  # noqa: E731
@@ -308,13 +293,14 @@ def advise(criteria: Criteria, run: dict | None = None, freshness: dict | None =
     if not criteria.training_clean:
         add("rag", 2, "the training data is not clean: an adapter learns its mistakes and cannot be audited")
     if run:
-        _measured(run["metrics"], add)
+        _measured(run.metrics, add)
     if freshness:
-        counts = freshness["systems"]
+        counts = freshness.systems
+        adapter_new = counts["ft"].new if "ft" in counts else 0
         for system, c in counts.items():
-            if system != "ft" and c["new"] > counts.get("ft", {}).get("new", 0):
-                add(system, 2, f"freshness: {title(system)} gave {c['new']} of {freshness['questions']} updated facts, "
-                               f"the adapter {counts.get('ft', {}).get('new', 0)}")
+            if system != "ft" and c.new > adapter_new:
+                add(system, 2, f"freshness: {title(system)} gave {c.new} of {freshness.questions} updated facts, "
+                               f"the adapter {adapter_new}")
     scores = {s: sum(p for system, p, _ in reasons if system == s) for s in ("rag", "ft", "rag_ft")}
     if criteria.terminology and (criteria.changing_data or criteria.traceability):
         add("rag_ft", min(scores["rag"], scores["ft"]), "both needs apply: retrieval for facts and sources, the adapter for wording")
@@ -323,11 +309,11 @@ def advise(criteria: Criteria, run: dict | None = None, freshness: dict | None =
     return Advice(best, scores, tuple(reasons))
 
 
-def _measured(metrics: dict, add) -> None:
+def _measured(metrics: dict[str, SystemMetrics], add) -> None:
     """Points from a run: the better system on quality and groundedness, by a clear margin."""
     for metric, label, margin in (("contains", "gold answer contained", 0.05), ("f1", "token F1", 0.03),
                                   ("groundedness", "groundedness", 0.05)):
-        values = {s: m[metric] for s, m in metrics.items() if m.get(metric) is not None}
+        values = {s: m.get(metric) for s, m in metrics.items() if m.get(metric) is not None}
         if len(values) < 2:
             continue
         ranked = sorted(values, key=values.get, reverse=True)

@@ -11,6 +11,7 @@ import json
 import re
 
 from backends.apps.labels import METRICS, VERDICT_COLOURS, title
+from backends.apps.runs import EvalRun
 from backends.core.types import Comparison
 
 PAGE_STYLE = """
@@ -87,24 +88,23 @@ def _md_code(text: str) -> str:
     return f"{fence} {text} {fence}"
 
 
-def eval_report_html(run: dict) -> str:
+def eval_report_html(run: EvalRun) -> str:
     """A self-contained evaluation report: metrics tables, plotly charts (library inlined once), rows."""
     from backends.apps.charts import latency_chart, metrics_chart, scatter_chart
 
     e = html.escape
-    charts = [metrics_chart(run), latency_chart(run)] + ([scatter_chart(run)] if len(run["metrics"]) > 1 else [])
+    charts = [metrics_chart(run), latency_chart(run)] + ([scatter_chart(run)] if len(run.metrics) > 1 else [])
     figures = "".join(chart.to_html(full_html=False, include_plotlyjs=(n == 0)) for n, chart in enumerate(charts))
     summary = table(("system",) + METRICS + ("p50 total s", "p95 total s"),
                     [(title(s),) + tuple(_fmt(m.get(k)) for k in METRICS)
-                     + (_fmt(m["latency"]["total"]["p50"]), _fmt(m["latency"]["total"]["p95"]))
-                     for s, m in run["metrics"].items()])
-    about = (f"<p class='small'>Run {e(run['id'])} · {e(run['created_at'])} · {run['questions']} questions · model "
-             f"{e(run['model'])} · adapter {e(str(run['adapter']))} · index {run['index']['documents']} documents, "
-             f"{run['index']['chunks']} chunks (version {e(run['index']['version'])})</p>")
+                     + (_fmt(m.latency["total"].p50), _fmt(m.latency["total"].p95))
+                     for s, m in run.metrics.items()])
+    about = (f"<p class='small'>Run {e(run.id)} · {e(run.created_at)} · {run.questions} questions · model "
+             f"{e(run.model)} · adapter {e(str(run.adapter))} · index {run.index.documents} documents, "
+             f"{run.index.chunks} chunks (version {e(run.index.version)})</p>")
     rows = table(("system", "question", "gold", "answer", "F1", "grounded"),
-                 [(title(r["system"]), r["question"], r["gold"], r["prediction"], _fmt(r["f1"]), _fmt(r["groundedness"]))
-                  for r in run["rows"]])
-    return page(f"Duet evaluation {run['id']}", f"<h1>Duet evaluation</h1>{about}<h2>Summary</h2>{summary}"
+                 [(title(r.system), r.question, r.gold, r.prediction, _fmt(r.f1), _fmt(r.groundedness)) for r in run.rows])
+    return page(f"Duet evaluation {run.id}", f"<h1>Duet evaluation</h1>{about}<h2>Summary</h2>{summary}"
                 f"<h2>Charts</h2>{figures}<h2>Every answer</h2>{rows}")
 
 

@@ -1,0 +1,149 @@
+"""An evaluation run as types: its rows, its metrics per system, its freshness result; saved as metrics.json and
+results.csv (the layout of those files is the CLI's contract) and read back from them."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+STAGES = ("embed", "retrieve", "prompt", "first_token", "generate", "total")
+TEXT_COLUMNS = ("question", "gold", "source", "system", "prediction")
+
+
+@dataclass(frozen=True)
+class EvalRow:
+    """One answer of one system to one question, scored."""
+
+    question: str
+    gold: str
+    source: str
+    system: str
+    prediction: str
+    exact_match: float
+    f1: float
+    contains: float
+    semantic: float
+    groundedness: float
+    claims: int
+    recall_at_k: float | None  # None where the system retrieves nothing (fine-tuned)
+    tokens_out: int
+    tokens_per_s: float
+    t_embed: float = 0.0
+    t_retrieve: float = 0.0
+    t_prompt: float = 0.0
+    t_first_token: float = 0.0
+    t_generate: float = 0.0
+    t_total: float = 0.0
+
+    def seconds(self, stage: str) -> float:
+        return getattr(self, f"t_{stage}")
+
+    def to_csv(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_csv(cls, row: dict) -> "EvalRow":
+        kinds = {f.name: f.type for f in dataclasses.fields(cls)}
+        values = {}
+        for name, raw in row.items():
+            if name not in kinds:
+                continue
+            if name in TEXT_COLUMNS:
+                values[name] = raw
+            elif raw == "":
+                values[name] = None
+            else:
+                values[name] = int(float(raw)) if kinds[name] == "int" else float(raw)
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Spread:
+    p50: float
+    p95: float
+
+
+@dataclass(frozen=True)
+class SystemMetrics:
+    """Means over one system's rows, and p50/p95 of every stage's latency."""
+
+    exact_match: float
+    f1: float
+    contains: float
+    semantic: float
+    groundedness: float
+    tokens_per_s: float
+    recall_at_k: float | None
+    questions: int
+    latency: dict[str, Spread]
+
+    def get(self, metric: str) -> float | None:
+        return getattr(self, metric, None)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "SystemMetrics":
+        return cls(**{**data, "latency": {stage: Spread(**s) for stage, s in data["latency"].items()}})
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    documents: int
+    chunks: int
+    version: str
+
+
+@dataclass(frozen=True)
+class FreshCount:
+    new: int  # answers holding the updated fact
+    old: int  # answers still holding the earlier one
+
+
+@dataclass(frozen=True)
+class FreshnessResult:
+    """The updated documents ingested into a copy of the index, the update questions asked of each system."""
+
+    questions: int
+    ingested: list[str]
+    systems: dict[str, FreshCount]
+    rows: list[dict]
+    adapter: str
+
+    @classmethod
+    def from_json(cls, data: dict) -> "FreshnessResult":
+        return cls(**{**data, "systems": {s: FreshCount(**c) for s, c in data["systems"].items()}})
+
+
+@dataclass
+class EvalRun:
+    id: str
+    created_at: str
+    systems: list[str]
+    model: str
+    adapter: str
+    adapter_created_at: str
+    index: IndexInfo
+    config: dict
+    questions: int
+    metrics: dict[str, SystemMetrics]
+    rows: list[EvalRow] = field(default_factory=list)
+    freshness: FreshnessResult | None = None
+    folder: str = ""  # where it was saved (not part of metrics.json)
+
+    def rows_of(self, system: str) -> list[EvalRow]:
+        return [row for row in self.rows if row.system == system]
+
+    def to_json(self) -> dict:
+        """metrics.json: everything but the rows and the folder."""
+        data = dataclasses.asdict(self)
+        del data["rows"], data["folder"]
+        if data["freshness"] is None:
+            del data["freshness"]
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict, rows: list[EvalRow], folder: str = "") -> "EvalRun":
+        freshness = data.get("freshness")
+        return cls(**{**data, "index": IndexInfo(**data["index"]),
+                      "metrics": {s: SystemMetrics.from_json(m) for s, m in data["metrics"].items()},
+                      "freshness": FreshnessResult.from_json(freshness) if freshness else None,
+                      "rows": rows, "folder": folder})
