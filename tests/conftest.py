@@ -6,6 +6,8 @@ uses the project's normal cache (data/store/models), which `make test` prepares.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from backends.core.config import DATA_DIR, load_settings

@@ -12,7 +12,7 @@ from pathlib import Path
 from backends.answering.rag import rank_evidence
 from backends.answering.prompts import build_messages
 from backends.core.config import DATA_DIR, REPO_ROOT
-from backends.engines.scheduler import REPETITION_PENALTY, copy_constraint, encode_chat, stream_chat
+from backends.engines.scheduler import REPETITION_PENALTY, Done, chat_request, copy_constraint, encode_chat, stream_chat
 from backends.learning.examples import chat_messages
 
 CORPUS = DATA_DIR / "corpus"
@@ -55,8 +55,13 @@ QUESTIONS = ["How many days of annual leave do employees get?", "What is the dai
              "Who approves expenses above the limit?"]
 
 
-def reference_tokens(llm, messages, max_new_tokens, adapter=None, copy_from=None) -> list[int]:
-    """Greedy tokens from `model.generate`, the path the decoder replaces."""
+# Two float32 kernels (or engines) may settle a near-tie either way: logits closer than this decide nothing.
+NEAR_TIE = 1e-2
+
+
+def reference_steps(llm, messages, max_new_tokens, adapter=None, copy_from=None) -> tuple[list[int], list]:
+    """Greedy tokens from `model.generate` (the path the decoder replaces), and the scores each was chosen from
+    (after repetition penalty and copy constraint)."""
     import torch
     from peft import PeftModel
     from transformers import LogitsProcessorList
@@ -75,8 +80,39 @@ def reference_tokens(llm, messages, max_new_tokens, adapter=None, copy_from=None
         out = model.generate(torch.tensor([ids]), attention_mask=torch.ones((1, len(ids)), dtype=torch.long),
                              max_new_tokens=max_new_tokens, do_sample=False, logits_processor=processors,
                              repetition_penalty=1.0 if copy_from else REPETITION_PENALTY,
-                             pad_token_id=llm.tokenizer.pad_token_id)
-    return out[0, len(ids):].tolist()
+                             pad_token_id=llm.tokenizer.pad_token_id, output_scores=True, return_dict_in_generate=True)
+    return out.sequences[0, len(ids):].tolist(), [scores[0].float() for scores in out.scores]
+
+
+def decoder_tokens(llm, messages, max_new_tokens, adapter=None, copy_from=None) -> list[int]:
+    """The decoder's greedy tokens for the chat (as `stream_chat` asks for them)."""
+    request = chat_request(llm, messages, max_new_tokens, adapter, copy_from)
+    llm.decoder.submit(request)
+    while not isinstance(item := request.output.get(timeout=300), Done):
+        if isinstance(item, BaseException):
+            raise item
+    return request.generated
+
+
+def parting_point(tokens: list[int], reference: list[int], scores: list, tolerance: float = NEAR_TIE) -> str | None:
+    """None when `tokens` follow `reference` wherever the reference's choice was clear: they may part only at a
+    token whose two best scores were within `tolerance` (after that the continuations differ legitimately)."""
+    for step, (mine, theirs) in enumerate(zip(tokens, reference)):
+        if mine != theirs:
+            best, second = scores[step].topk(2).values.tolist()
+            return None if best - second < tolerance else (
+                f"token {step}: {mine} instead of {theirs}, which led by {best - second:.4f} (> {tolerance})")
+    return None if len(tokens) == len(reference) else f"{len(tokens)} tokens instead of {len(reference)}"
+
+
+def assert_decided_alike(llm, reference_llm, messages, max_new_tokens, adapter=None, copy_from=None,
+                         tolerance: float = NEAR_TIE) -> list[int]:
+    """`llm`'s decoder gives `reference_llm`'s `model.generate` tokens except past a near-tie; returns its tokens."""
+    reference, scores = reference_steps(reference_llm, messages, max_new_tokens, adapter, copy_from)
+    tokens = decoder_tokens(llm, messages, max_new_tokens, adapter, copy_from)
+    problem = parting_point(tokens, reference, scores, tolerance)
+    assert problem is None, f"{problem}: {as_text(llm, tokens)!r} vs {as_text(reference_llm, reference)!r}"
+    return tokens
 
 
 def decoder_text(llm, messages, max_new_tokens, adapter=None, copy_from=None) -> str:

@@ -11,23 +11,20 @@ from backends.core.types import Answer
 from backends.engines.base import BASE_MODEL
 from backends.engines.scheduler import Decoder, encode_chat, stream_chat, system_prefix_length
 from backends.learning.examples import chat_messages
-from tests.helpers import LONG_FREE_ROW, QUESTIONS, as_text, decoder_text, rag_prompt, reference_tokens
+from tests.helpers import LONG_FREE_ROW, QUESTIONS, assert_decided_alike, decoder_text, rag_prompt
 
 
 @pytest.mark.parametrize("question", QUESTIONS)
-def test_fine_tuned_greedy_output_equals_generate(duet, tiny_adapter, question):
+def test_fine_tuned_greedy_output_follows_generate(duet, tiny_adapter, question):
     duet.ft.use("tiny")
-    messages = chat_messages(question)
-    assert decoder_text(duet.llm, messages, 40, "tiny") == as_text(duet.llm, reference_tokens(duet.llm, messages, 40, "tiny"))
+    assert_decided_alike(duet.llm, duet.llm, chat_messages(question), 40, "tiny")
 
 
 @pytest.mark.parametrize("question", QUESTIONS[:2])
-def test_rag_greedy_output_equals_generate(duet, question):
+def test_rag_greedy_output_follows_generate(duet, question):
     messages, copy_from = rag_prompt(duet, question)
-    expected = as_text(duet.llm, reference_tokens(duet.llm, messages, 40, copy_from=copy_from))
-    assert decoder_text(duet.llm, messages, 40, copy_from=copy_from) == expected
-    free = as_text(duet.llm, reference_tokens(duet.llm, messages, 24))
-    assert decoder_text(duet.llm, messages, 24) == free
+    assert_decided_alike(duet.llm, duet.llm, messages, 40, copy_from=copy_from)
+    assert_decided_alike(duet.llm, duet.llm, messages, 24)
 
 
 def test_copied_spans_go_through_the_model_as_chunks(duet):
@@ -203,14 +200,12 @@ def test_the_bundled_model_decodes_with_the_lean_step(duet, tiny_adapter):
     assert isinstance(passes_for(duet.llm.engine.model), LlamaPass)
 
 
-def test_the_plain_step_gives_the_same_answer(duet, monkeypatch):
-    # Architectures LlamaPass does not know decode through model(...): same tokens.
+def test_the_plain_step_follows_generate_too(duet, monkeypatch):
+    # Architectures LlamaPass does not know decode through model(...), with its own kernels.
     from backends.engines.torch_passes import LlamaPass
 
-    messages = chat_messages(QUESTIONS[0])
-    lean = decoder_text(duet.llm, messages, 24)
     monkeypatch.setattr(LlamaPass, "supports", staticmethod(lambda model: False))
-    assert decoder_text(duet.llm, messages, 24) == lean
+    assert_decided_alike(duet.llm, duet.llm, chat_messages(QUESTIONS[0]), 24)
 
 
 def test_models_compute_only_in_the_decoder_or_passing_threads(duet):

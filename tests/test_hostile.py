@@ -100,11 +100,8 @@ def test_cli_batch_rejects_each_hostile_file_with_its_reason_and_keeps_going(tmp
     assert run_cli("ingest", str(seed), "--store", str(store.store_dir), settings=settings).returncode == 0
     manifest_before, chunks_before = store_state(store)
 
-    os.environ["DUET_MAX_UPLOAD_MB"] = "1"
-    try:
-        done = run_cli("ingest", *map(str, paths), "--store", str(store.store_dir), settings=settings)
-    finally:
-        del os.environ["DUET_MAX_UPLOAD_MB"]
+    done = run_cli("ingest", *map(str, paths), "--store", str(store.store_dir), settings=settings,
+                   env={"DUET_MAX_UPLOAD_MB": "1"})
     lines = dict(line.split(": ", 1) for line in done.stdout.strip().splitlines())
     for name, (_, reason) in HOSTILE_FILES.items():
         outcome = lines[str(files / name)]

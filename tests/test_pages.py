@@ -8,7 +8,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from backends.core.config import REPO_ROOT
-from tests.helpers import copy_demo_store
+from tests.helpers import PER_DIEM, copy_demo_store
 
 
 

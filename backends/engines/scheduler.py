@@ -373,6 +373,18 @@ class Decoder:
         request.output.put(Done(text.strip(), len(request.generated)))
 
 
+def chat_request(llm: LoadedLLM, messages: list[dict], max_new_tokens: int, adapter: str | None = None,
+                 copy_from: list[str] | None = None, stop_at_eos: bool = True) -> Request:
+    """The request for an answer to the chat: copied from `copy_from` when given, else written freely."""
+    input_ids = encode_chat(llm, messages)
+    return Request(
+        input_ids=input_ids, max_new_tokens=max_new_tokens, adapter=adapter,
+        prefix_length=system_prefix_length(llm, messages, input_ids),
+        constraint=copy_constraint(llm, copy_from, len(input_ids)) if copy_from else None,
+        repetition_penalty=1.0 if copy_from else REPETITION_PENALTY, stop_at_eos=stop_at_eos,
+    )
+
+
 def stream_chat(
     llm: LoadedLLM,
     messages: list[dict],
@@ -387,13 +399,8 @@ def stream_chat(
     Abandoning the stream (a closed page, a cancelled request) stops this row's generation.
     """
     started = time.perf_counter()
-    input_ids = encode_chat(llm, messages)
-    request = Request(
-        input_ids=input_ids, max_new_tokens=max_new_tokens, adapter=adapter,
-        prefix_length=system_prefix_length(llm, messages, input_ids),
-        constraint=copy_constraint(llm, copy_from, len(input_ids)) if copy_from else None,
-        repetition_penalty=1.0 if copy_from else REPETITION_PENALTY, stop_at_eos=stop_at_eos,
-    )
+    request = chat_request(llm, messages, max_new_tokens, adapter, copy_from, stop_at_eos)
+    input_ids = request.input_ids
     prompt_s = time.perf_counter() - started
     gen_start = time.perf_counter()
     llm.decoder.submit(request)
