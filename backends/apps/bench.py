@@ -149,8 +149,7 @@ def llama_cpp_side_by_side_figures(duet, report: Report, plan: Plan, adapter: st
     """Compare's figures on Duet's llama.cpp engine (DUET_ENGINE=llama.cpp), beside this engine's.
 
     The same questions, adapter and store, in a child process (as above). Whether the ratio
-    target is reachable at all on these cores is best seen on the engine decoding is measured
-    against.
+    target holds is best seen beside the engine decoding is measured against.
     """
     key = ENGINE_KEYS["llama.cpp"]
     if duet.settings.engine == "llama.cpp" or _skipped_llama_cpp(duet, report, f"side_by_side.{key}"):
@@ -352,9 +351,10 @@ def judge(report: Report) -> None:
     for name in [f"decode_tokens_per_s.{engine}.{key}" for engine in ENGINE_KEYS.values() for key in ("base", "adapter")]:
         mine = report.median(name)
         report.judge(name, ">= 50% of llama.cpp", None if llama is None or mine is None else mine >= 0.5 * llama)
-    for name in ("side_by_side.ratio", f"side_by_side.{ENGINE_KEYS['llama.cpp']}.ratio"):
+    # Two answers on two busy cores cost their sum: Compare is judged against that floor (the team's decision).
+    for name in ("side_by_side.both_vs_sum", f"side_by_side.{ENGINE_KEYS['llama.cpp']}.both_vs_sum"):
         ratio = report.median(name)
-        report.judge(name, "<= 1.3", None if ratio is None else ratio <= 1.3)
+        report.judge(name, "<= 1.1", None if ratio is None else ratio <= 1.1)
     p50 = report.median("retrieval_ms.100000")
     report.judge("retrieval_ms.100000", "p50 < 50 ms", None if p50 is None else p50 < 50)
     overhead = report.median("ingest.overhead")

@@ -1,29 +1,11 @@
 """Where torch computes: heavy work outside the decoder runs in a fresh thread that then ends.
 
-torch on a CPU parallelises with OpenMP (GNU libgomp). Every thread that runs a parallel
-operation gets a pool of OpenMP worker threads that lives as long as that thread does, and
-once the process holds more such workers than it has cores, libgomp stops letting idle
-workers spin and puts them to sleep after every operation. A decoding step is a few hundred
-small operations, so it then pays a wake-up for each: measured on 2 AVX2 cores, after the
-main thread had once embedded a query, two answers side by side took 7.5 s instead of
-3.9 s, and one answer decoded about 15% slower.
-
-So one long-lived thread, the decoder's (`generation.Decoder`), keeps a pool; everything
-else torch computes (loading a model, embedding texts, loading an adapter) runs through
-`run_in_fresh_thread`, whose pool ends with its thread. The caller waits as before and gets
-the result or the exception; progress messages are handed back to the caller's thread,
-where a Streamlit page can show them.
-
-The onnxruntime engine decodes with a thread pool of its own, beside torch's: an embedding
-computed while it decodes would share the two cores with it, both at half speed or worse
-(in Compare, RAG's evidence ranking took 0.1-0.65 s instead of ~0.05-0.1 s, and both answers
-took longer together than one after the other). `TURNS` lets such torch work go first: it
-waits only for the decoding pass in progress, and the decoder waits while it runs.
-
-glibc gives threads their own malloc arenas and keeps what they freed, so a thread per
-call grew the process by ~120 MB over 6 ingests of 300 chunks; with at most two arenas (one
-per core here) it grew ~40 MB. `limit_malloc_arenas` sets that once, where glibc is the C
-library.
+Each thread that runs a torch operation keeps an OpenMP pool while it lives, and more pools than cores make
+libgomp sleep its workers after every operation: decoding then slows down by half (docs/performance.md). So the
+decoder's thread alone keeps a pool; loading, embedding and adapter work go through `run_in_fresh_thread`, whose
+pool ends with its thread (progress messages come back to the caller's thread, where a page can show them).
+`TURNS` lets such torch work go before the onnxruntime decoder's next pass, instead of both sharing the cores.
+`limit_malloc_arenas` keeps glibc from growing an arena per passing thread.
 """
 
 from __future__ import annotations

@@ -1,25 +1,11 @@
-"""The optional llama.cpp engine (`DUET_ENGINE=llama.cpp`): the same answers, decoded by llama.cpp.
+"""The optional llama.cpp engine (`DUET_ENGINE=llama.cpp`): the same requests, decoded by llama-cpp-python.
 
-llama-cpp-python runs the configured .gguf file itself (the bundled Q4_1 SmolLM2 reads
-~85 MB of weights a token where torch reads 540 MB of de-quantised float32), with the same
-tokenizer and token ids as the transformers path. Everything else stays as it is: prompts
-are built and tokenized by transformers, `scheduler.Request` applies the same rules
-(repetition penalty, copy-constrained spans, EOS), adapters are trained with peft and
-exported with `models.lora.export_gguf` for llama.cpp to apply. torch's float32 copy of the
-weights is not loaded at all: ~540 MB and ~0.5 s saved.
-
-llama.cpp applies a LoRA adapter to a whole context, so each adapter (and the bare base
-model) gets contexts of its own, kept for the next request: its KV cache then still holds
-the last prompt, and a new prompt re-uses its system message from there, as the transformers
-engine does (no more: the same question asked twice costs the same on both engines). The
-rows are not batched into one forward pass, since their contexts differ: in each of the
-decoder's rounds (`scheduler.Decoder`) each row takes a forward pass of its own, and a request
-joins them as soon as it arrives.
-
-Optional because installing llama-cpp-python compiles llama.cpp (`make engine`, a few
-minutes); the default install stays compiler-free. One engine per process: llama.cpp's
-OpenMP resolves to torch's libgomp, and two long-lived OpenMP pools slow each other down
-(`scheduler.Decoder.stop`).
+llama.cpp runs the configured .gguf file itself, with transformers' tokenizer and token ids; prompts and decoding
+rules stay Duet's (`scheduler.Request`), and adapters trained with peft are exported as GGUF adapters
+(`models.lora.export_gguf`). llama.cpp applies an adapter to a whole context, so each adapter version gets contexts
+of its own, kept for the next request with the last prompt's tokens (a new prompt re-uses its system message);
+each row takes a forward pass of its own per round. Optional because installing it compiles llama.cpp
+(`make engine`). One engine per process: llama.cpp's OpenMP resolves to torch's libgomp (`scheduler.Decoder.stop`).
 """
 
 from __future__ import annotations

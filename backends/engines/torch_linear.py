@@ -1,14 +1,8 @@
 """Faster linear layers for decoding on a CPU: the same weights, a better matrix product for few rows.
 
-While decoding, a linear layer multiplies one row per answer (1-3 rows) by a large weight
-matrix. For so few rows torch's `F.linear` (x @ W.T) picks a kernel that reads the weights
-once per row; `W @ x.T` (x row-major) reads them once for all rows. Measured on 2 AVX2 cores: the output
-head (49152x576) takes 7.9 ms for two rows instead of 24.8 ms, and 10.3 ms instead of
-11.7 ms for one. An odd row count is padded by one row: MKL's kernel for an even count
-of columns read the weights faster (one row alone: 7.5 instead of 10.1 ms for the head,
-242 instead of 294 us for a 1536x576 layer). Prompts (many rows) keep `F.linear`. Only the order of the additions
-inside each dot product changes; tests/test_generation.py checks the greedy answers still
-equal `model.generate`'s.
+For the 1-3 rows of a decoding step, `W @ x.T` reads the weights once for all rows where `F.linear` reads them once
+per row; an odd row count is padded by one (MKL's even-column kernel is faster). Prompts keep `F.linear`. Only the
+order of additions inside each dot product changes (docs/performance.md has the timings).
 """
 
 from __future__ import annotations

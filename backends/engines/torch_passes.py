@@ -1,21 +1,10 @@
 """One forward pass of a Llama-family model for several answers at once, without transformers' per-call machinery.
 
-Decoding is memory-bound: a pass of the bundled 135M model reads its 538 MB of float32
-weights (~40 ms here) whether it carries one token or a dozen, and through `model(...)`
-another ~30 ms of Python and small tensor work go around it (the causal mask, output
-records, decorators, a KV cache copied into a new tensor at every token). `LlamaPass` runs
-the very same modules and functions (the model's own linear layers, with their LoRA
-routing; its norms, rotary embedding and transformers' SDPA attention) layer by layer, and
-takes in one pass whatever each answer has to feed: a fine-tuned answer's next token, a RAG
-answer's prompt or the chunk of tokens its copy constraint forced, another answer's
-prompt. The rows are laid end to end along one sequence: everything but attention works
-token by token, and attention runs per row on that row's own KV cache (`RowCache`, allocated
-once for its prompt and answer), so rows of any length share the weight reads without
-padding. tests/test_generation.py checks the greedy tokens against `model.generate`.
-
-Llama and Qwen2 models take it; other architectures, sliding-window attention, or attention
-other than SDPA go through `ModelPass`: `model(...)` once per row on a transformers
-DynamicCache (`passes_for` picks).
+`LlamaPass` runs the model's own modules (linear layers with their LoRA routing, norms, rotary embedding, SDPA
+attention) layer by layer over the rows laid end to end: everything but attention works token by token, and
+attention runs per row on that row's own KV cache (`RowCache`, allocated once), so rows of any length share the
+weight reads without padding. Llama and Qwen2 take it; other architectures, sliding-window attention or another
+attention implementation go through `ModelPass`, `model(...)` once per row (`passes_for` picks).
 """
 
 from __future__ import annotations

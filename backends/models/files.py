@@ -64,12 +64,8 @@ def resolve_device(setting: str) -> str:
 
 
 def file_sha256(path: Path) -> str:
-    """The file's SHA-256, computed once per version of it (its size and modification time).
-
-    The fine-tuned backend checks every adapter against the base model's hash at every
-    answer: re-reading the bundled 98 MB GGUF each time cost ~75 ms of an answer's first words,
-    and in Compare took a core from RAG's retrieval.
-    """
+    """The file's SHA-256, computed once per version of it (its size and modification time): every fine-tuned
+    answer checks its adapter against the base model's hash."""
     stat = path.stat()
     return _sha256_of_version(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
 

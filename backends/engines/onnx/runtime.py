@@ -52,11 +52,8 @@ class OrtPass:
 
     def __init__(self, session, shape: Shape, accuracy: str):
         self.session, self.shape = session, shape
-        # With int8 inputs, the rows beside a row change its results: MatMulNBits computes one token
-        # differently from several, and attention's sums shift in their last bits; a rounding step then
-        # flips and, later, a near-tie between two words (the same question asked alone and in Compare:
-        # 5 of 12 fine-tuned answers differed). So int8 rows run apart, a run each per round, exactly as
-        # alone; float rows share runs (12 of 12 equal).
+        # With int8 inputs the rows beside a row change its last bits and so, at near-ties, its answer (Ask and
+        # Compare would differ): int8 rows run apart, exactly as alone; float rows share runs.
         self.shares_rows = accuracy == "float"
         self.outputs = [o.name for o in session.get_outputs()]
 
