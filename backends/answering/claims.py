@@ -38,7 +38,7 @@ PARTLY_SCORE = 0.4
 SAME_SUBJECT = 0.55  # agreement: two claims talk about the same thing above this cosine
 SAME_CLAIM = 0.8  # ... and say the same thing above this one (when numbers and names agree)
 SEARCH_K = 6
-ABSTENTIONS = ("i don't know", "i do not know", "not in the sources", "no information")
+ABSTENTIONS = ("i don't know", "i do not know", "not in the sources", "no information", "the documents do not say")
 
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 _NAME = re.compile(r"\b[A-Z][A-Za-z0-9]*(?:-[A-Za-z0-9]+)*\b|\b[A-Za-z]+-\d+[A-Za-z0-9-]*\b")

@@ -1,54 +1,62 @@
-"""The RAG backend: retrieve the nearest chunks, pick the evidence, generate.
+"""The RAG backend: retrieve chunks by meaning and by words, choose the evidence for the question, answer or abstain.
 
 Two answer modes (setting `rag_mode`):
-- extractive (default): the sentences of the retrieved chunks are ranked by embedding
-  similarity plus keyword overlap with the question; the model then writes its answer
-  with copy-constrained decoding from the best ones (it decides how much to say, but
-  every token continues the evidence). Measured on data/qa/eval.jsonl with the bundled
-  135M model, free generation found the gold answer in 13% of answers, this in over 50%.
+- extractive (default): every whole sentence of the retrieved chunks is a candidate, scored
+  for the question (`rank_evidence`); the model then copies one of the best ones whole with
+  copy-constrained decoding, so an answer is always one sentence of one source, never pieces
+  of several. A tiny model answers far better choosing than writing (docs/architecture.md).
 - free: the model writes freely from all retrieved chunks (for bigger models).
 
-Either way the prompt treats retrieved text as data: each chunk sits between delimiters
-with its number and source, and the instructions say to ignore instructions inside them.
+In both, and with an adapter (RAG + fine-tuned), a question whose best evidence scores
+below `ABSTAIN_BELOW` gets "The documents do not say." (an abstention, with the sources
+still shown) instead of a copy of whatever was nearest.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import replace
 
 from backends.answering.prompts import build_messages, check_question
 from backends.answering.streaming import answer_from_stream
 from backends.core.config import Settings
-from backends.core.text import keyword_overlap, looks_like_instruction, split_sentences
-from backends.core.types import AnswerStream, Source, Timings
+from backends.core.text import content_words, looks_like_instruction, split_sentences
+from backends.core.types import Answer, AnswerStream, Source, Timings
 from backends.engines.base import LoadedLLM
 from backends.knowledge.index import DocumentIndex
 
 MIN_EVIDENCE_WORDS = 4
 COMBINED = "rag_ft"  # the backend name of retrieval + fine-tuned model
+ABSTENTION = "The documents do not say."
+# Evidence score = cosine + LEXICAL_WEIGHT * coverage of the question's rare words + TYPE_WEIGHT * answer type fit;
+# the answer's confidence is its best evidence's score less UNKNOWN_PENALTY * the share of the question's rarity in
+# words no document holds. Weights and threshold chosen on data/qa/eval.jsonl with data/qa/unanswerable.jsonl
+# (scripts/calibrate_abstention.py; docs/quality.md).
+LEXICAL_WEIGHT = 0.7
+TYPE_WEIGHT = 0.3
+UNKNOWN_PENALTY = 0.8
+ABSTAIN_BELOW = 0.79
+EVIDENCE_POOL = 2  # sentences are chosen from this many times top_k chunks; top_k are shown, and the evidence's own
+
+_NUMBER_QUESTION = re.compile(r"^(?:how (?:many|much|long|large|big|old|often|far|high|deep)|when\b|in which year|"
+                              r"what (?:year|date|time|percentage|share|number|version|size|value|limit|price|cost)|"
+                              r"which (?:year|date|version|uid|gid|port|number|range))|\b(?:cost|price|rating|"
+                              r"how long|per cent|percent)\b")
+_CODE_QUESTION = re.compile(r"\b(?:command|program|tool|file|path|directory|function|option|variable|shell|package)\b")
+_CODE = re.compile(r"/\w|\w_\w|\w\(\)|\.\w{1,4}\b|--\w")
 
 
-def rank_evidence(question: str, sources: list[Source], embeddings, lexical_weight: float = 0.2,
-                  query: list[float] | None = None) -> list[Source]:
-    """Sentences of the sources as Sources of their own, best evidence first (cosine + keyword overlap).
-
-    `query`: the question's embedding when the caller has it already (retrieval computed it).
-    """
-    candidates = {}
-    for source in sources:
-        for sentence in split_sentences(source.text):
-            if is_statement(sentence) and not looks_like_instruction(sentence) and sentence not in candidates:
-                candidates[sentence] = source
-    if not candidates:
-        return []
-    sentences = list(candidates)
-    query = query if query is not None else embeddings.embed_query(question)
-    vectors = embeddings.embed_documents(sentences)
-    scores = [sum(q * v for q, v in zip(query, vector)) + lexical_weight * keyword_overlap(question, sentence)
-              for sentence, vector in zip(sentences, vectors)]
-    ranked = sorted(zip(scores, sentences), key=lambda pair: -pair[0])
-    return [replace(candidates[sentence], text=sentence, score=round(score, 4)) for score, sentence in ranked]
+def answer_type_fit(question: str, sentence: str) -> float:
+    """1 when the sentence holds what the question asks for (a number, a name, a command or path), else 0."""
+    q = question.lower().strip()
+    if _NUMBER_QUESTION.search(q):
+        return float(any(ch.isdigit() for ch in sentence))
+    if q.startswith(("who ", "whom ")):
+        return float(bool(re.search(r"(?<!^)(?<![.!?]\s)\b[A-Z][a-z]+", sentence)))
+    if q.startswith(("which", "what")) and _CODE_QUESTION.search(q):
+        return float(bool(_CODE.search(sentence)))
+    return 0.0
 
 
 def is_statement(sentence: str) -> bool:
@@ -58,8 +66,67 @@ def is_statement(sentence: str) -> bool:
     (a table row), or is long enough not to be a title.
     """
     words = sentence.split()
-    return len(words) >= MIN_EVIDENCE_WORDS and (sentence.rstrip().endswith((".", "!", "?", ";", ")"))
-                                                 or any(ch.isdigit() for ch in sentence) or len(words) >= 10)
+    if len(words) < MIN_EVIDENCE_WORDS or sentence.isupper():  # a title in capitals
+        return False
+    return sentence.rstrip().endswith((".", "!", "?", ";", ")")) or any(ch.isdigit() for ch in sentence) or len(words) >= 10
+
+
+def says_something_new(question: str, sentence: str) -> bool:
+    """A sentence made only of the question's own words ("Welcome to Brackwater Instruments.") answers nothing."""
+    new = content_words(sentence) - content_words(question)
+    return len(new) >= 2 or any(ch.isdigit() for ch in " ".join(new))
+
+
+def candidates(sources: list[Source]) -> list[tuple[str, str, Source]]:
+    """(sentence, its context, its source): each whole sentence once, its context the short line before it (a
+    term its definition follows) and the source's location."""
+    found, seen = [], set()
+    for source in sources:
+        previous = ""
+        for sentence in split_sentences(source.text):
+            if is_statement(sentence) and not looks_like_instruction(sentence) and sentence not in seen:
+                seen.add(sentence)
+                label = previous if len(previous.split()) <= 4 else ""
+                found.append((sentence, f"{label} {source.location}".strip(), source))
+            previous = sentence
+    return found
+
+
+def rank_evidence(question: str, sources: list[Source], embeddings, lexicon=None,
+                  query: list[float] | None = None) -> list[Source]:
+    """Whole sentences of the sources as Sources of their own, best evidence for the question first.
+
+    Score: meaning (cosine), the share of the question's rare words the sentence and its label hold
+    (`lexicon.coverage`), and whether it holds the kind of answer asked for. `query`: the question's
+    embedding when the caller has it already.
+    """
+    found = [c for c in candidates(sources) if says_something_new(question, c[0])]
+    if not found:
+        return []
+    query = query if query is not None else embeddings.embed_query(question)
+    vectors = embeddings.embed_documents([sentence for sentence, _, _ in found])
+    ranked = []
+    for (sentence, context, source), vector in zip(found, vectors):
+        score = sum(q * v for q, v in zip(query, vector)) + TYPE_WEIGHT * answer_type_fit(question, sentence)
+        if lexicon is not None:
+            score += LEXICAL_WEIGHT * lexicon.coverage(question, f"{context} {sentence}")
+        ranked.append((score, sentence, source))
+    ranked.sort(key=lambda item: -item[0])
+    return [replace(source, text=sentence, score=round(score, 4)) for score, sentence, source in ranked]
+
+
+def shown_sources(top: list[Source], pool: list[Source], evidence: list[Source]) -> list[Source]:
+    """The top chunks, and the chunk each chosen sentence came from when it is not among them."""
+    shown = list(top)
+    for sentence in evidence:
+        if all(s.chunk_id != sentence.chunk_id for s in shown):
+            shown += [s for s in pool if s.chunk_id == sentence.chunk_id]
+    return shown
+
+
+def confidence(question: str, ranked: list[Source], lexicon) -> float:
+    """How sure the documents answer the question: the best evidence's score, less what no document mentions."""
+    return (ranked[0].score if ranked else 0.0) - UNKNOWN_PENALTY * lexicon.unknown_share(question)
 
 
 class RAGBackend:
@@ -77,21 +144,28 @@ class RAGBackend:
         wording on top of retrieval, which copy-constrained decoding would take away.
         """
         question = check_question(question, self.settings)
+        backend = COMBINED if combined_with else self.name
         started = time.perf_counter()
         query = self.index.embeddings.embed_query(question)
         embed_s = time.perf_counter() - started
-        sources, retrieve_s = self.index.nearest(query, k or self.settings.top_k)
+        k = k or self.settings.top_k
+        pool, retrieve_s = self.index.hybrid(question, query, EVIDENCE_POOL * k)
         prompt_start = time.perf_counter()
+        ranked = rank_evidence(question, pool, self.index.embeddings, self.index.lexicon(), query=query)
+        sources = shown_sources(pool[:k], pool, ranked[:1])
+        pre = Timings(embed=embed_s, retrieve=retrieve_s, prompt=time.perf_counter() - prompt_start)
+        if confidence(question, ranked, self.index.lexicon()) < ABSTAIN_BELOW:
+            yield ABSTENTION
+            total = pre.embed + pre.retrieve + pre.prompt
+            yield Answer(backend=backend, question=question, text=ABSTENTION, sources=tuple(sources),
+                         timings=replace(pre, total=total), model=self.llm.name, adapter=combined_with, abstained=True)
+            return
         copy_from = None
         if self.settings.rag_mode == "extractive" and combined_with is None:
-            ranked = rank_evidence(question, sources, self.index.embeddings, query=query)
             evidence = ranked[: self.settings.evidence_sentences]
             messages = build_messages(question, evidence)
-            # One passage, best sentence first: the answer starts with the best evidence.
-            copy_from = [" ".join(e.text for e in evidence)] if evidence else None
+            copy_from = [e.text for e in evidence]  # one passage each: the answer is one of them, whole
         else:
             messages = build_messages(question, sources)
-        pre = Timings(embed=embed_s, retrieve=retrieve_s, prompt=time.perf_counter() - prompt_start)
-        yield from answer_from_stream(COMBINED if combined_with else self.name, question, self.llm, messages,
-                                      self.settings, sources=sources, pre=pre, copy_from=copy_from,
-                                      adapter=combined_with)
+        yield from answer_from_stream(backend, question, self.llm, messages, self.settings, sources=sources, pre=pre,
+                                      copy_from=copy_from, adapter=combined_with)

@@ -52,7 +52,8 @@ class Settings:
     top_k: int = _help("Chunks retrieved per question.", 3)
     rag_mode: str = _help("'extractive': the model copies its answer from the best evidence sentences (right for the "
                           "bundled 135M model); 'free': the model writes freely from the numbered sources.", "extractive")
-    evidence_sentences: int = _help("Best-matching sentences given to the model in extractive mode.", 2)
+    evidence_sentences: int = _help("Best-matching sentences the model may copy in extractive mode (1: the best one, "
+                                    "measured best with the bundled model; docs/quality.md).", 1)
     max_new_tokens: int = _help("Longest answer, in tokens.", 64)
     max_question_chars: int = _help("Longest question accepted, in characters.", 1000)
     max_upload_mb: int = _help("Largest document accepted, in megabytes.", 50)

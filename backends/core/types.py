@@ -56,6 +56,7 @@ class Answer:
     tokens_per_s: float = 0.0
     model: str = ""
     adapter: str | None = None
+    abstained: bool = False  # the documents did not hold an answer: the text says so, and makes no claim
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -66,11 +66,12 @@ class CopyFromSpans:
     """
 
     def __init__(self, passages: list[list[int]], prompt_length: int, eos_id: int, starts: list[int] | None = None,
-                 stop_after: frozenset[int] = frozenset()):
+                 stop_after: frozenset[int] = frozenset(), whole: bool = False):
         self.passages = [p for p in passages if p]
         self.prompt_length, self.eos_id = prompt_length, eos_id
         # When given, the answer may only end after one of these tokens (a sentence end) or at a passage end.
         self.stop_after = stop_after
+        self.whole = whole  # the answer may only end at a passage's end: it is one passage, whole
         # By default a span may only start where a passage starts: the model picks a whole statement.
         self.starts = sorted(set(starts) if starts is not None else {passage[0] for passage in self.passages})
 
@@ -79,10 +80,10 @@ class CopyFromSpans:
             return self.starts
         allowed, n = set(), len(generated)
         for passage in self.passages:
-            for end in range(n, len(passage) + 1):
+            for end in (n,) if self.whole else range(n, len(passage) + 1):  # whole: only ever a passage's beginning
                 if passage[end - n:end] == generated:
                     allowed.add(passage[end] if end < len(passage) else self.eos_id)
-        if not self.stop_after or generated[-1] in self.stop_after:
+        if not self.whole and (not self.stop_after or generated[-1] in self.stop_after):
             allowed.add(self.eos_id)
         return sorted(allowed)
 
@@ -93,12 +94,6 @@ class CopyFromSpans:
         for row in range(input_ids.shape[0]):
             mask[row, self.allowed(input_ids[row, self.prompt_length:].tolist())] = 0
         return scores + mask
-
-
-def sentence_end_tokens(tokenizer, passages: list[list[int]]) -> frozenset[int]:
-    """The passages' tokens that end a sentence (their text ends with . ! ? or ;)."""
-    tokens = {token for passage in passages for token in passage}
-    return frozenset(t for t in tokens if tokenizer.decode([t]).rstrip().endswith((".", "!", "?", ";")))
 
 
 def system_prefix_length(llm: LoadedLLM, messages: list[dict], input_ids: list[int]) -> int:
@@ -113,9 +108,9 @@ def system_prefix_length(llm: LoadedLLM, messages: list[dict], input_ids: list[i
 
 
 def copy_constraint(llm: LoadedLLM, copy_from: list[str], prompt_length: int) -> CopyFromSpans:
+    """The answer is one of the passages, whole: it starts at a passage's start and ends at its end."""
     passages = [llm.tokenizer.encode(" " + p.strip(), add_special_tokens=False) for p in copy_from]
-    return CopyFromSpans(passages, prompt_length, llm.tokenizer.eos_token_id,
-                         stop_after=sentence_end_tokens(llm.tokenizer, passages))
+    return CopyFromSpans(passages, prompt_length, llm.tokenizer.eos_token_id, whole=True)
 
 
 @dataclass(eq=False)

@@ -82,6 +82,14 @@ def sections_from_markdown(text: str) -> list[Segment]:
     return [s for s in segments if s.text]
 
 
+TOC_LINE = re.compile(r"(?:\.\s*){4,}\s*(?:\d+|[ivxlc]+)\s*$", re.IGNORECASE)  # dot leaders, then a page number
+PAGE_NUMBER = re.compile(r"^\s*(?:page\s+)?(?:\d+|[ivxlc]+)(?:\s*(?:/|of)\s*\d+)?\s*$", re.IGNORECASE)
+LIST_ITEM = re.compile(r"^\s*(?:[•\-*–]|\d+[.)]\s)")
+SENTENCE_END = (".", "!", "?", ":", ";")
+CONTENTS = {"table of contents", "contents"}
+RUNNING_TITLE = re.compile(r"^(?:Chapter|Section|Appendix)\s+[\dA-Z]+:\s.*\s\d+$")  # "Chapter 2: Title 3", a page's head
+
+
 def _load_pdf(data: bytes) -> list[Segment]:
     from pypdf import PdfReader
     from pypdf.errors import PdfReadError
@@ -92,11 +100,103 @@ def _load_pdf(data: bytes) -> list[Segment]:
         reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted and not reader.decrypt(""):
             raise BadInput("the PDF is encrypted: remove its password and upload it again")
-        return [Segment(page.extract_text() or "", f"page {number}") for number, page in enumerate(reader.pages, 1)]
+        pages = [(page.extract_text() or "").splitlines() for page in reader.pages]
+        outline = _outline_titles(reader)
     except BadInput:
         raise
     except (PdfReadError, ValueError, KeyError, TypeError, OSError) as error:
         raise BadInput(f"the PDF is damaged or truncated ({type(error).__name__}); export it again and retry") from None
+    running = _running_lines(pages)
+    segments, heading = [], ""
+    for number, lines in enumerate(pages, 1):
+        lines = [line.strip() for line in lines if line.strip() and not TOC_LINE.search(line)
+                 and not PAGE_NUMBER.match(line) and not RUNNING_TITLE.match(line) and _shape(line) not in running
+                 and _shape(line) not in CONTENTS]
+        pieces: list[tuple[str, list[str]]] = [(heading, [])]
+        for index, line in enumerate(lines):
+            following = lines[index + 1] if index + 1 < len(lines) else ""
+            title = _heading_of(line, outline) if outline else (line if _looks_like_heading(line, following) else "")
+            if title:
+                heading = title
+                pieces.append((heading, []))
+            else:
+                pieces[-1][1].append(line)
+        for title, body in pieces:
+            paragraphs = _paragraphs(body)
+            if paragraphs:
+                text = "\n".join(([f"# {title}"] if title else []) + paragraphs)
+                segments.append(Segment(text, f"page {number}" + (f", {title}" if title else "")))
+    return segments
+
+
+def _looks_like_heading(line: str, following: str) -> bool:
+    """A short title-like line before a sentence (a PDF without an outline still shows its headings so)."""
+    words = line.split()
+    return (0 < len(words) <= 6 and line[0].isupper() and not line.endswith(SENTENCE_END + (",",))
+            and following[:1].isupper() and not any(ch.isdigit() for ch in line[-3:]))
+
+
+def _shape(line: str) -> str:
+    """A line with its digits blanked: a running header or footer keeps its shape from page to page."""
+    return re.sub(r"\d+", "#", " ".join(line.split())).lower()
+
+
+def _running_lines(pages: list[list[str]]) -> set[str]:
+    """Lines at the top or bottom of many pages (running headers and footers)."""
+    if len(pages) < 3:
+        return set()
+    counts: dict[str, int] = {}
+    for lines in pages:
+        edges = [line for line in lines if line.strip()]
+        for shape in {_shape(line) for line in edges[:2] + edges[-2:]}:
+            counts[shape] = counts.get(shape, 0) + 1
+    return {shape for shape, count in counts.items() if count >= max(3, len(pages) * 0.3) and len(shape) < 80}
+
+
+def _outline_titles(reader) -> list[str]:
+    """The PDF's bookmarks (its outline), flattened: they name the document's headings."""
+    titles = []
+
+    def walk(items) -> None:
+        for item in items:
+            if isinstance(item, list):
+                walk(item)
+            elif getattr(item, "title", None):
+                titles.append(" ".join(str(item.title).split()))
+
+    try:
+        walk(reader.outline)
+    except Exception:  # a broken outline only costs the section names
+        return []
+    return titles
+
+
+def _heading_of(line: str, outline: list[str]) -> str:
+    """The outline title this line is (its text, with or without the section number), else ''."""
+    text = " ".join(line.split())
+    if not text or len(text) > 120:
+        return ""
+    for title in outline:
+        bare = re.sub(r"^[\d.]+\s+", "", title)
+        if text == title or (len(bare) > 3 and (text == bare or re.fullmatch(r"[\d.]+\s+" + re.escape(bare), text))):
+            return text
+    return ""
+
+
+def _paragraphs(lines: list[str]) -> list[str]:
+    """A page's lines joined into paragraphs: a wrapped line continues its sentence, a hyphen at a break is undone."""
+    paragraphs: list[str] = []
+    for raw in lines:
+        line = raw.strip()
+        if paragraphs and not paragraphs[-1].endswith(SENTENCE_END) and not LIST_ITEM.match(line):
+            previous = paragraphs[-1]
+            if previous.endswith("-") and line[:1].islower():  # "manip-" + "ulation"
+                paragraphs[-1] = previous[:-1] + line
+            else:
+                paragraphs[-1] = f"{previous} {line}"
+        else:
+            paragraphs.append(line)
+    return paragraphs
 
 
 MAX_UNPACKED_BYTES = 200 * 1024 * 1024
@@ -144,18 +244,63 @@ def _load_docx(data: bytes) -> list[Segment]:
     return sections_from_markdown("\n".join(lines))
 
 
+# Elements whose text is one block of its own; everything else (code, a, em, tt, span, ...) stays inside its sentence.
+BLOCKS = {"p", "div", "section", "article", "main", "li", "dt", "dd", "tr", "td", "th", "table", "ul", "ol", "dl",
+          "blockquote", "pre", "br", "hr", "figure", "figcaption", "caption", "form", "fieldset", "body"}
+HEADINGS = {"h1", "h2", "h3", "h4", "h5", "h6"}
+# Navigation, tables of contents and author lists are not content (DocBook, Sphinx and site templates name them so).
+BOILERPLATE_TAGS = ("script", "style", "noscript", "template", "head", "nav", "header", "footer", "aside", "address")
+BOILERPLATE_CLASS = re.compile(r"\b(?:toc|navheader|navfooter|navigation|navbar|breadcrumbs?|sidebar|menu|"
+                               r"authorgroup|author|copyright|legalnotice|footer|header)\b", re.IGNORECASE)
+
+
 def _load_html(data: bytes) -> list[Segment]:
-    from bs4 import BeautifulSoup
+    """Sections under their headings, each a list of blocks; inline elements stay inside their block's sentences."""
+    from bs4 import BeautifulSoup, NavigableString, Tag
 
     soup = BeautifulSoup(data, "html.parser")
-    for hidden in soup(["script", "style", "noscript", "template", "head"]):
+    for hidden in soup(BOILERPLATE_TAGS):
         hidden.decompose()
-    # Headings become Markdown headings so sections are found the same way for every format.
-    for heading in soup.find_all(["h1", "h2", "h3", "h4"]):
-        heading.replace_with(f"\n# {heading.get_text(' ', strip=True)}\n")
-    text = soup.get_text("\n")
-    text = re.sub(r"\n\s*\n+", "\n\n", text)
-    return sections_from_markdown(text)
+    for element in soup.find_all(True):
+        if element.decomposed:
+            continue
+        classes = " ".join(element.get("class") or []) + " " + str(element.get("id") or "")
+        if element.name not in ("html", "body") and BOILERPLATE_CLASS.search(classes):
+            element.decompose()
+    sections: list[tuple[str, list[str]]] = [("", [])]
+    block: list[str] = []
+
+    def end_block() -> None:
+        text = " ".join("".join(block).split())
+        if text:
+            sections[-1][1].append(text)
+        block.clear()
+
+    def walk(node) -> None:
+        for child in node.children:
+            if isinstance(child, NavigableString):
+                if type(child) is NavigableString:  # not a comment, doctype or CDATA
+                    block.append(str(child))
+            elif isinstance(child, Tag):
+                if child.name in HEADINGS:
+                    end_block()
+                    sections.append((" ".join(child.get_text(" ").split()), []))
+                elif child.name == "pre":  # code keeps its lines, as one block of its own
+                    end_block()
+                    code = child.get_text().strip("\n")
+                    if code.strip():
+                        sections[-1][1].append(code)
+                elif child.name in BLOCKS:
+                    end_block()
+                    walk(child)
+                    end_block()
+                else:
+                    walk(child)
+
+    walk(soup)
+    end_block()
+    return [Segment("\n\n".join(([f"# {heading}"] if heading else []) + blocks), f"section {heading}" if heading else "")
+            for heading, blocks in sections if blocks]
 
 
 def _load_csv(data: bytes, rows_per_chunk: int) -> list[Segment]:
