@@ -95,7 +95,7 @@ def answer_details(comparison: Comparison, columns) -> None:
 def claim_line(claim: Claim) -> None:
     colour = VERDICT_BADGES.get(claim.verdict, "gray")
     origin = f" · origin: {claim.origin}" if claim.origin else ""
-    with st.expander(f":{colour}-badge[{claim.verdict}] {literal(claim.text)}"):
+    with st.expander(f":{colour}-badge[{claim.label}] {literal(claim.text)}"):
         if claim.evidence is None:
             st.caption(f"No evidence: {claim.reason}.")
             return
@@ -111,8 +111,8 @@ def transparency_panel(comparison: Comparison) -> None:
     columns = st.columns(len(comparison.answers), gap="large")
     for column, (name, claims) in zip(columns, comparison.claims.items()):
         with column:
-            supported = sum(c.verdict == "supported" for c in claims)
-            st.markdown(f"**{SHORT[name]}**: {supported} of {len(claims)} claims supported")
+            supported = sum(c.grounded for c in claims)
+            st.markdown(f"**{SHORT[name]}**: {supported} of {len(claims)} claims supported and on the question")
             if not claims:
                 st.caption("No checkable claim in this answer.")
             for claim in claims:
@@ -158,7 +158,7 @@ def history_section() -> None:
     st.dataframe(
         [{"question": c.question, "reopen": f"?q={quote(c.question)}",
           **{f"{SHORT[n]} s": round(a.timings.total, 2) for n, a in c.answers.items()},
-          **{f"{SHORT[n]} grounded": f"{sum(x.verdict == 'supported' for x in cl)}/{len(cl)}" for n, cl in c.claims.items()}}
+          **{f"{SHORT[n]} grounded": f"{sum(x.grounded for x in cl)}/{len(cl)}" for n, cl in c.claims.items()}}
          for c in history],
         column_config={"reopen": st.column_config.LinkColumn("reopen", display_text="open")},
         hide_index=True, width="stretch",

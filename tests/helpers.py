@@ -183,3 +183,20 @@ def failure_beside_rag(duet, llm, settings, name: str, error_type) -> str:
         return outcome["error"]
     finally:
         shutil.rmtree(registered)
+
+
+REAL_DOCS = REPO_ROOT / "tests" / "data" / "realdocs"
+
+
+def supported_precision_recall(tracer, labelled_path: Path) -> tuple[float, float, int]:
+    """Precision and recall of the tracer's "supported" on a labelled claim set (claims traced against the index,
+    as a claim of an answer without sources is), and how many claims it has."""
+    from backends.core.types import Answer
+
+    rows = [json.loads(line) for line in labelled_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    said = [(row["true"], tracer.trace_claim(row["claim"], Answer("rag", "", row["claim"]), []).verdict == "supported")
+            for row in rows]
+    supported = [truth for truth, yes in said if yes]
+    precision = sum(supported) / len(supported) if supported else 0.0
+    recall = sum(yes for truth, yes in said if truth) / sum(truth for truth, _ in said)
+    return precision, recall, len(rows)

@@ -64,3 +64,65 @@ def test_groundedness_is_the_share_of_supported_claims():
     verdicts = [SUPPORTED, UNSUPPORTED, SUPPORTED, "partly supported"]
     assert groundedness([Claim(f"c{i}", v) for i, v in enumerate(verdicts)]) == 0.5
     assert groundedness([]) == 0.0
+
+
+@pytest.mark.fast
+def test_a_conflict_names_the_values_of_both_sides():
+    from backends.answering.claims import difference
+
+    assert difference("The deposit is 4400 euros or 55 per month.", "It is 55 per month.") == "numbers differ: 4400 vs 55"
+    assert difference("It costs 60 euros.", "It costs 55 euros.") == "numbers differ: 60 vs 55"
+
+
+def test_a_supported_sentence_that_does_not_answer_the_question_is_flagged(duet):
+    answer = Answer("rag", "Where is the Brackwater headquarters?", "Brackwater employs 212 people (headcount on 1 January 2026).")
+    [claim] = duet.tracer.trace(answer)
+    assert claim.verdict == SUPPORTED and claim.answers is False and not claim.grounded
+    assert claim.label == "supported · does not answer the question" and groundedness([claim]) == 0
+    right = Answer("rag", "Where is the Brackwater headquarters?",
+                   "The headquarters is the Lantern Building at 14 Pellow Quay, Port Aldren.")
+    assert [(c.verdict, c.answers) for c in duet.tracer.trace(right)] == [(SUPPORTED, True)]
+
+
+@pytest.fixture(scope="module")
+def real_tracer(tmp_path_factory, settings, duet):
+    """The tracer over an index of the real documents (tests/data/realdocs)."""
+    from backends.answering.claims import ClaimTracer
+    from backends.knowledge.index import DocumentIndex
+    from tests.helpers import REAL_DOCS
+
+    index = DocumentIndex(settings.with_store(tmp_path_factory.mktemp("realdocs") / "store"))
+    assert all(r.status == "added" for r in index.ingest_paths([REAL_DOCS / "docs"]))
+    yield ClaimTracer(index)
+    index.close()
+
+
+@pytest.fixture(scope="module")
+def demo_tracer(tmp_path_factory, settings, duet):
+    """The tracer over a copy of the whole demo index (24 documents)."""
+    from backends.answering.claims import ClaimTracer
+    from backends.knowledge.index import DocumentIndex
+    from tests.helpers import copy_demo_store
+
+    index = DocumentIndex(settings.with_store(copy_demo_store(tmp_path_factory.mktemp("demo") / "store")))
+    yield ClaimTracer(index)
+    index.close()
+
+
+def test_an_invented_command_is_not_supported_by_the_manual(real_tracer):
+    said = lambda text: real_tracer.trace(Answer("rag", "", text))[0].verdict  # noqa: E731
+    assert said("The shell of user sync is /bin/sync.") == SUPPORTED
+    assert said("Sync works on the shell command sslink.") != SUPPORTED
+
+
+def test_supported_is_precise_on_labelled_claims_of_real_and_demo_documents(real_tracer, demo_tracer, capsys):
+    from backends.core.config import DATA_DIR
+    from tests.helpers import REAL_DOCS, supported_precision_recall
+
+    real = supported_precision_recall(real_tracer, REAL_DOCS / "claims.jsonl")
+    demo = supported_precision_recall(demo_tracer, DATA_DIR / "qa" / "claims.jsonl")
+    with capsys.disabled():
+        for name, (precision, recall, n) in (("real-document", real), ("demo", demo)):
+            print(f"\n{name} claims: precision of 'supported' {precision:.3f}, recall {recall:.3f} ({n} claims)")
+    assert real[0] >= 0.9 and real[1] >= 0.9  # measured 0.951, 0.967
+    assert demo[0] >= 0.95 and demo[1] >= 0.7  # measured 0.969, 0.775

@@ -21,12 +21,14 @@ claims supported, 95% of false claims not supported (weight 0.5 / 0.72 gave 0.89
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
+from backends.answering.relevance import answers_question
 from backends.core.text import content_words, looks_like_instruction, split_sentences
 from backends.core.types import Agreement, Answer, Claim, Evidence, QAItem
+from backends.knowledge.lexical import terms
 
 SUPPORTED, PARTLY, UNSUPPORTED = "supported", "partly supported", "unsupported"
 VERDICT_RANK = {SUPPORTED: 2, PARTLY: 1, UNSUPPORTED: 0}
@@ -42,6 +44,7 @@ ABSTENTIONS = ("i don't know", "i do not know", "not in the sources", "no inform
 
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 _NAME = re.compile(r"\b[A-Z][A-Za-z0-9]*(?:-[A-Za-z0-9]+)*\b|\b[A-Za-z]+-\d+[A-Za-z0-9-]*\b")
+_CODE = re.compile(r"(?<![\w/])(?:/[\w.*-]+)+|\b\w+\(\)|\b[a-z]+(?:[-_][a-z0-9]+)+\b")
 _LIST_MARKER = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s+", re.MULTILINE)
 
 
@@ -72,6 +75,11 @@ def names(text: str) -> set[str]:
     return found
 
 
+def codes(text: str) -> set[str]:
+    """Paths, function calls and hyphenated or underscored identifiers ("/bin/sync", "inflate()", "update-passwd")."""
+    return set(_CODE.findall(text))
+
+
 def _stems(text: str) -> set[str]:
     """Content words with a plural or verb 's' removed, so 'years' meets 'year'."""
     return {w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w for w in content_words(text)}
@@ -92,6 +100,7 @@ class Support:
     missing_numbers: frozenset[str]
     missing_names: frozenset[str]
     claim_numbers: frozenset[str]
+    invented: frozenset[str] = frozenset()  # claim words that neither this evidence nor any document holds
 
     @property
     def score(self) -> float:
@@ -103,6 +112,8 @@ class Support:
         partly_at = PARTLY_SCORE if partly_at is None else partly_at
         if self.claim_numbers and self.missing_numbers == self.claim_numbers:
             return UNSUPPORTED, f"number {', '.join(sorted(self.missing_numbers))} not in the evidence"
+        if self.invented:
+            return UNSUPPORTED, f"{', '.join(sorted(self.invented))}: in no document"
         if self.score >= supported_at and not self.missing_numbers and not self.missing_names:
             return SUPPORTED, "the evidence says the same"
         if self.score >= partly_at:
@@ -111,18 +122,21 @@ class Support:
         return UNSUPPORTED, "no evidence says this"
 
 
-def support(claim: str, sentence: str, similarity: float, context: str = "") -> Support:
+def support(claim: str, sentence: str, similarity: float, context: str = "", unknown: frozenset[str] = frozenset()) -> Support:
     """Compare a claim with an evidence sentence; `context` (its chunk, title, file) can supply the subject.
 
     Numbers must be in the sentence itself; names and other words may come from the context,
-    as a table row or a section body often leaves its subject to the heading.
+    as a table row or a section body often leaves its subject to the heading. `unknown`: the
+    claim's words that no document of the index holds.
     """
     claim_numbers = numbers(claim)
     surroundings = f"{sentence}\n{context}"
     words = {w.lower() for w in re.findall(r"[A-Za-z0-9-]+", surroundings)}
     missing_names = {n for n in names(claim) if n not in words and n not in surroundings.lower()}
+    missing_names |= {c for c in codes(claim) if c.lower() not in surroundings.lower()}  # a path, command or field
+    invented = frozenset(w for w in unknown if w not in terms(surroundings))
     return Support(similarity, overlap(claim, surroundings), frozenset(claim_numbers - numbers(sentence)),
-                   frozenset(missing_names), frozenset(claim_numbers))
+                   frozenset(missing_names), frozenset(claim_numbers), invented)
 
 
 @dataclass
@@ -167,10 +181,17 @@ class ClaimTracer:
         return [self._vectors[t] for t in texts]
 
     def trace(self, answer: Answer, training: list[QAItem] | None = None) -> list[Claim]:
-        """Every claim of the answer with its verdict and best evidence."""
+        """Every claim of the answer with its verdict, best evidence, and whether it addresses the question."""
+        if answer.abstained:
+            return []
         if answer.adapter and training is None:
             training = self.training_for(answer.adapter)
-        return [self.trace_claim(text, answer, training or []) for text in split_claims(answer.text)]
+        claims = [self.trace_claim(text, answer, training or []) for text in split_claims(answer.text)]
+        if not answer.question:
+            return claims
+        lexicon = self.index.lexicon()
+        return [replace(c, answers=answers_question(answer.question, f"{c.text} {c.evidence.text if c.evidence else ''}",
+                                                    lexicon)) for c in claims]
 
     def candidates(self, claim: str, answer: Answer, training: list[QAItem]):
         """Evidence candidates: (the answer's own sources, the nearest chunks of the index, training examples)."""
@@ -194,7 +215,9 @@ class ClaimTracer:
         if not candidates:
             return []
         vectors = self.embed([claim] + [c.text for c in candidates])
-        return [(c, support(claim, c.text, sum(a * b for a, b in zip(vectors[0], v)), c.context))
+        lexicon = self.index.lexicon()
+        unknown = frozenset(t for t in terms(claim) if t not in lexicon.postings)
+        return [(c, support(claim, c.text, sum(a * b for a, b in zip(vectors[0], v)), c.context, unknown))
                 for c, v in zip(candidates, vectors[1:])]
 
     def _best(self, claim: str, candidates: list[_Candidate]):
@@ -223,15 +246,17 @@ class ClaimTracer:
 
 
 def groundedness(claims: list[Claim]) -> float:
-    """Share of the claims that are supported (an answer without claims counts as 0)."""
-    return sum(c.verdict == SUPPORTED for c in claims) / len(claims) if claims else 0.0
+    """Share of the claims that are supported and address the question (an answer without claims counts as 0)."""
+    return sum(c.grounded for c in claims) / len(claims) if claims else 0.0
 
 
 def difference(a: str, b: str) -> str:
     """What two claims about one subject disagree on ('' when nothing): numbers first, then names."""
     numbers_a, numbers_b = numbers(a), numbers(b)
     if numbers_a and numbers_b and numbers_a != numbers_b:
-        return f"numbers differ: {', '.join(sorted(numbers_a - numbers_b))} vs {', '.join(sorted(numbers_b - numbers_a))}"
+        # Each side's own numbers; where one side's are all in the other, its numbers whole ("4400, 55 vs 55").
+        own_a, own_b = (numbers_a - numbers_b) or numbers_a, (numbers_b - numbers_a) or numbers_b
+        return f"numbers differ: {', '.join(sorted(own_a))} vs {', '.join(sorted(own_b))}"
     names_a, names_b = names(a), names(b)
     if names_a and names_b and not names_a & names_b:
         return f"names differ: {', '.join(sorted(names_a))} vs {', '.join(sorted(names_b))}"

@@ -14,11 +14,11 @@ still shown) instead of a copy of whatever was nearest.
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import replace
 
 from backends.answering.prompts import build_messages, check_question
+from backends.answering.relevance import answer_type_fit
 from backends.answering.streaming import answer_from_stream
 from backends.core.config import Settings
 from backends.core.text import content_words, looks_like_instruction, split_sentences
@@ -38,26 +38,6 @@ TYPE_WEIGHT = 0.3
 UNKNOWN_PENALTY = 0.8
 ABSTAIN_BELOW = 0.79
 EVIDENCE_POOL = 2  # sentences are chosen from this many times top_k chunks; top_k are shown, and the evidence's own
-
-_NUMBER_QUESTION = re.compile(r"^(?:how (?:many|much|long|large|big|old|often|far|high|deep)|when\b|in which year|"
-                              r"what (?:year|date|time|percentage|share|number|version|size|value|limit|price|cost)|"
-                              r"which (?:year|date|version|uid|gid|port|number|range))|\b(?:cost|price|rating|"
-                              r"how long|per cent|percent)\b")
-_CODE_QUESTION = re.compile(r"\b(?:command|program|tool|file|path|directory|function|option|variable|shell|package)\b")
-_CODE = re.compile(r"/\w|\w_\w|\w\(\)|\.\w{1,4}\b|--\w")
-
-
-def answer_type_fit(question: str, sentence: str) -> float:
-    """1 when the sentence holds what the question asks for (a number, a name, a command or path), else 0."""
-    q = question.lower().strip()
-    if _NUMBER_QUESTION.search(q):
-        return float(any(ch.isdigit() for ch in sentence))
-    if q.startswith(("who ", "whom ")):
-        return float(bool(re.search(r"(?<!^)(?<![.!?]\s)\b[A-Z][a-z]+", sentence)))
-    if q.startswith(("which", "what")) and _CODE_QUESTION.search(q):
-        return float(bool(_CODE.search(sentence)))
-    return 0.0
-
 
 def is_statement(sentence: str) -> bool:
     """Headings and labels ("Brackwater Instruments: Company Overview") are not evidence.

@@ -119,7 +119,7 @@ def evaluate_answer(duet, item: QAItem, answer) -> EvalRow:
         semantic=round(cosine(gold_vector, answer_vector), 4),
         groundedness=round(groundedness(claims), 4), claims=len(claims),
         recall_at_k=retrieval_hit(answer, item.source),
-        tokens_out=answer.tokens_out, tokens_per_s=answer.tokens_per_s,
+        tokens_out=answer.tokens_out, tokens_per_s=answer.tokens_per_s, abstained=float(answer.abstained),
         **{f"t_{stage}": round(getattr(answer.timings, stage), 4) for stage in STAGES},
     )
 
@@ -137,7 +137,7 @@ def aggregate(rows: list[EvalRow]) -> dict[str, SystemMetrics]:
             exact_match=mean("exact_match"), f1=mean("f1"), contains=mean("contains"), semantic=mean("semantic"),
             groundedness=mean("groundedness"), tokens_per_s=mean("tokens_per_s"),
             recall_at_k=round(sum(recall) / len(recall), 4) if recall else None, questions=len(mine),
-            latency={stage: spread(stage) for stage in STAGES})
+            latency={stage: spread(stage) for stage in STAGES}, abstained=mean("abstained"))
     return summary
 
 

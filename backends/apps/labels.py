@@ -14,7 +14,7 @@ VERDICT_COLOURS = {"supported": "#1b7f3b", "partly supported": "#b26b00", "unsup
 VERDICT_BADGES = {"supported": "green", "partly supported": "orange", "unsupported": "red"}
 
 QUALITY_METRICS = ("exact_match", "f1", "contains", "semantic", "groundedness", "recall_at_k")
-METRICS = QUALITY_METRICS + ("tokens_per_s",)
+METRICS = QUALITY_METRICS + ("abstained", "tokens_per_s")
 
 
 def title(system: str) -> str:

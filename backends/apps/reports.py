@@ -39,7 +39,7 @@ def comparison_markdown(comparison: Comparison) -> str:
                   f"First token {t.first_token:.2f} s · total {t.total:.2f} s · {answer.tokens_per_s:.1f} tokens/s", ""]
         for claim in comparison.claims.get(name, ()):
             where = f" ({claim.evidence.file_name or claim.evidence.kind})" if claim.evidence else ""
-            lines.append(f"- {claim.verdict}{where}: {_md_code(claim.text)}")
+            lines.append(f"- {claim.label}{where}: {_md_code(claim.text)}")
         for number, source in enumerate(answer.sources, 1):
             lines.append(f"- source [{number}] {_md_code(source.file_name)} {source.location} (score {source.score:.2f})")
         lines.append("")
@@ -57,7 +57,7 @@ def comparison_html(comparison: Comparison) -> str:
         parts.append(f"<div class='answer'>{e(answer.text)}</div>")
         parts.append(f"<p class='small'>First token {t.first_token:.2f} s · total {t.total:.2f} s · "
                      f"{answer.tokens_per_s:.1f} tokens/s</p>")
-        rows = [(f"<span style='color:{VERDICT_COLOURS.get(c.verdict, '#000')}'>{e(c.verdict)}</span>", e(c.text),
+        rows = [(f"<span style='color:{VERDICT_COLOURS.get(c.verdict, '#000')}'>{e(c.label)}</span>", e(c.text),
                  e(c.evidence.text if c.evidence else ""), e(c.evidence.file_name if c.evidence else ""))
                 for c in comparison.claims.get(name, ())]
         if rows:

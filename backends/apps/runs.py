@@ -28,6 +28,7 @@ class EvalRow:
     recall_at_k: float | None  # None where the system retrieves nothing (fine-tuned)
     tokens_out: int
     tokens_per_s: float
+    abstained: float = 0.0  # 1: "The documents do not say."
     t_embed: float = 0.0
     t_retrieve: float = 0.0
     t_prompt: float = 0.0
@@ -76,6 +77,7 @@ class SystemMetrics:
     recall_at_k: float | None
     questions: int
     latency: dict[str, Spread]
+    abstained: float = 0.0  # the share of questions answered "The documents do not say."
 
     def get(self, metric: str) -> float | None:
         return getattr(self, metric, None)

@@ -140,6 +140,17 @@ class Claim:
     evidence: Evidence | None = None
     reason: str = ""  # why this verdict, in words ("number 60 not in the evidence")
     origin: str = ""  # fine-tuned answers: "training data", "documents only" or "nowhere"
+    answers: bool | None = None  # whether it addresses the question (None: not judged)
+
+    @property
+    def grounded(self) -> bool:
+        """Supported by a source and addressing the question: what groundedness counts."""
+        return self.verdict == "supported" and self.answers is not False
+
+    @property
+    def label(self) -> str:
+        """The verdict as shown: "supported · does not answer the question" for a true claim beside the point."""
+        return f"{self.verdict} · does not answer the question" if self.answers is False else self.verdict
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
