@@ -18,13 +18,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backends.answering.claims import names, split_claims  # noqa: E402
+from backends.answering.claims import codes, names, split_claims  # noqa: E402
 from backends.core.config import DATA_DIR, REPO_ROOT  # noqa: E402
 from backends.knowledge.loaders import load_document  # noqa: E402
 from backends.learning.examples import read_qa_file  # noqa: E402
 
 REAL = REPO_ROOT / "tests" / "data" / "realdocs"
-CODE = re.compile(r"(?<![\w/])(?:/[\w.*-]+)+|\b\w+\(\)|\b[a-z]+(?:[-_][a-z0-9]+)+\b")
 
 
 def swapped(sentence: str, pool: dict[str, list[str]], rng: random.Random) -> list[str]:
@@ -33,7 +32,7 @@ def swapped(sentence: str, pool: dict[str, list[str]], rng: random.Random) -> li
     number = re.search(r"\d+", sentence)
     if number:
         out.append(sentence[: number.start()] + str(int(number.group()) + rng.choice([3, 7, 11, 40])) + sentence[number.end():])
-    for kind, found in (("names", sorted(names(sentence))), ("codes", sorted(set(CODE.findall(sentence))))):
+    for kind, found in (("names", sorted(names(sentence))), ("codes", sorted(codes(sentence)))):
         others = [o for o in pool[kind] if o.lower() not in sentence.lower()]
         if found and others:
             target = found[-1]
@@ -43,7 +42,7 @@ def swapped(sentence: str, pool: dict[str, list[str]], rng: random.Random) -> li
 
 def labelled(sentences: list[str], rng: random.Random, limit: int) -> list[dict]:
     pool = {"names": sorted({n.title() for s in sentences for n in names(s)}),
-            "codes": sorted({c for s in sentences for c in CODE.findall(s)})}
+            "codes": sorted({c for s in sentences for c in codes(s)})}
     rng.shuffle(sentences)
     rows = []
     for sentence in sentences[:limit]:
@@ -57,7 +56,7 @@ def real_sentences() -> list[str]:
     for path in sorted((REAL / "docs").iterdir()):
         for segment in load_document(path.name, path.read_bytes()):
             found += [c for c in split_claims(segment.text)
-                      if 6 <= len(c.split()) <= 40 and (re.search(r"\d", c) or names(c) or CODE.search(c))]
+                      if 6 <= len(c.split()) <= 40 and (re.search(r"\d", c) or names(c) or codes(c))]
     return list(dict.fromkeys(found))
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from backends.answering.rag import rank_evidence
 from backends.answering.prompts import build_messages
 from backends.core.config import DATA_DIR, REPO_ROOT
-from backends.engines.scheduler import REPETITION_PENALTY, Done, chat_request, copy_constraint, encode_chat, stream_chat
+from backends.engines.scheduler import REPETITION_PENALTY, Done, chat_request, stream_chat
 from backends.learning.examples import chat_messages
 
 CORPUS = DATA_DIR / "corpus"
@@ -66,8 +66,9 @@ def reference_steps(llm, messages, max_new_tokens, adapter=None, copy_from=None)
     from peft import PeftModel
     from transformers import LogitsProcessorList
 
-    ids = encode_chat(llm, messages)
-    processors = LogitsProcessorList([copy_constraint(llm, copy_from, len(ids))] if copy_from else [])
+    request = chat_request(llm, messages, max_new_tokens, adapter, copy_from)  # the decoder's rules and length
+    ids, max_new_tokens = request.input_ids, request.max_new_tokens
+    processors = LogitsProcessorList([request.constraint] if request.constraint else [])
     model = llm.engine.model
     if not isinstance(model, PeftModel):
         weights = torch.inference_mode()

@@ -32,7 +32,8 @@ def test_ask_both_json(duet, tiny_adapter, settings, tmp_path):
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout)
     assert set(payload) == {"rag", "ft"}
-    fields = {"backend", "question", "text", "sources", "timings", "tokens_in", "tokens_out", "tokens_per_s", "model", "adapter"}
+    fields = {"backend", "question", "text", "sources", "timings", "tokens_in", "tokens_out", "tokens_per_s", "model", "adapter",
+              "abstained"}
     assert set(payload["rag"]) == fields == set(payload["ft"])
     assert payload["rag"]["sources"] and payload["ft"]["sources"] == [] and payload["ft"]["adapter"] == "tiny"
     assert set(payload["rag"]["timings"]) == {"embed", "retrieve", "prompt", "first_token", "generate", "total"}

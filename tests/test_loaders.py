@@ -83,3 +83,40 @@ def test_odd_bytes_are_decoded_not_fatal():
 def test_bad_documents_are_refused_with_a_reason(name, data, reason):
     with pytest.raises(BadInput, match=reason):
         load_document(name, data)
+
+
+def test_html_inline_code_stays_inside_its_sentence():
+    html = (b"<html><body><h2>Users</h2><dl><dt>sync</dt><dd>The shell of user sync is <code>/bin/sync</code>. "
+            b"Thus, anyone can <em>sync</em> the system at the <a href='#c'>console</a>.</dd></dl></body></html>")
+    [segment] = load_document("users.html", html)
+    assert segment.location == "section Users"
+    assert "The shell of user sync is /bin/sync. Thus, anyone can sync the system at the console." in segment.text
+    assert "\nsync\n" in f"\n{segment.text}\n"  # the term stays a block of its own, before its definition
+
+
+def test_html_navigation_tables_of_contents_and_author_lists_are_not_content():
+    html = (b"<html><body><nav>Home | Docs</nav><div class='TITLEPAGE'><h1>Guide</h1><h3 class='AUTHOR'>Joey Hess</h3>"
+            b"</div><div class='TOC'><dl><dt>1. Introduction</dt></dl></div><h2>Introduction</h2>"
+            b"<p>The tool keeps the files in sync.</p><pre>#include &lt;stdio.h&gt;\nint main();</pre></body></html>")
+    segments = load_document("guide.html", html)
+    text = "\n".join(s.text for s in segments)
+    assert [s.location for s in segments] == ["section Introduction"]
+    assert "Joey Hess" not in text and "Home | Docs" not in text and "1. Introduction" not in text
+    assert "#include <stdio.h>\nint main();" in text  # code keeps its lines and never becomes a heading
+
+
+def test_pdf_table_of_contents_page_numbers_and_running_heads_are_dropped():
+    toc = "Table of Contents\n1 Introduction . . . . . . . . . . . . 1\n2 Usage . . . . . . . . . . . . . . 2\n"
+    pages = [toc] + [f"Chapter 1: Introduction {n}\nThe library parses ASN.1 definitions on page {n}.\n{n}" for n in range(2, 6)]
+    segments = load_document("manual.pdf", make_pdf(pages))
+    text = "\n".join(s.text for s in segments)
+    assert ". . ." not in text and "Table of Contents" not in text and "Chapter 1: Introduction" not in text
+    assert [s.location for s in segments] == ["page 2", "page 3", "page 4", "page 5"]
+    assert all(s.text.strip() == f"The library parses ASN.1 definitions on page {n}." for s, n in zip(segments, range(2, 6)))
+
+
+def test_pdf_wrapped_lines_and_hyphenated_breaks_are_joined():
+    [segment] = load_document("a.pdf", make_pdf(["This manual describes a library for Abstract Syntax Notation One and\n"
+                                                 "Distinguished Encoding Rules manip-\nulation. Next sentence."]))
+    assert ("This manual describes a library for Abstract Syntax Notation One and Distinguished Encoding Rules "
+            "manipulation. Next sentence.") in segment.text

@@ -74,3 +74,23 @@ def test_sentences_survive_decimals_abbreviations_and_bullets():
 def test_bad_questions_are_refused(duet, question):
     with pytest.raises(BadInput):
         list(duet.stream("rag", question))
+
+
+def test_an_answer_is_one_whole_sentence_of_one_source(duet):
+    from backends.core.text import split_sentences
+
+    for question in ("What is the per diem for a full day of business travel?", "Who is the Bosun?",
+                     "What is the nightly hotel limit in London?", "What does the glossary say a green tag is?"):
+        answer = duet.ask("rag", question)
+        if answer.abstained:
+            continue
+        holding = [s for s in answer.sources if answer.text.strip() in split_sentences(s.text)]
+        assert holding, (question, answer.text)  # a whole sentence of a source, not pieces of two
+
+
+def test_a_question_the_documents_do_not_answer_abstains_and_still_shows_its_sources(duet):
+    answer = duet.ask("rag", "Who won the 2018 World Cup?")
+    assert answer.abstained and answer.text == "The documents do not say." and answer.sources
+    assert duet.tracer.trace(answer) == []  # an abstention claims nothing
+    combined = duet.ask("rag_ft", "What is the capital of Australia?", "tiny") if duet.registry.names() else None
+    assert combined is None or combined.abstained

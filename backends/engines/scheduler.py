@@ -372,10 +372,13 @@ def chat_request(llm: LoadedLLM, messages: list[dict], max_new_tokens: int, adap
                  copy_from: list[str] | None = None, stop_at_eos: bool = True) -> Request:
     """The request for an answer to the chat: copied from `copy_from` when given, else written freely."""
     input_ids = encode_chat(llm, messages)
+    constraint = copy_constraint(llm, copy_from, len(input_ids)) if copy_from else None
+    if constraint is not None:  # a copied sentence is never cut short: its length is the answer's
+        max_new_tokens = max(max_new_tokens, max(len(p) for p in constraint.passages) + 1)
     return Request(
         input_ids=input_ids, max_new_tokens=max_new_tokens, adapter=adapter,
         prefix_length=system_prefix_length(llm, messages, input_ids),
-        constraint=copy_constraint(llm, copy_from, len(input_ids)) if copy_from else None,
+        constraint=constraint,
         repetition_penalty=1.0 if copy_from else REPETITION_PENALTY, stop_at_eos=stop_at_eos,
     )
 

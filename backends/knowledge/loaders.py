@@ -148,7 +148,7 @@ def _running_lines(pages: list[list[str]]) -> set[str]:
     counts: dict[str, int] = {}
     for lines in pages:
         edges = [line for line in lines if line.strip()]
-        for shape in {_shape(line) for line in edges[:2] + edges[-2:]}:
+        for shape in {_shape(line) for line in edges[:1] + edges[-1:]}:
             counts[shape] = counts.get(shape, 0) + 1
     return {shape for shape, count in counts.items() if count >= max(3, len(pages) * 0.3) and len(shape) < 80}
 
