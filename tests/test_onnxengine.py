@@ -8,8 +8,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import threading
-import time
 import types
 
 import numpy as np
@@ -215,40 +213,6 @@ def test_an_adapter_replaced_under_its_name_answers_with_its_new_weights(int8_ll
         assert after == decoder_text(int8_llm, messages, 24, on_model(int8_llm, settings, "tiny")) != before
     finally:
         shutil.rmtree(registered)
-
-
-def test_embedding_work_goes_before_the_next_decoding_pass():
-    """A pass in progress finishes; the next waits until the torch work that asked meanwhile is done."""
-    from backends.core.threads import ComputeTurns
-
-    turns, order = ComputeTurns(), []
-    in_pass, release = threading.Event(), threading.Event()
-
-    def decoder():
-        with turns.decoding_pass():
-            in_pass.set()
-            release.wait(5)
-            order.append("pass 1")
-        time.sleep(0.05)  # the embedding announced itself meanwhile
-        with turns.decoding_pass():
-            order.append("pass 2")
-
-    def embedding():
-        with turns.torch_work():
-            order.append("embedding")
-            time.sleep(0.1)
-
-    worker = threading.Thread(target=decoder)
-    worker.start()
-    assert in_pass.wait(5)
-    other = threading.Thread(target=embedding)
-    other.start()
-    time.sleep(0.05)
-    assert order == []  # it waits for the pass in progress
-    release.set()
-    worker.join(5)
-    other.join(5)
-    assert order == ["pass 1", "embedding", "pass 2"]
 
 
 def test_the_cli_answers_on_the_default_engine(settings, tmp_path, demo_adapter):

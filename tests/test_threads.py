@@ -44,3 +44,41 @@ def test_progress_is_reported_in_the_callers_thread_in_order():
     assert run_in_fresh_thread(work, progress=report) == "ready"
     assert [m for m, _ in received] == ["converting", "loading"]
     assert all(thread is threading.current_thread() for _, thread in received)
+
+
+def test_embedding_work_goes_before_the_next_decoding_pass():
+    """A pass in progress finishes; the next waits until the torch work that asked meanwhile is done."""
+    from backends.core.threads import ComputeTurns
+
+    turns, order = ComputeTurns(), []
+    in_pass, release, announced = threading.Event(), threading.Event(), threading.Event()
+
+    def decoder():
+        with turns.decoding_pass():
+            in_pass.set()
+            release.wait(30)
+            order.append("pass 1")
+        announced.wait(30)  # the embedding asked while pass 1 ran
+        with turns.decoding_pass():
+            order.append("pass 2")
+
+    def embedding():
+        with turns.torch_work():
+            order.append("embedding")
+
+    worker = threading.Thread(target=decoder)
+    worker.start()
+    assert in_pass.wait(30)
+    other = threading.Thread(target=embedding)
+    other.start()
+    while True:  # until the embedding has announced itself (it then waits for the pass in progress)
+        with turns.changed:
+            if turns.working:
+                break
+        other.join(0.001)
+    assert order == []
+    announced.set()
+    release.set()
+    worker.join(30)
+    other.join(30)
+    assert order == ["pass 1", "embedding", "pass 2"]
