@@ -35,7 +35,7 @@ test: setup browser
 bench: setup
 	$(BIN)/python -m backends bench
 
-# Optional: the llama.cpp engine (DUET_ENGINE=llama.cpp, backends/llamacpp.py). pip compiles llama.cpp from
+# Optional: the llama.cpp engine (DUET_ENGINE=llama.cpp, backends/engines/llamacpp.py). pip compiles llama.cpp from
 # source here (gcc and cmake, ~7 minutes on 2 cores), so it is not part of the default install. Its other
 # dependencies (numpy, Jinja2, typing-extensions) are installed already; --no-deps keeps pip from re-resolving
 # the bundled model packages, which are installed without theirs.

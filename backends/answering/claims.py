@@ -29,6 +29,8 @@ from backends.answering.relevance import answers_question
 from backends.core.text import content_words, looks_like_instruction, split_sentences
 from backends.core.types import Agreement, Answer, Claim, Evidence, QAItem
 from backends.knowledge.lexical import terms
+from backends.learning.examples import read_qa_file
+from backends.models.lora import TRAINING_DATA
 
 SUPPORTED, PARTLY, UNSUPPORTED = "supported", "partly supported", "unsupported"
 VERDICT_RANK = {SUPPORTED: 2, PARTLY: 1, UNSUPPORTED: 0}
@@ -289,14 +291,10 @@ def agreement(claims_a: list[str], claims_b: list[str], embed) -> Agreement:
 
 @lru_cache(maxsize=16)
 def _read_training(path: str, mtime: float) -> tuple[QAItem, ...]:
-    from backends.learning.examples import read_qa_file
-
     return tuple(read_qa_file(path))
 
 
 def training_examples_of(adapter_path: Path) -> list[QAItem]:
     """The examples an adapter was trained on (kept in its folder), or [] when it has none."""
-    from backends.models.lora import TRAINING_DATA
-
     path = Path(adapter_path) / TRAINING_DATA
     return list(_read_training(str(path), path.stat().st_mtime)) if path.is_file() else []

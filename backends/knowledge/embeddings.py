@@ -74,7 +74,7 @@ class MeanPoolingEmbeddings(Embeddings):
 
 
 class FreshThreadEmbeddings(Embeddings):
-    """Any langchain Embeddings, computing in a thread that ends afterwards (see backends/threads.py)."""
+    """Any langchain Embeddings, computing in a thread that ends afterwards (see core/threads.py)."""
 
     def __init__(self, inner: Embeddings):
         self.inner = inner
