@@ -28,7 +28,7 @@ from pathlib import Path
 from backends.answering.relevance import answers_question
 from backends.core.text import content_words, looks_like_instruction, split_sentences
 from backends.core.types import Agreement, Answer, Claim, Evidence, QAItem
-from backends.knowledge.lexical import terms
+from backends.knowledge.lexical import stem, terms
 from backends.learning.examples import read_qa_file
 from backends.models.lora import TRAINING_DATA
 
@@ -84,7 +84,7 @@ def codes(text: str) -> set[str]:
 
 def _stems(text: str) -> set[str]:
     """Content words with a plural or verb 's' removed, so 'years' meets 'year'."""
-    return {w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w for w in content_words(text)}
+    return {stem(w) for w in content_words(text)}
 
 
 def overlap(claim: str, evidence: str) -> float:

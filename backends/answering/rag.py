@@ -131,10 +131,11 @@ class RAGBackend:
         k = k or self.settings.top_k
         pool, retrieve_s = self.index.hybrid(question, query, EVIDENCE_POOL * k)
         prompt_start = time.perf_counter()
-        ranked = rank_evidence(question, pool, self.index.embeddings, self.index.lexicon(), query=query)
+        lexicon = self.index.lexicon()
+        ranked = rank_evidence(question, pool, self.index.embeddings, lexicon, query=query)
         sources = shown_sources(pool[:k], pool, ranked[:1])
         pre = Timings(embed=embed_s, retrieve=retrieve_s, prompt=time.perf_counter() - prompt_start)
-        if confidence(question, ranked, self.index.lexicon()) < ABSTAIN_BELOW:
+        if confidence(question, ranked, lexicon) < ABSTAIN_BELOW:
             yield ABSTENTION
             total = pre.embed + pre.retrieve + pre.prompt
             yield Answer(backend=backend, question=question, text=ABSTENTION, sources=tuple(sources),

@@ -269,7 +269,9 @@ class DocumentIndex:
 
     def lexicon(self) -> Lexicon:
         """The chunks' BM25 index, built again when the documents changed (a few ms per hundred chunks)."""
-        key = (json.dumps(self.snapshot(), sort_keys=True), self.chunk_count())
+        manifest = self.settings.manifest_path
+        stat = manifest.stat() if manifest.exists() else None
+        key = (stat and (stat.st_mtime_ns, stat.st_size), self.chunk_count())  # the manifest is replaced at every write
         if getattr(self, "_lexicon_key", None) != key:
             found = self._collection.get(include=["documents", "metadatas"])
             chunks = [(cid, embedding_text(text, meta.get("file_name", ""), meta.get("location", "")))
@@ -291,7 +293,8 @@ class DocumentIndex:
             found = self._collection.get(ids=missing, include=["documents", "metadatas", "embeddings"])
             for cid, text, meta, stored in zip(found["ids"], found["documents"], found["metadatas"], found["embeddings"]):
                 known[cid] = _source(cid, text, meta, sum(a * b for a, b in zip(vector, stored)))
-        return [known[chunk_id] for chunk_id in chosen], time.perf_counter() - started
+        # A chunk removed since the BM25 index was built (a write in progress) is left out.
+        return [known[chunk_id] for chunk_id in chosen if chunk_id in known], time.perf_counter() - started
 
     def stats(self) -> dict:
         docs = self.documents()
