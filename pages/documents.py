@@ -59,3 +59,6 @@ with page_errors():
     if allowed:
         upload_section()
     documents_section(allowed)
+    if allowed:
+        if st.button("Build a fine-tuning dataset from these documents", icon="🎛️", key=key(PAGE, "dataset")):
+            st.switch_page("pages/finetune.py")

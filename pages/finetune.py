@@ -14,8 +14,9 @@ import streamlit as st
 from backends.core.config import DATA_DIR
 from backends.core.errors import DuetError
 from backends.models.lora import adapter_gguf_bytes
-from backends.learning.examples import read_qa_file, store_dataset
+from backends.learning.examples import read_qa_file, read_training_file, store_dataset
 from backends.learning.training import TrainConfig, TrainingJob
+from pages.builder import build_form, build_view, saved_choice
 from pages.common import duet, key, literal, may_change_data, page_errors
 
 PAGE = "finetune"
@@ -30,8 +31,17 @@ def jobs() -> dict:
 
 def dataset_section():
     """The dataset to train on: (path, examples) or None when the upload is invalid."""
-    choice = st.radio("Dataset", ["Demo dataset (data/qa/train.jsonl)", "Upload a JSONL file"], horizontal=True,
-                      key=key(PAGE, "dataset"))
+    choice = st.radio("Dataset", ["Demo dataset (data/qa/train.jsonl)", "Built from my documents", "Upload a JSONL file"],
+                      horizontal=True, key=key(PAGE, "dataset"))
+    if choice.startswith("Built"):
+        built = saved_choice()
+        if built is None:
+            return None
+        path, manifest = built
+        items = read_training_file(path)
+        st.caption(f"{len(items)} training rows ({manifest.get('format')}, K={manifest.get('paraphrases')}), "
+                   f"dataset {manifest.get('id', '?')}.")
+        return path, items
     if choice.startswith("Demo"):
         items = read_qa_file(DEMO_DATASET)
         st.caption(f"{len(items)} question/answer pairs about the demo documents.")
@@ -128,6 +138,12 @@ def job_view() -> None:
     live()
 
 
+def dataset_label(record: dict) -> str:
+    """The file an adapter learnt from, and the built dataset's manifest hash when it came from one."""
+    sha = record.get("manifest_sha256")
+    return f"{record.get('file', '?')} · dataset {sha[:12]}" if sha else record.get("file", "")
+
+
 def adapters_section(allowed: bool) -> None:
     registry = duet().registry
     adapters = registry.list()
@@ -137,7 +153,7 @@ def adapters_section(allowed: bool) -> None:
     active = registry.active_name()
     st.dataframe([{
         "name": a.name, "active": a.name == active, "trained": a.created_at,
-        "examples": a.metadata.get("dataset", {}).get("examples"), "dataset": a.metadata.get("dataset", {}).get("file"),
+        "examples": a.metadata.get("dataset", {}).get("examples"), "dataset": dataset_label(a.metadata.get("dataset", {})),
         "final loss": a.metadata.get("final_loss"), "seconds": a.metadata.get("training_seconds"),
         "rank": a.metadata.get("hyperparameters", {}).get("rank"),
     } for a in adapters], hide_index=True, width="stretch")
@@ -161,11 +177,15 @@ def adapters_section(allowed: bool) -> None:
 
 
 st.title("Fine-tune")
-st.caption("Train a LoRA adapter on question/answer pairs. The base model stays the same; the adapter is small and "
-           "can be switched per question.")
+st.caption("Build question/answer pairs from your documents, then train a LoRA adapter on them. The base model stays "
+           "the same; the adapter is small and can be switched per question.")
 with page_errors():
     allowed = may_change_data("Training and changing adapters")
     if allowed:
+        st.subheader("Build a dataset from my documents")
+        build_form()
+        build_view()
+        st.subheader("Train an adapter")
         start_section()
         job_view()
     st.subheader("Adapters")

@@ -50,9 +50,11 @@ def timing_chart(answer: Answer, x_max: float) -> go.Figure:
 def highlighted(chunk: str, answer_text: str) -> str:
     """Markdown of a chunk (escaped) with the stretch the answer repeats highlighted."""
     span = used_span(chunk, answer_text)
-    if span is None:
-        return literal(chunk)
-    start, end = span
+    return marked(chunk, *span) if span else literal(chunk)
+
+
+def marked(chunk: str, start: int, end: int) -> str:
+    """Markdown of a chunk (escaped) with characters [start, end) highlighted."""
     return f"{literal(chunk[:start])}:orange-background[{literal(chunk[start:end])}]{literal(chunk[end:])}"
 
 

@@ -99,6 +99,29 @@ def test_finetune_page_validates_an_uploaded_dataset():
     assert not app.button(key="finetune.start").disabled
 
 
+def test_finetune_page_builds_a_dataset_shows_its_evidence_and_saves_it_for_training():
+    from pages.builder import builds
+
+    app = page("finetune")
+    app.multiselect(key="finetune.build.docs").set_value(["company-overview-md"])
+    app.number_input(key="finetune.build.k").set_value(0)
+    app.run()
+    assert any("1 documents" in c.value and "chunks" in c.value for c in app.caption)
+    app.button(key="finetune.build.start").click().run()
+    builds()["job"].wait(180)
+    app.run()
+    assert not app.exception, app.exception
+    assert builds()["job"].state == "done", builds()["job"].error
+    assert any("training rows" in s.value and "held-out" in s.value for s in app.success), [s.value for s in app.success]
+    assert any(":orange-background[" in m.value for m in app.markdown), "the chosen row's evidence is highlighted"
+    app.text_input(key="finetune.build.name").set_value("overview")
+    app.button(key="finetune.build.save").click().run()
+    assert any(s.value.startswith("Saved ") for s in app.success), [s.value for s in app.success]
+    app.radio(key="finetune.dataset").set_value("Built from my documents").run()
+    assert any(o.startswith("overview · ") for o in app.selectbox(key="finetune.built").options)
+    assert not app.button(key="finetune.start").disabled
+
+
 def test_evaluate_page_runs_an_evaluation_and_shows_it():
     app = page("evaluate")
     app.number_input(key="evaluate.limit").set_value(1)

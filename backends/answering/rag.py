@@ -21,12 +21,11 @@ from backends.answering.prompts import build_messages, check_question
 from backends.answering.relevance import answer_type_fit
 from backends.answering.streaming import answer_from_stream
 from backends.core.config import Settings
-from backends.core.text import content_words, looks_like_instruction, split_sentences
+from backends.core.text import content_words, is_statement, looks_like_instruction, split_sentences
 from backends.core.types import Answer, AnswerStream, Source, Timings
 from backends.engines.base import LoadedLLM
 from backends.knowledge.index import DocumentIndex
 
-MIN_EVIDENCE_WORDS = 4
 COMBINED = "rag_ft"  # the backend name of retrieval + fine-tuned model
 ABSTENTION = "The documents do not say."
 # Evidence score = cosine + LEXICAL_WEIGHT * coverage of the question's rare words + TYPE_WEIGHT * answer type fit;
@@ -38,18 +37,6 @@ TYPE_WEIGHT = 0.3
 UNKNOWN_PENALTY = 0.8
 ABSTAIN_BELOW = 0.79
 EVIDENCE_POOL = 2  # sentences are chosen from this many times top_k chunks; top_k are shown, and the evidence's own
-
-def is_statement(sentence: str) -> bool:
-    """Headings and labels ("Brackwater Instruments: Company Overview") are not evidence.
-
-    A statement has at least MIN_EVIDENCE_WORDS words and ends like a sentence, holds a number
-    (a table row), or is long enough not to be a title.
-    """
-    words = sentence.split()
-    if len(words) < MIN_EVIDENCE_WORDS or sentence.isupper():  # a title in capitals
-        return False
-    return sentence.rstrip().endswith((".", "!", "?", ";", ")")) or any(ch.isdigit() for ch in sentence) or len(words) >= 10
-
 
 def says_something_new(question: str, sentence: str) -> bool:
     """A sentence made only of the question's own words ("Welcome to Brackwater Instruments.") answers nothing."""

@@ -95,7 +95,7 @@ def cmd_train(args) -> int:
     from dataclasses import fields
 
     from backends.learning.adapters import check_adapter_name
-    from backends.learning.examples import read_qa_file
+    from backends.learning.examples import read_training_file
     from backends.learning.training import TrainConfig, train_adapter
 
     values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
@@ -104,7 +104,7 @@ def cmd_train(args) -> int:
     config = TrainConfig(**values)
     config.check()
     check_adapter_name(args.name)
-    read_qa_file(args.data)  # every line validated before any model loads
+    read_training_file(args.data)  # every line validated before any model loads
     duet = _duet(args)
     path = train_adapter(duet.settings, args.data, args.name, config, on_progress=_progress_bar,
                          index_snapshot=duet.index.snapshot(), overwrite=args.overwrite)
@@ -118,6 +118,42 @@ def _progress_bar(p) -> None:
     filled = int(30 * p.step / p.total_steps)
     print(f"\r[{'#' * filled}{'.' * (30 - filled)}] step {p.step}/{p.total_steps} epoch {p.epoch:.2f} "
           f"loss {p.loss:.4f} {p.tokens_per_s:.0f} tok/s ETA {p.eta_s:.0f}s ", end="", file=sys.stderr, flush=True)
+
+
+def cmd_dataset(args) -> int:
+    """Build train.jsonl, eval.jsonl and dataset.json from the indexed documents."""
+    from backends.learning.datasets import DatasetOptions, build_dataset, plan_build, save_dataset, uses_model
+
+    options = DatasetOptions(paraphrases=args.paraphrases, format=args.format, eval_share=args.eval_share,
+                             seed=args.seed, doc_ids=tuple(args.docs or ()))
+    options.check()  # before any model loads
+    duet = _duet(args)
+    plan = plan_build(duet.index, options)
+    _progress(f"building from {len(plan.documents)} documents, {len(plan.chunks)} chunks "
+              f"(about {plan.estimate_s:.0f} s on 2 cores)")
+    llm = duet.llm if uses_model(duet.settings) else None
+    dataset = build_dataset(duet.index, options, on_progress=_build_progress, llm=llm)
+    out = save_dataset(dataset, args.out)
+    manifest = dataset.manifest
+    print(file=sys.stderr)
+    if args.json:
+        print(json.dumps({"out": str(out), **{k: manifest[k] for k in (
+            "id", "format", "paraphrases", "counts", "filters", "documents_without_facts", "seconds")}}, indent=2))
+        return 0
+    counts, filters = manifest["counts"], manifest["filters"]
+    print(f"wrote {out / 'train.jsonl'} ({counts['train']} rows), {out / 'eval.jsonl'} ({counts['eval']} questions), "
+          f"{out / 'dataset.json'}")
+    print(f"{counts['facts']} facts from {counts['chunks']} chunks of {counts['documents']} documents in "
+          f"{manifest['seconds']:.0f} s; removed: " + ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in filters.items()))
+    for doc_id in manifest["documents_without_facts"]:
+        print(f"  {doc_id}: no facts found (nothing in it reads as a statement)")
+    return 0
+
+
+def _build_progress(p) -> None:
+    filled = int(30 * p.done / max(p.total, 1))
+    print(f"\r[{'#' * filled}{'.' * (30 - filled)}] {p.done}/{p.total} {p.stage:22} ETA {p.eta_s:.0f}s ",
+          end="", file=sys.stderr, flush=True)
 
 
 def cmd_setup(args) -> int:
@@ -218,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_ask)
 
     p = with_store(sub.add_parser("train", help="train a LoRA adapter on question/answer pairs"))
-    p.add_argument("--data", required=True, metavar="FILE.jsonl", help='JSONL lines of {"question": ..., "answer": ...}')
+    p.add_argument("--data", required=True, metavar="FILE.jsonl",
+                   help='JSONL lines of {"question": ..., "answer": ...} (or a train.jsonl from `dataset build`)')
     p.add_argument("--name", required=True, help="adapter name (folder under data/adapters)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing adapter of that name")
     _add_train_options(p)
@@ -233,6 +270,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--freshness", action="store_true", help="also run the freshness experiment on a copy of the index")
     p.set_defaults(func=cmd_eval)
 
+    p = with_store(sub.add_parser("dataset", help="build a fine-tuning dataset from the indexed documents"))
+    p.add_argument("action", choices=["build"])
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for train.jsonl, eval.jsonl and dataset.json")
+    p.add_argument("--docs", nargs="+", metavar="DOC_ID", help="only these documents (default: all; see `docs list`)")
+    p.add_argument("--paraphrases", type=int, default=_dataset_default("DEFAULT_PARAPHRASES"),
+                   help="question wordings per fact beyond the first, 0 to 10 (default %(default)s)")
+    p.add_argument("--format", choices=["qa", "raft", "text"], default="qa",
+                   help="qa: question/answer chat pairs; raft: with gold and distractor chunks; text: the chunks")
+    p.add_argument("--eval-share", type=float, default=0.2, help="share of facts asked again in eval.jsonl (default 0.2)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split and of RAFT's choices (default 0)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_dataset)
+
     p = with_store(sub.add_parser("bench", help="measure generation, retrieval, ingest, cold start and memory"))
     p.add_argument("--quick", action="store_true", help="a smoke run under a minute (fewer and shorter runs)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
@@ -241,6 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_store(sub.add_parser("setup", help="prepare models and index the demo corpus if the store is empty"))
     p.set_defaults(func=cmd_setup)
     return parser
+
+
+def _dataset_default(name: str):
+    from backends.learning import datasets
+
+    return getattr(datasets, name)
 
 
 def _add_train_options(parser) -> None:

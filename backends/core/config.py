@@ -63,6 +63,10 @@ class Settings:
                            "is configured in .streamlit/secrets.toml.", 0)
     chroma_server: str = _help("'' for the embedded store in store_dir/chroma, or 'host:port' of a `chroma run` "
                                "server (client/server mode).", "")
+    dataset_questions: str = _help("How `dataset build` words its questions: 'templates' (rules over each sentence's "
+                                   "facts), 'model' (templates, and one more wording per fact written by the LLM, kept "
+                                   "only when it passes the same filters) or 'auto' (model when the LLM is not the "
+                                   "bundled 135M one, whose rewordings rarely pass; docs/quality.md).", "auto")
     active_adapter: str = _help("Adapter used by the fine-tuned backend.", "demo")
 
     def with_store(self, store_dir: str | Path | None) -> "Settings":
@@ -136,5 +140,7 @@ def _validate(settings: Settings) -> None:
         raise BadInput(f"engine must be one of {', '.join(repr(e) for e in ENGINES)}")
     if settings.onnx_accuracy not in ("int8", "float"):
         raise BadInput("onnx_accuracy must be 'int8' or 'float'")
+    if settings.dataset_questions not in ("auto", "templates", "model"):
+        raise BadInput("dataset_questions must be 'auto', 'templates' or 'model'")
     if settings.device not in ("auto", "cpu", "cuda"):
         raise BadInput("device must be 'auto', 'cpu' or 'cuda'")

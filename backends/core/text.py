@@ -39,6 +39,21 @@ def split_sentences(text: str) -> list[str]:
     return sentences
 
 
+MIN_EVIDENCE_WORDS = 4
+
+
+def is_statement(sentence: str) -> bool:
+    """Headings and labels ("Brackwater Instruments: Company Overview") are not evidence.
+
+    A statement has at least MIN_EVIDENCE_WORDS words and ends like a sentence, holds a number
+    (a table row), or is long enough not to be a title.
+    """
+    words = sentence.split()
+    if len(words) < MIN_EVIDENCE_WORDS or sentence.isupper():  # a title in capitals
+        return False
+    return sentence.rstrip().endswith((".", "!", "?", ";", ")")) or any(ch.isdigit() for ch in sentence) or len(words) >= 10
+
+
 def content_words(text: str) -> set[str]:
     """Lower-cased words and numbers that carry meaning (stop words removed)."""
     return {w for w in _WORD.findall(text.lower()) if w not in STOP_WORDS}

@@ -1,6 +1,6 @@
 """LoRA training: the training loop with progress and cancel, and the atomic save into the registry.
 
-The dataset is validated before training starts (`examples.read_qa_file`); the loss covers
+The dataset is validated before training starts (`examples.read_training_file`); the loss covers
 the answer tokens only. The adapter is written to a temporary folder in the registry,
 verified (safetensors only, finite weights, metadata readable), then renamed into place, so
 a crash or a cancel leaves the registry as it was.
@@ -23,9 +23,11 @@ from typing import Callable
 
 from backends.core.config import Settings
 from backends.core.errors import BadInput
+from backends.core.jobs import BackgroundJob, Cancelled
 from backends.core.faults import pause_point
 from backends.learning.adapters import AdapterRegistry, verify_adapter_folder
-from backends.learning.examples import read_qa_file, tokenize_example
+from backends.learning.datasets import manifest_beside
+from backends.learning.examples import read_training_file, tokenize_example
 from backends.models.files import base_model_identity, file_sha256, prepare_llm, resolve_device
 from backends.models.lora import METADATA, TRAINING_DATA
 
@@ -68,16 +70,23 @@ class TrainProgress:
     eta_s: float
 
 
-class TrainingCancelled(Exception):
+class TrainingCancelled(Cancelled):
     """Raised inside the training loop when its cancel event is set."""
 
 
 # ---- training ----------------------------------------------------------------------------
 def _batches(examples: list, batch_size: int, rng: random.Random):
+    """Shuffled batches of examples of similar length (less padding to compute), in shuffled order."""
     order = list(range(len(examples)))
     rng.shuffle(order)
-    for first in range(0, len(order), batch_size):
-        yield [examples[i] for i in order[first:first + batch_size]]
+    window = batch_size * 16
+    batches = []
+    for first in range(0, len(order), window):
+        group = sorted(order[first:first + window], key=lambda i: len(examples[i][0]))
+        batches += [group[i:i + batch_size] for i in range(0, len(group), batch_size)]
+    rng.shuffle(batches)
+    for batch in batches:
+        yield [examples[i] for i in batch]
 
 
 def _collate(batch, pad_id: int):
@@ -107,7 +116,7 @@ def train_adapter(
     """Train a LoRA adapter and save it to the registry as `name`; returns its folder."""
     config.check()
     data_path = Path(data_path)
-    items = read_qa_file(data_path)
+    items = read_training_file(data_path)
     registry = AdapterRegistry(settings)
     target = registry.path_for_new(name, overwrite)
     with registry.training_lock():
@@ -117,7 +126,7 @@ def train_adapter(
         metadata = {
             "name": name,
             "base_model": base,
-            "dataset": {"file": data_path.name, "sha256": file_sha256(data_path), "examples": len(items)},
+            "dataset": dataset_record(data_path, len(items)),
             "index_snapshot": index_snapshot or {},
             "hyperparameters": {**asdict(config), "target_modules": list(config.target_modules)},
             "loss_history": history,
@@ -126,6 +135,17 @@ def train_adapter(
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         return save_adapter_atomically(model, metadata, target, overwrite, training_data=data_path)
+
+
+def dataset_record(data_path: Path, examples: int) -> dict:
+    """What an adapter records of its data: the file, and the built dataset's manifest hash when it has one."""
+    record = {"file": data_path.name, "sha256": file_sha256(data_path), "examples": examples}
+    built = manifest_beside(data_path)
+    if built is not None:
+        manifest, sha = built
+        record.update(manifest_sha256=sha, id=manifest.get("id", ""), format=manifest.get("format", ""),
+                      paraphrases=manifest.get("paraphrases"))
+    return record
 
 
 def _trainable_model(settings: Settings, config: TrainConfig):
@@ -216,51 +236,21 @@ def _replace_folder(work: Path, target: Path, overwrite: bool) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
-class TrainingJob:
-    """One training run in a background thread, watched by the web page: progress, cancel, result."""
+class TrainingJob(BackgroundJob):
+    """One training run in a background thread, watched by the web page; `path` is the saved adapter."""
+
+    what = "training"
 
     def __init__(self, settings: Settings, data_path: Path, name: str, config: TrainConfig,
                  index_snapshot: dict[str, str] | None = None, overwrite: bool = False):
-        self.settings, self.data_path, self.name, self.config = settings, Path(data_path), name, config
+        super().__init__(name)
+        self.settings, self.data_path, self.config = settings, Path(data_path), config
         self.index_snapshot, self.overwrite = index_snapshot, overwrite
-        self.progress: list[TrainProgress] = []
-        self.state = "starting"  # starting | running | done | cancelled | failed
-        self.error = ""
-        self.path: Path | None = None
-        self.started_at = time.time()
-        self._cancel = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"duet-train-{name}", daemon=True)
-
-    def start(self) -> "TrainingJob":
-        self._thread.start()
-        return self
 
     @property
-    def running(self) -> bool:
-        return self.state in ("starting", "running")
+    def path(self) -> Path | None:
+        return self.result
 
-    @property
-    def latest(self) -> TrainProgress | None:
-        return self.progress[-1] if self.progress else None
-
-    def cancel(self) -> None:
-        self._cancel.set()
-
-    def wait(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
-
-    def _on_progress(self, progress: TrainProgress) -> None:
-        self.state = "running"
-        self.progress.append(progress)
-
-    def _run(self) -> None:
-        try:
-            self.path = train_adapter(self.settings, self.data_path, self.name, self.config, self._on_progress,
-                                      self._cancel, self.index_snapshot, self.overwrite)
-            self.state = "done"
-        except TrainingCancelled as stopped:
-            self.state, self.error = "cancelled", str(stopped)
-        except BadInput as error:
-            self.state, self.error = "failed", str(error)
-        except Exception as error:  # shown on the page; the registry is unchanged (atomic save)
-            self.state, self.error = "failed", f"training failed: {type(error).__name__}: {error}"
+    def work(self, on_progress, cancel: threading.Event) -> Path:
+        return train_adapter(self.settings, self.data_path, self.name, self.config, on_progress, cancel,
+                             self.index_snapshot, self.overwrite)

@@ -1,0 +1,142 @@
+"""Fine-tune page, first part: build a dataset from the indexed documents, review and edit it, save it.
+
+The build runs in a background thread of the server (one at a time per process) and this part
+polls it; the reviewed dataset is saved in the store's datasets/ folder, where the training
+form finds it.
+"""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from backends.core.errors import DuetError
+from backends.learning.adapters import check_adapter_name
+from backends.learning.datasets import (DEFAULT_PARAPHRASES, FORMATS, MAX_PARAPHRASES, DatasetJob, DatasetOptions,
+                                        edited, plan_build, save_dataset, saved_datasets, uses_model)
+from pages.common import duet, key, literal
+from pages.panels import marked
+
+PAGE = "finetune"
+COLUMNS = ["question", "answer", "source"]
+
+
+@st.cache_resource(show_spinner=False)
+def builds() -> dict:
+    """The process-wide dataset build holder: {'job': DatasetJob | None}."""
+    return {"job": None}
+
+
+def build_form() -> None:
+    index = duet().index
+    documents = index.documents()
+    if not documents:
+        st.info("The index is empty: add documents on the Documents page first.")
+        return
+    names = {d.doc_id: d.name for d in documents}
+    chosen = st.multiselect("Documents", list(names), format_func=names.get, placeholder="All documents",
+                            key=key(PAGE, "build.docs"))
+    a, b, c = st.columns(3)
+    paraphrases = int(a.number_input("Question wordings per fact beyond the first (K)", 0, MAX_PARAPHRASES,
+                                     DEFAULT_PARAPHRASES, key=key(PAGE, "build.k"),
+                                     help="More wordings teach a fact better (Ovadia et al. 2024) and cost training time."))
+    form = b.selectbox("Format", FORMATS, key=key(PAGE, "build.format"),
+                       help="qa: question/answer pairs; raft: with gold and distractor chunks, for RAG + fine-tuned; "
+                            "text: the chunks themselves")
+    share = c.slider("Held-out share of facts", 0.0, 0.5, 0.2, 0.05, key=key(PAGE, "build.share"))
+    options = DatasetOptions(paraphrases=paraphrases, format=form, eval_share=share, doc_ids=tuple(chosen))
+    plan = plan_build(index, options)
+    st.caption(f"{len(plan.documents)} documents, {len(plan.chunks)} chunks: about {plan.estimate_s:.0f} s.")
+    if st.button("Build a dataset from my documents", type="primary", key=key(PAGE, "build.start")):
+        builds()["job"] = DatasetJob(index, options, duet().llm if uses_model(duet().settings) else None).start()
+        st.rerun()
+
+
+def build_view() -> None:
+    job: DatasetJob | None = builds()["job"]
+    if job is None:
+        return
+
+    @st.fragment(run_every=0.5 if job.running else None)
+    def live() -> None:
+        latest = job.latest
+        if job.running:
+            done = latest.done / latest.total if latest else 0.0
+            text = f"{latest.stage}: {latest.done} of {latest.total}, about {latest.eta_s:.0f} s left" if latest else "Starting…"
+            st.progress(done, text=f"Building the dataset · {text}")
+            if st.button("Cancel building", key=key(PAGE, "build.cancel")):
+                job.cancel()
+        elif job.state != "done":
+            st.warning(literal(job.error))
+        elif st.session_state.get(key(PAGE, "build.seen")) != id(job):
+            st.session_state[key(PAGE, "build.seen")] = id(job)
+            st.rerun(scope="app")
+
+    live()
+    if job.state == "done":
+        review(job)
+
+
+def filter_chart(manifest: dict) -> go.Figure:
+    filters = manifest["filters"]
+    labels = [name.replace("_", " ") for name in filters]
+    figure = go.Figure(go.Bar(x=list(filters.values()), y=labels, orientation="h", marker_color="#7a7a7a",
+                              text=list(filters.values()), textposition="auto"))
+    figure.update_layout(title="Questions removed, by filter", height=240, margin=dict(l=10, r=10, t=40, b=10))
+    return figure
+
+
+def review(job: DatasetJob) -> None:
+    dataset = job.result
+    manifest, counts = dataset.manifest, dataset.manifest["counts"]
+    st.success(f"{counts['train']} training rows about {counts['train_facts']} facts, {counts['eval']} held-out "
+               f"questions, from {counts['chunks']} chunks in {manifest['seconds']:.0f} s.")
+    if manifest["documents_without_facts"]:
+        st.info("No facts found in: " + ", ".join(manifest["documents_without_facts"]))
+    st.plotly_chart(filter_chart(manifest), key=key(PAGE, "build.filters"))
+    st.markdown("**Review the training rows**: fix a question or an answer in place, or select rows and delete them.")
+    rows = st.data_editor([{c: r.get(c, "") for c in COLUMNS} for r in dataset.train], num_rows="dynamic",
+                          disabled=["source"], hide_index=False, width="stretch", key=key(PAGE, "build.rows"))
+    evidence_view(dataset.train)
+    name = st.text_input("Dataset name", value="my-documents", max_chars=64, key=key(PAGE, "build.name"))
+    if st.button("Save dataset", key=key(PAGE, "build.save")):
+        try:
+            check_adapter_name(name)
+            kept = [_merged(dataset.train, row) for row in rows if row.get("question") and row.get("answer")]
+            path = save_dataset(edited(dataset, kept), duet().settings.store_dir / "datasets" / name)
+            st.success(f"Saved {len(kept)} rows to {literal(str(path))}: choose it under Dataset below and train.")
+        except DuetError as error:
+            st.error(str(error))
+
+
+def _merged(original: list[dict], row: dict) -> dict:
+    """An edited table row with its provenance (evidence, chunk) kept from the row it came from."""
+    source = next((r for r in original if r.get("question") == row.get("question") or r.get("answer") == row.get("answer")),
+                  {})
+    return {**source, **{c: row[c] for c in ("question", "answer") if row.get(c)}}
+
+
+def evidence_view(rows: list[dict]) -> None:
+    if not rows:
+        return
+    number = int(st.number_input("Show the evidence of row", 0, len(rows) - 1, 0, key=key(PAGE, "build.row")))
+    row = rows[number]
+    chunk = next((c for c in duet().index.chunks_of(row["doc_id"]) if c.chunk_id == row["chunk_id"]), None)
+    if chunk is None:
+        st.caption("That chunk is no longer in the index.")
+        return
+    st.caption(f"{literal(row['source'])} · {literal(chunk.location or 'text')} · highlighted: the answer's evidence")
+    st.markdown(marked(chunk.text, row["evidence"]["start"], row["evidence"]["end"]))
+
+
+def saved_choice() -> tuple | None:
+    """A saved dataset to train on: (train.jsonl path, manifest) or None when there is none."""
+    found = saved_datasets(duet().settings.store_dir)
+    if not found:
+        st.caption("No dataset built yet: build one above.")
+        return None
+    labels = {f"{n} · {m.get('counts', {}).get('train', '?')} rows · K={m.get('paraphrases')} · {m.get('format')}": (p, m)
+              for n, p, m in found}
+    label = st.selectbox("Built dataset", list(labels), key=key(PAGE, "built"))
+    path, manifest = labels[label]
+    return path / "train.jsonl", manifest
