@@ -14,11 +14,11 @@ from backends.core.errors import DuetError
 from backends.learning.adapters import check_adapter_name
 from backends.learning.datasets import (DEFAULT_PARAPHRASES, FORMATS, MAX_PARAPHRASES, DatasetJob, DatasetOptions,
                                         edited, plan_build, save_dataset, saved_datasets, uses_model)
-from pages.common import duet, key, literal
+from pages.common import duet, key, literal, watch_job
 from pages.panels import marked
 
 PAGE = "finetune"
-COLUMNS = ["question", "answer", "source"]
+COLUMNS = ["row", "question", "answer", "source"]
 
 
 @st.cache_resource(show_spinner=False)
@@ -57,22 +57,13 @@ def build_view() -> None:
     if job is None:
         return
 
-    @st.fragment(run_every=0.5 if job.running else None)
-    def live() -> None:
-        latest = job.latest
-        if job.running:
-            done = latest.done / latest.total if latest else 0.0
-            text = f"{latest.stage}: {latest.done} of {latest.total}, about {latest.eta_s:.0f} s left" if latest else "Starting…"
-            st.progress(done, text=f"Building the dataset · {text}")
-            if st.button("Cancel building", key=key(PAGE, "build.cancel")):
-                job.cancel()
-        elif job.state != "done":
-            st.warning(literal(job.error))
-        elif st.session_state.get(key(PAGE, "build.seen")) != id(job):
-            st.session_state[key(PAGE, "build.seen")] = id(job)
-            st.rerun(scope="app")
+    def progress(latest):
+        if latest is None:
+            return 0.0, "Building the dataset: starting…"
+        return latest.done / latest.total, (f"Building the dataset · {latest.stage}: {latest.done} of {latest.total}, "
+                                            f"about {latest.eta_s:.0f} s left")
 
-    live()
+    watch_job(job, f"{PAGE}.build", progress, every=0.5)
     if job.state == "done":
         review(job)
 
@@ -95,8 +86,9 @@ def review(job: DatasetJob) -> None:
         st.info("No facts found in: " + ", ".join(manifest["documents_without_facts"]))
     st.plotly_chart(filter_chart(manifest), key=key(PAGE, "build.filters"))
     st.markdown("**Review the training rows**: fix a question or an answer in place, or select rows and delete them.")
-    rows = st.data_editor([{c: r.get(c, "") for c in COLUMNS} for r in dataset.train], num_rows="dynamic",
-                          disabled=["source"], hide_index=False, width="stretch", key=key(PAGE, "build.rows"))
+    table = [{"row": number, **{c: r.get(c, "") for c in COLUMNS[1:]}} for number, r in enumerate(dataset.train)]
+    rows = st.data_editor(table, num_rows="dynamic", disabled=["row", "source"], hide_index=True, width="stretch",
+                          key=key(PAGE, "build.rows"))
     evidence_view(dataset.train)
     name = st.text_input("Dataset name", value="my-documents", max_chars=64, key=key(PAGE, "build.name"))
     if st.button("Save dataset", key=key(PAGE, "build.save")):
@@ -110,10 +102,14 @@ def review(job: DatasetJob) -> None:
 
 
 def _merged(original: list[dict], row: dict) -> dict:
-    """An edited table row with its provenance (evidence, chunk) kept from the row it came from."""
-    source = next((r for r in original if r.get("question") == row.get("question") or r.get("answer") == row.get("answer")),
-                  {})
-    return {**source, **{c: row[c] for c in ("question", "answer") if row.get(c)}}
+    """An edited table row with its provenance (evidence, chunk) kept from the row it came from; a row the
+    reviewer added has none."""
+    try:
+        number = int(row.get("row"))  # numpy's integer from the editor; None or NaN for an added row
+    except (TypeError, ValueError):
+        number = -1
+    source = original[number] if 0 <= number < len(original) else {}
+    return {**source, "question": row["question"], "answer": row["answer"]}
 
 
 def evidence_view(rows: list[dict]) -> None:

@@ -142,3 +142,25 @@ def demo_questions() -> list[str]:
 
     path = DATA_DIR / "qa" / "eval.jsonl"
     return [item.question for item in read_qa_file(path)] if path.is_file() else []
+
+
+def watch_job(job, name: str, progress, finished=None, every: float = 1.0) -> None:
+    """A live panel for a BackgroundJob: its progress bar and a cancel button while it runs, its error when it
+    fails, `finished()` when it is done; the whole page reruns once when it ends (its results appear)."""
+
+    @st.fragment(run_every=every if job.running else None)
+    def live() -> None:
+        if job.running:
+            fraction, text = progress(job.latest)
+            st.progress(fraction, text=text)
+            if st.button("Cancel", key=key(name, "cancel")):
+                job.cancel()
+        elif job.state != "done":
+            st.warning(literal(job.error))
+        if finished is not None:
+            finished()
+        if not job.running and st.session_state.get(key(name, "seen")) != id(job):
+            st.session_state[key(name, "seen")] = id(job)
+            st.rerun(scope="app")
+
+    live()

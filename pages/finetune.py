@@ -17,7 +17,7 @@ from backends.models.lora import adapter_gguf_bytes
 from backends.learning.examples import read_qa_file, read_training_file, store_dataset
 from backends.learning.training import TrainConfig, TrainingJob
 from pages.builder import build_form, build_view, saved_choice
-from pages.common import duet, key, literal, may_change_data, page_errors
+from pages.common import duet, key, may_change_data, page_errors, watch_job
 
 PAGE = "finetune"
 DEMO_DATASET = DATA_DIR / "qa" / "train.jsonl"
@@ -112,30 +112,21 @@ def job_view() -> None:
     if job is None:
         return
 
-    @st.fragment(run_every=1.0 if job.running else None)
-    def live() -> None:
-        latest = job.latest
-        if job.running:
-            if latest is None:
-                st.progress(0.0, text=f"Preparing the model for {job.name}…")
-            else:
-                st.progress(latest.step / latest.total_steps,
-                            text=f"Training {job.name}: step {latest.step} of {latest.total_steps}, epoch {latest.epoch:.2f}, "
-                                 f"loss {latest.loss:.3f}, {latest.tokens_per_s:.0f} tokens/s, about {latest.eta_s:.0f} s left")
-            if st.button("Cancel training", key=key(PAGE, "cancel")):
-                job.cancel()
-        elif job.state == "done":
-            st.success(f"Adapter {job.name} saved ({len(job.progress)} steps, final loss {latest.loss:.3f}).")
-        else:
-            st.warning(literal(job.error))
+    def progress(latest):
+        if latest is None:
+            return 0.0, f"Preparing the model for {job.name}…"
+        return latest.step / latest.total_steps, (
+            f"Training {job.name}: step {latest.step} of {latest.total_steps}, epoch {latest.epoch:.2f}, "
+            f"loss {latest.loss:.3f}, {latest.tokens_per_s:.0f} tokens/s, about {latest.eta_s:.0f} s left")
+
+    def finished():
+        if job.state == "done":
+            st.success(f"Adapter {job.name} saved ({len(job.progress)} steps, final loss {job.latest.loss:.3f}).")
         if job.progress:
             st.plotly_chart(loss_chart([{"step": p.step, "loss": p.loss} for p in job.progress], f"Loss of {job.name}"),
                             key=key(PAGE, "live-loss"))
-        if not job.running and st.session_state.get(key(PAGE, "seen")) != id(job):
-            st.session_state[key(PAGE, "seen")] = id(job)
-            st.rerun(scope="app")  # the adapter list and the start form come back
 
-    live()
+    watch_job(job, PAGE, progress, finished)
 
 
 def dataset_label(record: dict) -> str:

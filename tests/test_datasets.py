@@ -105,11 +105,11 @@ def test_duplicate_documents_and_unanswerable_facts_are_dropped_and_counted(tmp_
         chunk = index.chunks_of("valves-txt")[0]
         # A fact whose chunk retrieval cannot find, or whose offsets do not hold its answer, is unanswerable.
         lost = Source("not-in-the-index", "gone", "gone.txt", "", chunk.text, 1.0)
-        facts = [f for f in facts_of(chunk) if f.kind == "money"][:1]
-        assert facts, "the price is a fact"
-        moved = Fact(chunk, facts[0].sentence, facts[0].answer, facts[0].start + 1, facts[0].end + 1, "money",
+        facts = facts_of(chunk)[:1]
+        assert facts, "the sentence states facts"
+        moved = Fact(chunk, facts[0].sentence, facts[0].answer, facts[0].start + 1, facts[0].end + 1, facts[0].kind,
                      facts[0].questions[:1], facts[0].answers)
-        orphan = Fact(lost, facts[0].sentence, facts[0].answer, facts[0].start, facts[0].end, "money",
+        orphan = Fact(lost, facts[0].sentence, facts[0].answer, facts[0].start, facts[0].end, facts[0].kind,
                       facts[0].questions[:1], facts[0].answers)
         removed = {"unanswerable": 0}
         work = datasets._Work(datasets.Plan([], {}, 0), threading.Event(), lambda p: None, 0.0)
@@ -142,6 +142,25 @@ def test_bad_options_and_an_empty_index_exit_2_with_the_reason(tmp_path):
         assert result.returncode == 2 and reason in result.stderr and len(result.stderr.strip().splitlines()) == 1, \
             (extra, result.stderr)
     assert not (tmp_path / "out").exists()
+
+
+def test_the_cli_builds_prints_the_counts_and_its_files_feed_train_and_eval(tmp_path):
+    store = copy_demo_store(tmp_path / "store")
+    settings = load_settings(store_dir=store)
+    result = run_cli("dataset", "build", "--out", str(tmp_path / "ds"), "--store", str(store), "--docs",
+                     "company-overview-md", "travel-policy-pdf", "--paraphrases", "1", "--seed", "3", "--json",
+                     settings=settings)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["counts"]["documents"] == 2 and summary["counts"]["train"] > 10 and summary["paraphrases"] == 1
+    assert "ETA" in result.stderr and "chunks (about" in result.stderr
+    manifest = json.loads((tmp_path / "ds" / "dataset.json").read_text())
+    assert manifest["seed"] == 3 and manifest["id"] == summary["id"]
+    result = run_cli("eval", "--set", str(tmp_path / "ds" / "eval.jsonl"), "--systems", "rag", "--limit", "3",
+                     "--store", str(store), "--out", str(tmp_path / "run"), settings=settings)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["metrics"]["rag"]["recall_at_k"] is not None, "eval rows carry their source"
 
 
 def test_a_cancelled_build_leaves_nothing_behind(index, tmp_path):
@@ -210,3 +229,18 @@ def test_training_takes_every_format_and_the_adapter_records_its_dataset(index, 
                               tmp_path / form)
         trained = train_adapter(settings, folder / "train.jsonl", form, TrainConfig(max_steps=1, batch_size=2))
         assert json.loads((trained / "metadata.json").read_text())["dataset"]["format"] == form
+
+
+def test_a_model_rewording_is_kept_only_if_it_keeps_the_terms_and_hides_the_answer():
+    chunk = Source("c", "d", "overview.md", "", "Brackwater employs 212 people in Port Aldren.", 1.0)
+    fact = Fact(chunk, chunk.text, "212 people", 19, 29, "quantity", ["How many people does Brackwater employ in Port Aldren?"])
+    assert datasets._fair_rewording(fact, "What is the headcount of Brackwater in Port Aldren?")
+    assert not datasets._fair_rewording(fact, "What is the headcount of the company?")  # names dropped
+    assert not datasets._fair_rewording(fact, "Does Brackwater in Port Aldren employ 212 people?")  # answer given
+    assert not datasets._fair_rewording(fact, "Brackwater Port Aldren")  # not a question
+
+
+def test_model_wordings_run_through_the_shared_decoder(duet, index):
+    dataset = build_dataset(index, DatasetOptions(paraphrases=1, doc_ids=SMALL[:1], eval_share=0), llm=duet.llm)
+    assert dataset.manifest["method"] == f"templates + {duet.llm.name}"
+    assert 0 <= dataset.manifest["model_wordings"] <= dataset.manifest["counts"]["facts"] and dataset.train

@@ -151,6 +151,8 @@ def cmd_dataset(args) -> int:
 
 
 def _build_progress(p) -> None:
+    if p.done % max(1, p.total // 200) and p.done != p.total:  # a line per half percent is enough
+        return
     filled = int(30 * p.done / max(p.total, 1))
     print(f"\r[{'#' * filled}{'.' * (30 - filled)}] {p.done}/{p.total} {p.stage:22} ETA {p.eta_s:.0f}s ",
           end="", file=sys.stderr, flush=True)

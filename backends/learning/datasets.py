@@ -35,7 +35,7 @@ from backends.knowledge.index import DocumentIndex
 from backends.learning.facts import Fact, facts_of
 
 FORMATS = ("qa", "raft", "text")
-DEFAULT_PARAPHRASES = 3
+DEFAULT_PARAPHRASES = 0  # measured best for the 2-core training budget (docs/quality.md)
 MAX_PARAPHRASES = 10
 # Two questions whose all-MiniLM-L6-v2 embeddings have at least this cosine are the same question: kept once in
 # training, and an eval question this close to any training question is never used (the leakage guard).
@@ -44,8 +44,9 @@ SAME_WORDS = 0.99  # two wordings of one fact this close differ in punctuation o
 MIN_QUESTION_WORDS, MAX_QUESTION_CHARS, MAX_ANSWER_CHARS = 3, 300, 600
 RAFT_GOLD_SHARE, RAFT_DISTRACTORS = 0.8, 4  # RAFT's P and distractor count (Zhang et al. 2024)
 FILES = ("train.jsonl", "eval.jsonl", "dataset.json")
-# Seconds per chunk on 2 cores, for the estimate shown before a build: fixed, and per wording (measured, docs/quality.md).
-SECONDS_PER_CHUNK, SECONDS_PER_WORDING = 0.05, 0.02
+# Seconds per chunk on 2 cores, for the estimate shown before a build: fixed, and per candidate wording (the demo
+# corpus: 15 s for K=0, 38 s for K=3; docs/quality.md).
+SECONDS_PER_CHUNK, SECONDS_PER_WORDING = 0.005, 0.008
 
 
 @dataclass(frozen=True)
@@ -193,7 +194,7 @@ REWORD_PROMPT = ("Rewrite the user's question in different words, as another per
 def _model_wordings(llm, facts: list[Fact], work: _Work) -> int:
     """One more wording per fact from the LLM, placed second; kept only if it keeps the question's names, numbers
     and codes, does not give the answer away, and reads as a question. Returns how many were kept."""
-    from backends.engines.scheduler import Done, chat_request
+    from backends.engines.scheduler import Done, chat_request  # here: a template-only build never loads torch
 
     work.grow(len(facts))
     requests = []
@@ -203,17 +204,21 @@ def _model_wordings(llm, facts: list[Fact], work: _Work) -> int:
         llm.decoder.submit(request)  # all at once: the decoder runs them together in rounds
         requests.append((fact, request))
     kept = 0
-    for fact, request in requests:
-        item = request.output.get()
-        while not isinstance(item, (Done, BaseException)):
+    try:
+        for fact, request in requests:
             item = request.output.get()
-        if isinstance(item, BaseException):
-            raise item
-        question = " ".join(item.text.split()).strip('"')
-        if _fair_rewording(fact, question):
-            fact.questions.insert(1, question)
-            kept += 1
-        work.step("model wordings")
+            while not isinstance(item, (Done, BaseException)):
+                item = request.output.get()
+            if isinstance(item, BaseException):
+                raise item
+            question = " ".join(item.text.split()).strip('"')
+            if _fair_rewording(fact, question):
+                fact.questions.insert(1, question)
+                kept += 1
+            work.step("model wordings")
+    finally:  # a cancelled build stops the rows still queued or running
+        for _, request in requests:
+            request.cancelled.set()
     return kept
 
 
@@ -329,8 +334,10 @@ def _split(kept, options: DatasetOptions, rng: random.Random):
 
 
 def _provenance(fact: Fact) -> dict:
+    """Where the answer is: offsets into the chunk's text, and into the document's (`document_start`)."""
     return {"source": fact.chunk.file_name, "doc_id": fact.chunk.doc_id, "chunk_id": fact.chunk.chunk_id,
-            "evidence": {"start": fact.start, "end": fact.end, "text": fact.answer}}
+            "evidence": {"start": fact.start, "end": fact.end, "text": fact.answer,
+                         "document_start": fact.chunk.start + fact.start}}
 
 
 def _eval_row(fact: Fact, question: str) -> dict:
