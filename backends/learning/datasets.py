@@ -187,6 +187,7 @@ class _Work:
         self.on_progress(BuildProgress(self.done, self.total, stage, elapsed / self.done * (self.total - self.done)))
 
 
+REWORD_WINDOW = 16
 REWORD_PROMPT = ("Rewrite the user's question in different words, as another person would ask it. Keep every name, "
                  "number and code exactly. Reply with the new question only.")
 
@@ -197,15 +198,22 @@ def _model_wordings(llm, facts: list[Fact], work: _Work) -> int:
     from backends.engines.scheduler import Done, chat_request  # here: a template-only build never loads torch
 
     work.grow(len(facts))
-    requests = []
-    for fact in facts:
+
+    def submitted(fact: Fact):
         request = chat_request(llm, [{"role": "system", "content": REWORD_PROMPT},
                                      {"role": "user", "content": fact.questions[0]}], 48)
-        llm.decoder.submit(request)  # all at once: the decoder runs them together in rounds
-        requests.append((fact, request))
-    kept = 0
+        llm.decoder.submit(request)
+        return fact, request
+
+    # A window of rows in flight: the decoder runs them together in rounds, memory stays bounded and progress moves.
+    pending, queued, kept = [], iter(facts), 0
     try:
-        for fact, request in requests:
+        while True:
+            while len(pending) < REWORD_WINDOW and (fact := next(queued, None)) is not None:
+                pending.append(submitted(fact))
+            if not pending:
+                return kept
+            fact, request = pending.pop(0)
             item = request.output.get()
             while not isinstance(item, (Done, BaseException)):
                 item = request.output.get()
@@ -216,10 +224,9 @@ def _model_wordings(llm, facts: list[Fact], work: _Work) -> int:
                 fact.questions.insert(1, question)
                 kept += 1
             work.step("model wordings")
-    finally:  # a cancelled build stops the rows still queued or running
-        for _, request in requests:
+    finally:  # a cancelled build stops the rows still running
+        for _, request in pending:
             request.cancelled.set()
-    return kept
 
 
 def _fair_rewording(fact: Fact, question: str) -> bool:
