@@ -158,6 +158,40 @@ def _build_progress(p) -> None:
           end="", file=sys.stderr, flush=True)
 
 
+def cmd_experiment(args) -> int:
+    """Every arm on the same held-out questions; writes metrics.json, results.csv, report.html; prints the table."""
+    from pathlib import Path
+
+    from backends.apps.experiment import ExperimentOptions, run_experiment, table, within_budget
+
+    try:
+        paraphrases = tuple(int(k) for k in args.paraphrases.split(",") if k.strip())
+    except ValueError:
+        raise_bad("--paraphrases takes comma-separated counts, for example 0,3")
+    options = ExperimentOptions(arms=tuple(a.strip() for a in args.arms.split(",") if a.strip()), paraphrases=paraphrases,
+                                limit=args.limit, dataset=Path(args.dataset) if args.dataset else None)
+    options.check()  # before any model loads
+    if args.minutes is not None and args.minutes <= 0:
+        raise_bad("--minutes must be more than 0")
+    duet = _duet(args)
+    if args.minutes is not None:
+        options, left_out = within_budget(options, args.minutes, duet.index.chunk_count(), args.limit or 90)
+        _progress(f"within {args.minutes:g} minutes: arms {', '.join(options.arms)}, K {options.paraphrases}"
+                  + (f"; left out {', '.join(left_out)}" if left_out else ""))
+    out = Path(args.out) if args.out else duet.settings.runs_dir / "experiments" / "latest"
+    experiment = run_experiment(duet, options, out, on_progress=lambda p: _progress(f"[{p.arm}] {p.step} (ETA {p.eta_s:.0f}s)"))
+    rows = table(experiment)
+    if args.json:
+        print(json.dumps({"out": str(out), "questions": experiment.questions, "seconds": experiment.seconds,
+                          "table": rows, "intervals": experiment.intervals}, indent=2))
+        return 0
+    for row in rows:
+        print(f"{row['arm']:7} contains {row['contains']:.3f} [{row['95% interval']}] vs RAG {row['vs RAG'] or '-':28} "
+              f"p50 {row['p50 s']:.2f}s  training {row['training min'] or 0} min")
+    print(f"wrote {out / 'metrics.json'}, {out / 'results.csv'}, {out / 'report.html'} ({experiment.seconds:.0f} s)")
+    return 0
+
+
 def cmd_setup(args) -> int:
     """Prepare the models and index the demo corpus when the store is empty (used by `make run`)."""
     duet = _duet(args)
@@ -284,6 +318,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the split and of RAFT's choices (default 0)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_dataset)
+
+    p = with_store(sub.add_parser("experiment", help="every arm (base, RAG, fine-tuned, RAFT...) on the same questions"))
+    p.add_argument("--dataset", metavar="DIR", help="a built dataset whose eval.jsonl are the questions (default: built)")
+    p.add_argument("--arms", default="base,rag,ft,ft_par,rag_ft,raft",
+                   help="comma-separated: base, rag, ft, ft_par, rag_ft, raft, text (default %(default)s)")
+    p.add_argument("--paraphrases", default="0,3", help="K values: ft uses the smallest, ft_par the largest (default 0,3)")
+    p.add_argument("--limit", type=int, help="only the first N questions")
+    p.add_argument("--minutes", type=float, help="a time budget: the largest grid that fits, and what it left out")
+    p.add_argument("--out", help="folder for metrics.json, results.csv, report.html (default: runs/experiments/latest)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_experiment)
 
     p = with_store(sub.add_parser("bench", help="measure generation, retrieval, ingest, cold start and memory"))
     p.add_argument("--quick", action="store_true", help="a smoke run under a minute (fewer and shorter runs)")

@@ -119,10 +119,12 @@ def uses_model(settings) -> bool:
 
 def build_dataset(index: DocumentIndex, options: DatasetOptions,
                   on_progress: Callable[[BuildProgress], None] = lambda p: None,
-                  cancel: threading.Event | None = None, llm=None) -> Dataset:
+                  cancel: threading.Event | None = None, llm=None, exclude: list[str] = ()) -> Dataset:
     """Build (not save) a dataset from the index; see the module docstring for the steps.
 
     With `llm` (see `uses_model`), each fact also gets one wording the model writes, filtered like the rest.
+    `exclude`: questions asked elsewhere (an experiment's shared held-out set); no wording within NEAR_DUPLICATE
+    of one is trained on.
     """
     started, cancel = time.perf_counter(), cancel or threading.Event()
     plan = plan_build(index, options)
@@ -141,6 +143,8 @@ def build_dataset(index: DocumentIndex, options: DatasetOptions,
     candidates = _candidates(facts, options.paraphrases + 2, removed)
     kept = _drop_near_duplicates(index, candidates, removed, work)
     kept = _round_trip(index, kept, removed, work)
+    if exclude:
+        kept, removed["held_out_elsewhere"] = _without(index, kept, exclude)
     train, held_out, leaks = _split(kept, options, rng)
     rows = _rows(index, train, options, rng)
     eval_rows = [_eval_row(fact, question) for fact, question in held_out]
@@ -309,6 +313,19 @@ def _round_trip(index, kept, removed: dict, work: _Work):
         if mine:
             survivors.append((fact, mine))
     return survivors
+
+
+def _without(index, kept, exclude: list[str]):
+    """The wordings not within NEAR_DUPLICATE of any excluded question, and how many were removed."""
+    banned, removed, survivors = _unit_vectors(index, list(exclude)), 0, []
+    texts = {q.strip().lower() for q in exclude}
+    for fact, questions in kept:
+        mine = [(q, v) for q, v in questions
+                if q.strip().lower() not in texts and float((banned @ v).max()) < NEAR_DUPLICATE]
+        removed += len(questions) - len(mine)
+        if mine:
+            survivors.append((fact, mine))
+    return survivors, removed
 
 
 def _split(kept, options: DatasetOptions, rng: random.Random):

@@ -1,0 +1,338 @@
+"""The knowledge-injection experiment: every arm on the same held-out questions, with paired bootstrap intervals.
+
+    questions: the held-out eval.jsonl of a qa dataset built from the index with K = the smallest paraphrase count
+    datasets:  one per adapter the arms need (qa at each K, raft, text), none trained on a wording near a question
+    adapters:  trained at the defaults, named by their training file's hash, so a re-run re-uses them
+    arms:      answered on the same questions, scored like `eval`, with 95% intervals on gold contained
+               for every arm and for its difference to RAG (the same resampled questions for both)
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import html
+import io
+import json
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from backends.apps.evaluation import aggregate, evaluate_answer
+from backends.apps.runs import EvalRow
+from backends.core.errors import BadInput
+from backends.core.jobs import Cancelled
+from backends.core.types import QAItem, final_answer
+
+ARMS = ("base", "rag", "ft", "ft_par", "rag_ft", "raft", "text")
+DEFAULT_ARMS = ("base", "rag", "ft", "ft_par", "rag_ft", "raft")
+DEFAULT_PARAPHRASES = (0, 3)
+ARM_TITLES = {
+    "base": "base model alone", "rag": "RAG", "ft": "fine-tuned, no paraphrases", "ft_par": "fine-tuned, K paraphrases",
+    "rag_ft": "RAG + the paraphrase adapter", "raft": "RAG + a RAFT adapter", "text": "continued pretraining on the chunks",
+}
+BOOTSTRAP_SAMPLES = 2000
+
+
+def paired_bootstrap(scores: dict[str, list[float]], reference: str = "rag", samples: int = BOOTSTRAP_SAMPLES,
+                     seed: int = 0) -> dict[str, dict]:
+    """Each arm's mean with a 95% interval, and its difference to `reference` with one, by the paired bootstrap:
+    the same resampled questions for every arm, so a difference is judged on questions both answered."""
+    import numpy as np
+
+    names = list(scores)
+    matrix = np.asarray([scores[n] for n in names], dtype=float)
+    if matrix.ndim != 2 or matrix.shape[1] == 0:
+        raise BadInput("every arm needs a score for the same, non-empty list of questions")
+    picks = np.random.default_rng(seed).integers(0, matrix.shape[1], size=(samples, matrix.shape[1]))
+    means = matrix[:, picks].mean(axis=2)  # arms x samples
+    result = {}
+    for row, name in enumerate(names):
+        low, high = np.percentile(means[row], [2.5, 97.5])
+        entry = {"mean": round(float(matrix[row].mean()), 4), "low": round(float(low), 4), "high": round(float(high), 4)}
+        if reference in scores and name != reference:
+            other = names.index(reference)
+            d_low, d_high = np.percentile(means[row] - means[other], [2.5, 97.5])
+            entry["vs_reference"] = {"mean": round(float(matrix[row].mean() - matrix[other].mean()), 4),
+                                     "low": round(float(d_low), 4), "high": round(float(d_high), 4),
+                                     "real": bool(d_low > 0 or d_high < 0)}
+        result[name] = entry
+    return result
+
+
+@dataclass(frozen=True)
+class ExperimentOptions:
+    arms: tuple[str, ...] = DEFAULT_ARMS
+    paraphrases: tuple[int, ...] = DEFAULT_PARAPHRASES  # ft: the smallest K, ft_par: the largest
+    limit: int | None = None
+    dataset: Path | None = None  # a built qa dataset: its eval.jsonl are the questions, its train.jsonl ft's data
+    train: object = None  # a TrainConfig (None: the defaults)
+
+    def check(self) -> None:
+        unknown = [a for a in self.arms if a not in ARMS]
+        if unknown or not self.arms:
+            raise BadInput(f"unknown arm {', '.join(unknown) or '(none)'}: choose from {', '.join(ARMS)}")
+        if not self.paraphrases or any(not 0 <= k <= 10 for k in self.paraphrases):
+            raise BadInput("--paraphrases takes counts between 0 and 10, for example 0,3")
+        if self.limit is not None and self.limit < 1:
+            raise BadInput("--limit must be at least 1")
+        if self.dataset is not None and not (Path(self.dataset) / "eval.jsonl").is_file():
+            raise BadInput(f"{self.dataset} holds no eval.jsonl: build one with `python -m backends dataset build`")
+
+
+@dataclass(frozen=True)
+class ExperimentProgress:
+    arm: str
+    step: str
+    done: int
+    total: int  # 0: not known in steps (training steps and questions are counted as they come)
+    eta_s: float
+
+
+@dataclass
+class Experiment:
+    id: str
+    created_at: str
+    options: dict
+    questions: int
+    datasets: dict = field(default_factory=dict)  # adapter role -> manifest summary
+    adapters: dict = field(default_factory=dict)  # adapter role -> {name, reused, training_minutes}
+    metrics: dict = field(default_factory=dict)  # arm -> SystemMetrics as a dict, with context tokens
+    intervals: dict = field(default_factory=dict)  # arm -> paired bootstrap of gold contained
+    index: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    rows: list[EvalRow] = field(default_factory=list)
+
+
+# Measured on 2 cores with the bundled model (docs/quality.md): seconds per trained example-epoch at the default
+# batch, rows a fact yields per wording, seconds per answered question and arm.
+SECONDS_PER_EXAMPLE, ROWS_PER_CHUNK_WORDING, SECONDS_PER_ANSWER = 0.31, 4.7, 0.55
+LEAVE_OUT_FIRST = ("text", "raft", "ft_par", "rag_ft", "ft")  # what a budget drops first
+
+
+def estimate_s(options: ExperimentOptions, chunks: int, questions: int, epochs: int = 5) -> float:
+    """Seconds the grid should take: training every adapter it needs, then answering every arm."""
+    training = sum(chunks * ROWS_PER_CHUNK_WORDING * (k + 1) * epochs * SECONDS_PER_EXAMPLE
+                   for _, k in _adapters_needed(options.arms, options.paraphrases).values())
+    return training + questions * len(options.arms) * SECONDS_PER_ANSWER
+
+
+def within_budget(options: ExperimentOptions, minutes: float, chunks: int, questions: int) -> tuple[ExperimentOptions, list[str]]:
+    """The largest grid that fits `minutes`, and what it left out (smaller K first, then arms)."""
+    left_out = []
+    while estimate_s(options, chunks, questions) > minutes * 60:
+        if len(options.paraphrases) > 1:
+            dropped = max(options.paraphrases)
+            options = dataclasses.replace(options, paraphrases=tuple(k for k in options.paraphrases if k != dropped))
+            left_out.append(f"K={dropped}")
+            continue
+        arm = next((a for a in LEAVE_OUT_FIRST if a in options.arms), None)
+        if arm is None:
+            break
+        options = dataclasses.replace(options, arms=tuple(a for a in options.arms if a != arm))
+        left_out.append(arm)
+    return options, left_out
+
+
+def _adapters_needed(arms: tuple[str, ...], paraphrases: tuple[int, ...]) -> dict[str, tuple[str, int]]:
+    """Adapter role -> (dataset format, K) for the chosen arms."""
+    needed = {}
+    if "ft" in arms:
+        needed["ft"] = ("qa", min(paraphrases))
+    if {"ft_par", "rag_ft"} & set(arms):
+        needed["ft_par"] = ("qa", max(paraphrases))
+    if "raft" in arms:
+        needed["raft"] = ("raft", min(paraphrases))
+    if "text" in arms:
+        needed["text"] = ("text", min(paraphrases))
+    return needed
+
+
+def run_experiment(duet, options: ExperimentOptions, out: Path,
+                   on_progress: Callable[[ExperimentProgress], None] = lambda p: None,
+                   cancel: threading.Event | None = None) -> Experiment:
+    """Build, train (or re-use), answer and score every arm; completed arms are saved as they finish."""
+    from backends.learning.datasets import DatasetOptions, build_dataset, save_dataset
+    from backends.learning.examples import read_qa_file
+
+    options.check()
+    cancel, started, out = cancel or threading.Event(), time.perf_counter(), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    progress = _Progress(on_progress, cancel, started,
+                         estimate_s(options, duet.index.chunk_count(), options.limit or 90))
+    k0 = min(options.paraphrases)
+    if options.dataset is not None:
+        questions_dir = Path(options.dataset)
+    else:
+        progress("questions", "building the held-out questions")
+        questions_dir = save_dataset(build_dataset(duet.index, DatasetOptions(paraphrases=k0)), out / "datasets" / f"qa-k{k0}")
+    items = read_qa_file(questions_dir / "eval.jsonl")[: options.limit]
+    asked = [item.question for item in items]
+    experiment = _resumed(out) or Experiment(
+        id=datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S"),
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        options={"arms": list(options.arms), "paraphrases": list(options.paraphrases), "limit": options.limit,
+                 "dataset": str(questions_dir)}, questions=len(items))
+    experiment.index = {"documents": duet.index.snapshot(), "chunks": duet.index.chunk_count()}
+    for role, (form, k) in _adapters_needed(options.arms, options.paraphrases).items():
+        if role in experiment.adapters:
+            continue
+        folder = questions_dir if (role == "ft" and form == "qa" and k == k0 and options.dataset is None) else None
+        if folder is None:
+            progress(role, f"building the {form} dataset, K={k}")
+            folder = save_dataset(build_dataset(duet.index, DatasetOptions(paraphrases=k, format=form, eval_share=0),
+                                                exclude=asked), out / "datasets" / f"{form}-k{k}")
+        manifest = json.loads((folder / "dataset.json").read_text())
+        experiment.datasets[role] = {"folder": str(folder), "format": form, "paraphrases": k,
+                                     "train_rows": manifest["counts"]["train"], "id": manifest.get("id")}
+        experiment.adapters[role] = _adapter_for(duet, folder, manifest, options, progress, role, cancel)
+        _save(experiment, out)
+    arms = [a for a in options.arms if a not in experiment.metrics]
+    for arm in arms:
+        rows = []
+        for number, item in enumerate(items):
+            progress(arm, f"question {number + 1} of {len(items)}")
+            answer = _answer(duet, arm, item.question, experiment.adapters)
+            rows.append(dataclasses.replace(evaluate_answer(duet, item, answer), system=arm))
+        experiment.rows = [r for r in experiment.rows if r.system != arm] + rows
+        metrics = aggregate(rows)[arm]
+        experiment.metrics[arm] = {**dataclasses.asdict(metrics),
+                                   "context_tokens": round(sum(_context_tokens(duet, arm, i.question) for i in items[:5])
+                                                           / max(1, min(5, len(items))), 1)}
+        experiment.intervals = paired_bootstrap(_scores(experiment, items), reference="rag") \
+            if len(experiment.metrics) > 1 or "rag" in experiment.metrics else {}
+        experiment.seconds = round(experiment.seconds + time.perf_counter() - started, 1)
+        started = time.perf_counter()
+        _save(experiment, out)
+    return experiment
+
+
+class _Progress:
+    """Which arm and step, and the time left of the estimate made from measured rates (`estimate_s`)."""
+
+    def __init__(self, on_progress, cancel, started: float, estimate: float):
+        self.on_progress, self.cancel, self.started, self.estimate, self.steps = on_progress, cancel, started, estimate, 0
+
+    def __call__(self, arm: str, step: str) -> None:
+        if self.cancel.is_set():
+            raise Cancelled("the experiment was cancelled; completed arms are kept and a re-run resumes")
+        self.steps += 1
+        left = max(0.0, self.estimate - (time.perf_counter() - self.started))
+        self.on_progress(ExperimentProgress(arm, step, self.steps, 0, round(left, 1)))
+
+
+def _adapter_for(duet, folder: Path, manifest: dict, options, progress, role: str, cancel) -> dict:
+    """The adapter trained on this dataset at these hyperparameters: re-used when the registry has it."""
+    from backends.learning.training import TrainConfig, train_adapter
+    from backends.models.files import file_sha256
+
+    config = options.train or TrainConfig()
+    key = file_sha256(folder / "train.jsonl")[:10]
+    name = f"exp-{role.replace('_', '-')}-{key}"
+    existing = {a.name: a for a in duet.registry.list()}
+    if name in existing and existing[name].metadata.get("hyperparameters", {}).get("epochs") == config.epochs:
+        return {"name": name, "reused": True, "training_minutes": round(existing[name].metadata.get("training_seconds", 0) / 60, 1)}
+    progress(role, f"training {name}")
+
+    def on_step(p):
+        progress(role, f"training {name}: step {p.step} of {p.total_steps}, about {p.eta_s:.0f} s left")
+
+    path = train_adapter(duet.settings, folder / "train.jsonl", name, config, on_step, cancel, duet.index.snapshot())
+    seconds = json.loads((path / "metadata.json").read_text())["training_seconds"]
+    return {"name": name, "reused": False, "training_minutes": round(seconds / 60, 1)}
+
+
+def _answer(duet, arm: str, question: str, adapters: dict):
+    from backends.answering.streaming import answer_from_stream
+    from backends.learning.examples import chat_messages
+
+    if arm == "base":
+        return final_answer(answer_from_stream("ft", question, duet.llm, chat_messages(question), duet.settings))
+    if arm == "rag":
+        return duet.ask("rag", question)
+    role = {"ft": "ft", "ft_par": "ft_par", "text": "text", "rag_ft": "ft_par", "raft": "raft"}[arm]
+    return duet.ask("rag_ft" if arm in ("rag_ft", "raft") else "ft", question, adapters[role]["name"])
+
+
+def _context_tokens(duet, arm: str, question: str) -> int:
+    """Prompt tokens the arm spends on retrieved context: RAG's sources, nothing for the others."""
+    if arm not in ("rag", "rag_ft", "raft"):
+        return 0
+    sources = duet.index.search(question, duet.settings.top_k)[0]
+    return sum(len(duet.llm.tokenizer(s.text)["input_ids"]) for s in sources)
+
+
+def _scores(experiment: Experiment, items: list[QAItem]) -> dict[str, list[float]]:
+    by_arm: dict[str, dict[str, float]] = {}
+    for row in experiment.rows:
+        by_arm.setdefault(row.system, {})[row.question] = row.contains
+    return {arm: [scores.get(item.question, 0.0) for item in items] for arm, scores in by_arm.items()}
+
+
+# ---- saving and resuming ------------------------------------------------------------------
+def _save(experiment: Experiment, out: Path) -> None:
+    payload = dataclasses.asdict(experiment)
+    payload["rows"] = len(experiment.rows)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=[f.name for f in dataclasses.fields(EvalRow)])
+    writer.writeheader()
+    writer.writerows(row.to_csv() for row in experiment.rows)
+    for name, text in (("results.csv", buffer.getvalue()), ("report.html", report_html(experiment)),
+                       ("metrics.json", json.dumps(payload, indent=2))):  # metrics.json last: it marks the arms done
+        handle, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.")
+        with os.fdopen(handle, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, out / name)
+
+
+def _resumed(out: Path) -> Experiment | None:
+    """The experiment saved in `out` by an earlier (cancelled) run, with its completed arms."""
+    if not (out / "metrics.json").is_file() or not (out / "results.csv").is_file():
+        return None
+    data = json.loads((out / "metrics.json").read_text())
+    with open(out / "results.csv", newline="", encoding="utf-8") as f:
+        rows = [EvalRow.from_csv(r) for r in csv.DictReader(f)]
+    data["rows"] = [r for r in rows if r.system in data.get("metrics", {})]
+    return Experiment(**data)
+
+
+def table(experiment: Experiment) -> list[dict]:
+    """One row per arm: the figures the report, the CLI and the page show."""
+    rows = []
+    for arm, m in experiment.metrics.items():
+        interval = experiment.intervals.get(arm, {})
+        versus = interval.get("vs_reference")
+        adapter = {"ft": "ft", "ft_par": "ft_par", "rag_ft": "ft_par", "raft": "raft", "text": "text"}.get(arm)
+        rows.append({
+            "arm": arm, "what": ARM_TITLES[arm], "contains": m["contains"],
+            "95% interval": f"{interval.get('low', 0):.2f}-{interval.get('high', 0):.2f}" if interval else "",
+            "vs RAG": (f"{versus['mean']:+.2f} ({versus['low']:+.2f} to {versus['high']:+.2f})"
+                       f"{' real' if versus['real'] else ''}") if versus else "",
+            "f1": m["f1"], "semantic": m["semantic"], "grounded": m["groundedness"], "recall@k": m["recall_at_k"],
+            "p50 s": m["latency"]["total"]["p50"], "p95 s": m["latency"]["total"]["p95"],
+            "context tokens": m["context_tokens"],
+            "training min": experiment.adapters.get(adapter, {}).get("training_minutes") if adapter else None,
+            "train rows": experiment.datasets.get(adapter, {}).get("train_rows") if adapter else None,
+        })
+    return rows
+
+
+def report_html(experiment: Experiment) -> str:
+    """A self-contained page: the table, every value escaped."""
+    rows = table(experiment)
+    if not rows:
+        return "<!doctype html><meta charset='utf-8'><title>Duet experiment</title><p>No arm has finished yet.</p>"
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape('' if v is None else str(v))}</td>" for v in r.values()) + "</tr>"
+                   for r in rows)
+    return (f"<!doctype html><meta charset='utf-8'><title>Duet experiment {html.escape(experiment.id)}</title>"
+            "<style>body{font-family:sans-serif}td,th{border:1px solid #ccc;padding:4px 8px}table{border-collapse:collapse}</style>"
+            f"<h1>Knowledge-injection experiment {html.escape(experiment.id)}</h1>"
+            f"<p>{experiment.questions} held-out questions, {experiment.seconds:.0f} s. Gold contained with paired "
+            f"bootstrap 95% intervals ({BOOTSTRAP_SAMPLES} resamples); 'real': the difference to RAG excludes 0.</p>"
+            f"<table><tr>{head}</tr>{body}</table>")
