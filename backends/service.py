@@ -57,14 +57,15 @@ class Duet:
 
         return ClaimTracer(self.index, lambda adapter: training_examples_of(self.registry.get(adapter, check_base=False).path))
 
-    def stream(self, backend: str, question: str, adapter: str | None = None):
-        """A streaming answer from backend "rag", "ft" or "rag_ft" (`adapter` defaults to the active one)."""
+    def stream(self, backend: str, question: str, adapter: str | None = None, **retrieval):
+        """A streaming answer from backend "rag", "ft" or "rag_ft" (`adapter` defaults to the active one);
+        `retrieval` (k, leave_out) goes to RAG's retrieval."""
         if backend == "rag":
-            return self.rag.stream(question)
+            return self.rag.stream(question, **retrieval)
         if backend == "ft":
             return self.ft.stream(question, adapter)
         if backend == "rag_ft":
-            return self.rag.stream(question, combined_with=self.ft.use(adapter).name)
+            return self.rag.stream(question, combined_with=self.ft.use(adapter).name, **retrieval)
         raise BadInput(f"unknown backend {backend!r}: use rag, ft or rag_ft")
 
     def trace(self, question: str, answers: dict, asked_at: str = ""):
@@ -75,11 +76,11 @@ class Duet:
         agreement = self.tracer.agreement(answers["rag"], answers["ft"]) if {"rag", "ft"} <= answers.keys() else None
         return Comparison(question, dict(answers), claims, agreement, asked_at)
 
-    def ask(self, backend: str, question: str, adapter: str | None = None):
+    def ask(self, backend: str, question: str, adapter: str | None = None, **retrieval):
         """The final Answer of one backend (no streaming)."""
         from backends.core.types import final_answer
 
-        return final_answer(self.stream(backend, question, adapter))
+        return final_answer(self.stream(backend, question, adapter, **retrieval))
 
     def stream_both(self, question: str, adapter: str | None = None, backends=("rag", "ft")):
         """Run the backends at the same time; yield (backend, text piece or final Answer) as they come.

@@ -9,7 +9,10 @@ from backends.core.config import DATA_DIR
 from backends.apps.evaluation import SYSTEMS, freshness_experiment, list_runs, load_qa, load_run, run_eval, save_run
 from backends.apps.labels import METRICS, title
 from backends.apps.runs import EvalRun
-from pages.common import duet, key, may_change_data, page_errors
+from backends.apps.charts import curve_chart, experiment_chart, stress_chart
+from backends.apps.experiment import (ARMS, DEFAULT_ARMS, ExperimentJob, ExperimentOptions, load_experiment,
+                                      paraphrase_curve, table)
+from pages.common import duet, key, literal, may_change_data, page_errors, watch_job
 
 PAGE = "evaluate"
 EVAL_SET = DATA_DIR / "qa" / "eval.jsonl"
@@ -35,6 +38,49 @@ def new_run_section() -> None:
                                              tuple(systems), on_progress=progress_callback(bar))
     save_run(run, duet().settings.runs_dir / run.id)
     st.success(f"Run {run.id} saved.")
+
+
+@st.cache_resource(show_spinner=False)
+def experiments() -> dict:
+    """The process-wide experiment job holder: {'job': ExperimentJob | None}."""
+    return {"job": None}
+
+
+def experiment_folder():
+    return duet().settings.runs_dir / "experiments" / "latest"
+
+
+def experiment_section(allowed: bool) -> None:
+    st.subheader("Knowledge-injection experiment")
+    st.caption("Every arm answers the same held-out questions built from your documents; intervals are paired "
+               "bootstrap 95%. A re-run re-uses trained adapters and resumes a cancelled grid.")
+    if allowed:
+        left, right = st.columns([3, 1])
+        arms = left.multiselect("Arms", ARMS, default=list(DEFAULT_ARMS), key=key(PAGE, "exp.arms"))
+        limit = int(right.number_input("Questions", 1, 1000, 30, key=key(PAGE, "exp.limit")))
+        holder = experiments()
+        running = holder["job"] is not None and holder["job"].running
+        if st.button("Run the experiment", disabled=running or not arms, key=key(PAGE, "exp.run")):
+            holder["job"] = ExperimentJob(duet(), ExperimentOptions(arms=tuple(arms), limit=limit), experiment_folder()).start()
+            st.rerun()
+        if holder["job"] is not None:
+            watch_job(holder["job"], f"{PAGE}.exp", lambda p: (0.0, "Starting…") if p is None else
+                      (0.0, f"{p.arm}: {p.step} · about {p.eta_s:.0f} s left"))
+    experiment = load_experiment(experiment_folder())
+    if experiment is None or not experiment.metrics:
+        st.caption("No experiment yet.")
+        return
+    rows = table(experiment)
+    best = max(rows, key=lambda r: r["contains"])
+    st.dataframe(rows, hide_index=True, width="stretch")
+    st.caption(f"{experiment.questions} questions · {experiment.seconds:.0f} s · most gold answers: "
+               f"{literal(best['what'])}")
+    st.plotly_chart(experiment_chart(rows, experiment.intervals), key=key(PAGE, "exp.chart"))
+    points = paraphrase_curve(experiment)
+    if len(points) > 1:
+        st.plotly_chart(curve_chart(points), key=key(PAGE, "exp.curve"))
+    if experiment.stress:
+        st.plotly_chart(stress_chart(experiment.stress), key=key(PAGE, "exp.stress"))
 
 
 def metrics_table(run: EvalRun) -> list[dict]:
@@ -92,7 +138,9 @@ def runs_section() -> None:
 st.title("Evaluate")
 st.caption("Both backends on a question set with known answers: quality, groundedness, retrieval recall, latency.")
 with page_errors():
-    if may_change_data("Running evaluations"):
+    allowed = may_change_data("Running evaluations")
+    if allowed:
         with st.expander("New run", expanded=not list_runs(duet().settings)):
             new_run_section()
     runs_section()
+    experiment_section(allowed)

@@ -6,6 +6,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from backends.apps.evaluation import Criteria, advise, list_runs, load_run
+from backends.apps.experiment import advisor_metrics, load_experiment
 from backends.apps.labels import SYSTEM_COLOURS, title
 from pages.common import duet, key, page_errors
 
@@ -43,11 +44,16 @@ with page_errors():
     criteria = criteria_form()
     runs = list_runs(duet().settings)
     run = load_run(runs[0]) if runs else None
-    if run is None:
+    experiment = load_experiment(duet().settings.runs_dir / "experiments" / "latest")
+    measured = advisor_metrics(experiment) if experiment and experiment.metrics else None
+    if measured:
+        st.caption(f"Measurements from experiment {experiment.id} ({experiment.questions} held-out questions on your "
+                   f"documents): arms {', '.join(experiment.metrics)}.")
+    elif run is None:
         st.info("No evaluation run yet: the advice uses your answers only. Run one on the Evaluate page.")
     else:
         st.caption(f"Measurements from run {run.id} ({run.questions} questions).")
-    advice = advise(criteria, run, run.freshness if run else None)
+    advice = advise(criteria, run, run.freshness if run else None, measured)
     st.subheader(f"Recommendation: {title(advice.recommendation)}")
     st.plotly_chart(score_chart(advice.scores), key=key(PAGE, "scores"))
     st.markdown("**Why, point by point**")

@@ -104,8 +104,10 @@ class RAGBackend:
     def __init__(self, index: DocumentIndex, llm: LoadedLLM, settings: Settings):
         self.index, self.llm, self.settings = index, llm, settings
 
-    def stream(self, question: str, k: int | None = None, *, combined_with=None) -> AnswerStream:
+    def stream(self, question: str, k: int | None = None, *, combined_with=None,
+               leave_out: frozenset[str] = frozenset()) -> AnswerStream:
         """Answer from the base model, or (combined_with=adapter name, already loaded) from base + adapter.
+        `leave_out`: chunk ids retrieval must not return (the experiment's retrieval stress test).
 
         The combination writes freely from the retrieved chunks: the point of it is the adapter's
         wording on top of retrieval, which copy-constrained decoding would take away.
@@ -116,7 +118,8 @@ class RAGBackend:
         query = self.index.embeddings.embed_query(question)
         embed_s = time.perf_counter() - started
         k = k or self.settings.top_k
-        pool, retrieve_s = self.index.hybrid(question, query, EVIDENCE_POOL * k)
+        pool, retrieve_s = self.index.hybrid(question, query, EVIDENCE_POOL * k + len(leave_out))
+        pool = [s for s in pool if s.chunk_id not in leave_out][: EVIDENCE_POOL * k]
         prompt_start = time.perf_counter()
         lexicon = self.index.lexicon()
         ranked = rank_evidence(question, pool, self.index.embeddings, lexicon, query=query)

@@ -60,3 +60,29 @@ def freshness_chart(result: FreshnessResult) -> go.Figure:
     figure.add_bar(name="old fact (stale)", x=[title(s) for s in systems], y=[result.systems[s].old for s in systems],
                    marker_color="#b3261e")
     return _layout(figure, f"Freshness: {result.questions} updated facts", barmode="group", yaxis_title="answers")
+
+
+def experiment_chart(rows: list[dict], intervals: dict) -> go.Figure:
+    """Gold contained per arm with its paired-bootstrap 95% interval."""
+    arms = [r["arm"] for r in rows]
+    means = [r["contains"] for r in rows]
+    upper = [intervals.get(a, {}).get("high", m) - m for a, m in zip(arms, means)]
+    lower = [m - intervals.get(a, {}).get("low", m) for a, m in zip(arms, means)]
+    figure = go.Figure(go.Bar(x=arms, y=means, marker_color="#3b6ea8",
+                              error_y=dict(type="data", symmetric=False, array=upper, arrayminus=lower)))
+    return _layout(figure, "Gold answer contained, with 95% intervals", yaxis=dict(range=[0, 1]))
+
+
+def curve_chart(points: list[tuple[int, float]]) -> go.Figure:
+    """The fine-tuned arm's accuracy against the paraphrases per fact."""
+    figure = go.Figure(go.Scatter(x=[k for k, _ in points], y=[v for _, v in points], mode="lines+markers"))
+    return _layout(figure, "Fine-tuned: gold contained against K paraphrases", xaxis_title="K",
+                   yaxis=dict(range=[0, 1]))
+
+
+def stress_chart(stress: dict) -> go.Figure:
+    """The retrieving arms' gold contained under each retrieval condition."""
+    figure = go.Figure()
+    for arm, results in stress.items():
+        figure.add_bar(name=arm, x=list(results), y=list(results.values()))
+    return _layout(figure, "Retrieval stress test: gold contained", barmode="group", yaxis=dict(range=[0, 1]))

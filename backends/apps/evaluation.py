@@ -274,8 +274,10 @@ class Advice:
     reasons: tuple[tuple[str, int, str], ...]  # (system favoured, points, why)
 
 
-def advise(criteria: Criteria, run: EvalRun | None = None, freshness: FreshnessResult | None = None) -> Advice:
-    """Score RAG, fine-tuning and their combination from the criteria and the latest measurements."""
+def advise(criteria: Criteria, run: EvalRun | None = None, freshness: FreshnessResult | None = None,
+           metrics: dict[str, SystemMetrics] | None = None) -> Advice:
+    """Score RAG, fine-tuning and their combination from the criteria and the latest measurements
+    (`metrics`, an experiment's, in preference to the run's)."""
     reasons: list[tuple[str, int, str]] = []
     add = lambda system, points, why: reasons.append((system, points, why))  # noqa: E731
     if criteria.changing_data:
@@ -292,8 +294,8 @@ def advise(criteria: Criteria, run: EvalRun | None = None, freshness: FreshnessR
         add("ft", 1 if criteria.training_examples < 1000 else 2, f"{criteria.training_examples} training pairs are enough to train an adapter")
     if not criteria.training_clean:
         add("rag", 2, "the training data is not clean: an adapter learns its mistakes and cannot be audited")
-    if run:
-        _measured(run.metrics, add)
+    if metrics or run:
+        _measured(metrics or run.metrics, add)
     if freshness:
         counts = freshness.systems
         adapter_new = counts["ft"].new if "ft" in counts else 0

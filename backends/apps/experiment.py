@@ -26,12 +26,16 @@ from typing import Callable
 from backends.apps.evaluation import aggregate, evaluate_answer
 from backends.apps.runs import EvalRow
 from backends.core.errors import BadInput
-from backends.core.jobs import Cancelled
+from backends.core.jobs import BackgroundJob, Cancelled
 from backends.core.types import QAItem, final_answer
 
 ARMS = ("base", "rag", "ft", "ft_par", "rag_ft", "raft", "text")
 DEFAULT_ARMS = ("base", "rag", "ft", "ft_par", "rag_ft", "raft")
 DEFAULT_PARAPHRASES = (0, 3)
+RETRIEVING = ("rag", "rag_ft", "raft")
+# The retrieval stress test: (leave out the gold chunk | its whole document | nothing, top_k or None for the setting).
+STRESS = {"gold chunk removed": ("chunk", None), "gold document removed": ("document", None),
+          "top-k 1": (None, 1), "top-k 3": (None, 3), "top-k 5": (None, 5)}
 ARM_TITLES = {
     "base": "base model alone", "rag": "RAG", "ft": "fine-tuned, no paraphrases", "ft_par": "fine-tuned, K paraphrases",
     "rag_ft": "RAG + the paraphrase adapter", "raft": "RAG + a RAFT adapter", "text": "continued pretraining on the chunks",
@@ -72,6 +76,7 @@ class ExperimentOptions:
     limit: int | None = None
     dataset: Path | None = None  # a built qa dataset: its eval.jsonl are the questions, its train.jsonl ft's data
     train: object = None  # a TrainConfig (None: the defaults)
+    stress: bool = True  # the retrieval stress test for the arms that retrieve
 
     def check(self) -> None:
         unknown = [a for a in self.arms if a not in ARMS]
@@ -105,6 +110,7 @@ class Experiment:
     metrics: dict = field(default_factory=dict)  # arm -> SystemMetrics as a dict, with context tokens
     intervals: dict = field(default_factory=dict)  # arm -> paired bootstrap of gold contained
     index: dict = field(default_factory=dict)
+    stress: dict = field(default_factory=dict)  # arm -> condition -> gold contained
     seconds: float = 0.0
     rows: list[EvalRow] = field(default_factory=list)
 
@@ -146,6 +152,8 @@ def _adapters_needed(arms: tuple[str, ...], paraphrases: tuple[int, ...]) -> dic
         needed["ft"] = ("qa", min(paraphrases))
     if {"ft_par", "rag_ft"} & set(arms):
         needed["ft_par"] = ("qa", max(paraphrases))
+    if "ft_par" in arms:  # the paraphrase curve's points between the smallest and the largest K
+        needed.update({f"ft_k{k}": ("qa", k) for k in sorted(set(paraphrases))[1:-1]})
     if "raft" in arms:
         needed["raft"] = ("raft", min(paraphrases))
     if "text" in arms:
@@ -192,7 +200,8 @@ def run_experiment(duet, options: ExperimentOptions, out: Path,
                                      "train_rows": manifest["counts"]["train"], "id": manifest.get("id")}
         experiment.adapters[role] = _adapter_for(duet, folder, manifest, options, progress, role, cancel)
         _save(experiment, out)
-    arms = [a for a in options.arms if a not in experiment.metrics]
+    curve = [role for role in experiment.adapters if role.startswith("ft_k")]
+    arms = [a for a in (*options.arms, *curve) if a not in experiment.metrics]
     for arm in arms:
         rows = []
         for number, item in enumerate(items):
@@ -209,7 +218,35 @@ def run_experiment(duet, options: ExperimentOptions, out: Path,
         experiment.seconds = round(experiment.seconds + time.perf_counter() - started, 1)
         started = time.perf_counter()
         _save(experiment, out)
+    if options.stress:
+        _stress(duet, experiment, questions_dir, items, options, progress, out)
+        experiment.seconds = round(experiment.seconds + time.perf_counter() - started, 1)
+        _save(experiment, out)
     return experiment
+
+
+def _stress(duet, experiment: Experiment, questions_dir: Path, items: list[QAItem], options, progress, out) -> None:
+    """The retrieving arms again, with the gold chunk or document left out of retrieval and at top-k 1/3/5."""
+    from backends.apps.evaluation import contains_gold
+
+    gold = {}
+    for line in (questions_dir / "eval.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        gold.setdefault(row["question"], (row.get("chunk_id", ""), row.get("doc_id", "")))
+    for arm in (a for a in RETRIEVING if a in options.arms and a not in experiment.stress):
+        results = {}
+        for condition, (leave, k) in STRESS.items():
+            scores = []
+            for item in items:
+                progress(arm, f"stress test, {condition}: {item.question[:50]}")
+                chunk_id, doc_id = gold.get(item.question, ("", ""))
+                left_out = {chunk_id} if leave == "chunk" else (
+                    {c.chunk_id for c in duet.index.chunks_of(doc_id)} if leave == "document" and doc_id else set())
+                answer = _answer(duet, arm, item.question, experiment.adapters, k=k, leave_out=frozenset(left_out - {""}))
+                scores.append(contains_gold(answer.text, item.answer))
+            results[condition] = round(sum(scores) / max(1, len(scores)), 4)
+        experiment.stress[arm] = results
+        _save(experiment, out)
 
 
 class _Progress:
@@ -235,7 +272,8 @@ def _adapter_for(duet, folder: Path, manifest: dict, options, progress, role: st
     key = file_sha256(folder / "train.jsonl")[:10]
     name = f"exp-{role.replace('_', '-')}-{key}"
     existing = {a.name: a for a in duet.registry.list()}
-    if name in existing and existing[name].metadata.get("hyperparameters", {}).get("epochs") == config.epochs:
+    wanted = {**dataclasses.asdict(config), "target_modules": list(config.target_modules)}
+    if name in existing and existing[name].metadata.get("hyperparameters") == wanted:
         return {"name": name, "reused": True, "training_minutes": round(existing[name].metadata.get("training_seconds", 0) / 60, 1)}
     progress(role, f"training {name}")
 
@@ -247,21 +285,23 @@ def _adapter_for(duet, folder: Path, manifest: dict, options, progress, role: st
     return {"name": name, "reused": False, "training_minutes": round(seconds / 60, 1)}
 
 
-def _answer(duet, arm: str, question: str, adapters: dict):
+def _answer(duet, arm: str, question: str, adapters: dict, **retrieval):
     from backends.answering.streaming import answer_from_stream
     from backends.learning.examples import chat_messages
 
     if arm == "base":
         return final_answer(answer_from_stream("ft", question, duet.llm, chat_messages(question), duet.settings))
     if arm == "rag":
-        return duet.ask("rag", question)
-    role = {"ft": "ft", "ft_par": "ft_par", "text": "text", "rag_ft": "ft_par", "raft": "raft"}[arm]
-    return duet.ask("rag_ft" if arm in ("rag_ft", "raft") else "ft", question, adapters[role]["name"])
+        return duet.ask("rag", question, **retrieval)
+    role = {"rag_ft": "ft_par"}.get(arm, arm)
+    if arm in ("rag_ft", "raft"):
+        return duet.ask("rag_ft", question, adapters[role]["name"], **retrieval)
+    return duet.ask("ft", question, adapters[role]["name"])
 
 
 def _context_tokens(duet, arm: str, question: str) -> int:
     """Prompt tokens the arm spends on retrieved context: RAG's sources, nothing for the others."""
-    if arm not in ("rag", "rag_ft", "raft"):
+    if arm not in RETRIEVING:
         return 0
     sources = duet.index.search(question, duet.settings.top_k)[0]
     return sum(len(duet.llm.tokenizer(s.text)["input_ids"]) for s in sources)
@@ -307,9 +347,9 @@ def table(experiment: Experiment) -> list[dict]:
     for arm, m in experiment.metrics.items():
         interval = experiment.intervals.get(arm, {})
         versus = interval.get("vs_reference")
-        adapter = {"ft": "ft", "ft_par": "ft_par", "rag_ft": "ft_par", "raft": "raft", "text": "text"}.get(arm)
+        adapter = {"rag_ft": "ft_par"}.get(arm, arm) if arm not in ("base", "rag") else None
         rows.append({
-            "arm": arm, "what": ARM_TITLES[arm], "contains": m["contains"],
+            "arm": arm, "what": ARM_TITLES.get(arm, f"fine-tuned, K={arm[4:]}"), "contains": m["contains"],
             "95% interval": f"{interval.get('low', 0):.2f}-{interval.get('high', 0):.2f}" if interval else "",
             "vs RAG": (f"{versus['mean']:+.2f} ({versus['low']:+.2f} to {versus['high']:+.2f})"
                        f"{' real' if versus['real'] else ''}") if versus else "",
@@ -320,6 +360,31 @@ def table(experiment: Experiment) -> list[dict]:
             "train rows": experiment.datasets.get(adapter, {}).get("train_rows") if adapter else None,
         })
     return rows
+
+
+def advisor_metrics(experiment: Experiment) -> dict:
+    """The experiment's arms as the advisor's three systems: RAG, the best fine-tuned arm, the best RAG + adapter."""
+    from backends.apps.runs import SystemMetrics
+
+    def best(*arms):
+        found = [a for a in arms if a in experiment.metrics]
+        return max(found, key=lambda a: experiment.metrics[a]["contains"]) if found else None
+
+    chosen = {"rag": best("rag"), "ft": best("ft", "ft_par", "text"), "rag_ft": best("rag_ft", "raft")}
+    return {system: SystemMetrics.from_json({k: v for k, v in experiment.metrics[arm].items() if k != "context_tokens"})
+            for system, arm in chosen.items() if arm}
+
+
+def paraphrase_curve(experiment: Experiment) -> list[tuple[int, float]]:
+    """(K, gold contained) of the fine-tuned arms, by K."""
+    points = [(d["paraphrases"], experiment.metrics[role]["contains"]) for role, d in experiment.datasets.items()
+              if d["format"] == "qa" and role in experiment.metrics and (role == "ft" or role.startswith("ft_"))]
+    return sorted(set(points))
+
+
+def load_experiment(folder: str | Path) -> Experiment | None:
+    """A saved experiment, or None when the folder holds none."""
+    return _resumed(Path(folder))
 
 
 def report_html(experiment: Experiment) -> str:
@@ -336,3 +401,16 @@ def report_html(experiment: Experiment) -> str:
             f"<p>{experiment.questions} held-out questions, {experiment.seconds:.0f} s. Gold contained with paired "
             f"bootstrap 95% intervals ({BOOTSTRAP_SAMPLES} resamples); 'real': the difference to RAG excludes 0.</p>"
             f"<table><tr>{head}</tr>{body}</table>")
+
+
+class ExperimentJob(BackgroundJob):
+    """A grid in a background thread, watched by the Evaluate page; `result` is the Experiment."""
+
+    what = "the experiment"
+
+    def __init__(self, duet, options: ExperimentOptions, out: Path):
+        super().__init__("experiment")
+        self.duet, self.options, self.out = duet, options, Path(out)
+
+    def work(self, on_progress, cancel: threading.Event) -> Experiment:
+        return run_experiment(self.duet, self.options, self.out, on_progress, cancel)
