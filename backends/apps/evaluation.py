@@ -167,42 +167,56 @@ def run_eval(duet, items: list[QAItem], systems=("rag", "ft"), adapter: str | No
     )
 
 
-def save_run(run: EvalRun, out_dir: str | Path) -> Path:
-    """metrics.json (everything but the rows), results.csv (the rows) and report.html, written atomically."""
+def rows_csv(rows: list[EvalRow]) -> str:
+    """results.csv: one line per answer."""
     import csv
     import io
-    import os
-    import tempfile
 
-    from backends.apps.reports import eval_report_html
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=[f.name for f in dataclasses.fields(EvalRow)])
     writer.writeheader()
-    writer.writerows(row.to_csv() for row in run.rows)
-    contents = {
-        "metrics.json": json.dumps(run.to_json(), indent=2),
-        "results.csv": buffer.getvalue(),
-        "report.html": eval_report_html(run),
-    }
+    writer.writerows(row.to_csv() for row in rows)
+    return buffer.getvalue()
+
+
+def read_rows_csv(path: Path) -> list[EvalRow]:
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as f:
+        return [EvalRow.from_csv(r) for r in csv.DictReader(f)]
+
+
+def write_files(out: Path, contents: dict[str, str]) -> None:
+    """Each file written to a temporary name beside it, then renamed over it, in the order given."""
+    import os
+    import tempfile
+
     for name, text in contents.items():
         handle, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.")
         with os.fdopen(handle, "w", encoding="utf-8") as f:
             f.write(text)
         os.chmod(tmp, 0o644)
         os.replace(tmp, out / name)
+
+
+def save_run(run: EvalRun, out_dir: str | Path) -> Path:
+    """metrics.json (everything but the rows), results.csv (the rows) and report.html, written atomically."""
+    from backends.apps.reports import eval_report_html
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_files(out, {
+        "metrics.json": json.dumps(run.to_json(), indent=2),
+        "results.csv": rows_csv(run.rows),
+        "report.html": eval_report_html(run),
+    })
     return out
 
 
 def load_run(folder: str | Path) -> EvalRun:
     """A saved run: metrics.json plus its rows from results.csv."""
-    import csv
-
     folder = Path(folder)
-    with open(folder / "results.csv", newline="", encoding="utf-8") as f:
-        rows = [EvalRow.from_csv(r) for r in csv.DictReader(f)]
+    rows = read_rows_csv(folder / "results.csv")
     return EvalRun.from_json(json.loads((folder / "metrics.json").read_text()), rows, str(folder))
 
 

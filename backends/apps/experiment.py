@@ -9,13 +9,9 @@
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import html
-import io
 import json
-import os
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from backends.apps.evaluation import aggregate, evaluate_answer
+from backends.apps.evaluation import aggregate, evaluate_answer, read_rows_csv, rows_csv, write_files
 from backends.apps.runs import EvalRow
 from backends.core.errors import BadInput
 from backends.core.jobs import BackgroundJob, Cancelled
@@ -203,16 +199,15 @@ def run_experiment(duet, options: ExperimentOptions, out: Path,
     curve = [role for role in experiment.adapters if role.startswith("ft_k")]
     arms = [a for a in (*options.arms, *curve) if a not in experiment.metrics]
     for arm in arms:
-        rows = []
+        rows, context = [], 0
         for number, item in enumerate(items):
             progress(arm, f"question {number + 1} of {len(items)}")
             answer = _answer(duet, arm, item.question, experiment.adapters)
             rows.append(dataclasses.replace(evaluate_answer(duet, item, answer), system=arm))
+            context += sum(len(duet.llm.tokenizer(s.text)["input_ids"]) for s in answer.sources)
         experiment.rows = [r for r in experiment.rows if r.system != arm] + rows
         metrics = aggregate(rows)[arm]
-        experiment.metrics[arm] = {**dataclasses.asdict(metrics),
-                                   "context_tokens": round(sum(_context_tokens(duet, arm, i.question) for i in items[:5])
-                                                           / max(1, min(5, len(items))), 1)}
+        experiment.metrics[arm] = {**dataclasses.asdict(metrics), "context_tokens": round(context / max(1, len(items)), 1)}
         experiment.intervals = paired_bootstrap(_scores(experiment, items), reference="rag") \
             if len(experiment.metrics) > 1 or "rag" in experiment.metrics else {}
         experiment.seconds = round(experiment.seconds + time.perf_counter() - started, 1)
@@ -293,18 +288,14 @@ def _answer(duet, arm: str, question: str, adapters: dict, **retrieval):
         return final_answer(answer_from_stream("ft", question, duet.llm, chat_messages(question), duet.settings))
     if arm == "rag":
         return duet.ask("rag", question, **retrieval)
-    role = {"rag_ft": "ft_par"}.get(arm, arm)
     if arm in ("rag_ft", "raft"):
-        return duet.ask("rag_ft", question, adapters[role]["name"], **retrieval)
-    return duet.ask("ft", question, adapters[role]["name"])
+        return duet.ask("rag_ft", question, adapters[_role(arm)]["name"], **retrieval)
+    return duet.ask("ft", question, adapters[_role(arm)]["name"])
 
 
-def _context_tokens(duet, arm: str, question: str) -> int:
-    """Prompt tokens the arm spends on retrieved context: RAG's sources, nothing for the others."""
-    if arm not in RETRIEVING:
-        return 0
-    sources = duet.index.search(question, duet.settings.top_k)[0]
-    return sum(len(duet.llm.tokenizer(s.text)["input_ids"]) for s in sources)
+def _role(arm: str) -> str | None:
+    """The adapter an arm answers with (None: no adapter): RAG + fine-tuned uses the paraphrase adapter."""
+    return None if arm in ("base", "rag") else {"rag_ft": "ft_par"}.get(arm, arm)
 
 
 def _scores(experiment: Experiment, items: list[QAItem]) -> dict[str, list[float]]:
@@ -318,16 +309,8 @@ def _scores(experiment: Experiment, items: list[QAItem]) -> dict[str, list[float
 def _save(experiment: Experiment, out: Path) -> None:
     payload = dataclasses.asdict(experiment)
     payload["rows"] = len(experiment.rows)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=[f.name for f in dataclasses.fields(EvalRow)])
-    writer.writeheader()
-    writer.writerows(row.to_csv() for row in experiment.rows)
-    for name, text in (("results.csv", buffer.getvalue()), ("report.html", report_html(experiment)),
-                       ("metrics.json", json.dumps(payload, indent=2))):  # metrics.json last: it marks the arms done
-        handle, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.")
-        with os.fdopen(handle, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, out / name)
+    write_files(out, {"results.csv": rows_csv(experiment.rows), "report.html": report_html(experiment),
+                      "metrics.json": json.dumps(payload, indent=2)})  # metrics.json last: it marks the arms done
 
 
 def _resumed(out: Path) -> Experiment | None:
@@ -335,9 +318,7 @@ def _resumed(out: Path) -> Experiment | None:
     if not (out / "metrics.json").is_file() or not (out / "results.csv").is_file():
         return None
     data = json.loads((out / "metrics.json").read_text())
-    with open(out / "results.csv", newline="", encoding="utf-8") as f:
-        rows = [EvalRow.from_csv(r) for r in csv.DictReader(f)]
-    data["rows"] = [r for r in rows if r.system in data.get("metrics", {})]
+    data["rows"] = [r for r in read_rows_csv(out / "results.csv") if r.system in data.get("metrics", {})]
     return Experiment(**data)
 
 
@@ -347,7 +328,7 @@ def table(experiment: Experiment) -> list[dict]:
     for arm, m in experiment.metrics.items():
         interval = experiment.intervals.get(arm, {})
         versus = interval.get("vs_reference")
-        adapter = {"rag_ft": "ft_par"}.get(arm, arm) if arm not in ("base", "rag") else None
+        adapter = _role(arm)
         rows.append({
             "arm": arm, "what": ARM_TITLES.get(arm, f"fine-tuned, K={arm[4:]}"), "contains": m["contains"],
             "95% interval": f"{interval.get('low', 0):.2f}-{interval.get('high', 0):.2f}" if interval else "",

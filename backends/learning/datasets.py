@@ -244,8 +244,11 @@ def _candidates(facts: list[Fact], per_fact: int, removed: dict) -> list[tuple[F
     """Each fact's first `per_fact` usable wordings (training takes K+1, the split may hold one out)."""
     found = []
     for fact in facts:
-        if looks_like_instruction(fact.sentence) or len(fact.sentence) > MAX_ANSWER_CHARS:
-            removed["instruction" if looks_like_instruction(fact.sentence) else "empty_or_overlong"] += 1
+        if looks_like_instruction(fact.sentence):
+            removed["instruction"] += 1
+            continue
+        if len(fact.sentence) > MAX_ANSWER_CHARS:
+            removed["empty_or_overlong"] += 1
             continue
         usable = []
         for question in fact.questions:

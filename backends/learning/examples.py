@@ -80,20 +80,22 @@ def read_qa_bytes(data: bytes, label: str) -> list[QAItem]:
     return parse_qa_lines(_text_of(data, label).splitlines(), label)
 
 
-def read_qa_file(path: str | Path) -> list[QAItem]:
-    path = Path(path)
+def _file_bytes(path: Path) -> bytes:
     if not path.is_file():
         raise BadInput(f"no such dataset file: {path}")
-    return read_qa_bytes(path.read_bytes(), path.name)
+    return path.read_bytes()
+
+
+def read_qa_file(path: str | Path) -> list[QAItem]:
+    path = Path(path)
+    return read_qa_bytes(_file_bytes(path), path.name)
 
 
 def read_training_file(path: str | Path) -> list[TrainExample]:
     """QA, RAFT and text rows of a training file, each line checked (BadInput names the first bad one)."""
     path = Path(path)
-    if not path.is_file():
-        raise BadInput(f"no such dataset file: {path}")
     examples = []
-    for number, line in enumerate(_text_of(path.read_bytes(), path.name).splitlines(), 1):
+    for number, line in enumerate(_text_of(_file_bytes(path), path.name).splitlines(), 1):
         if line.strip():
             examples.append(_training_example(_json_row(line, f"{path.name} line {number}"), f"{path.name} line {number}"))
     if not examples:
