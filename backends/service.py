@@ -9,9 +9,11 @@ from __future__ import annotations
 import queue
 import threading
 from functools import cached_property
+from typing import Callable
 
 from backends.core.config import Settings
 from backends.core.errors import BadInput
+from backends.core.threads import IN_FLIGHT, run_concurrently
 from backends.core.types import Progress, quiet
 from backends.engines import load_llm
 
@@ -81,6 +83,13 @@ class Duet:
         from backends.core.types import final_answer
 
         return final_answer(self.stream(backend, question, adapter, **retrieval))
+
+    def ask_many(self, requests: list[tuple], on_done: Callable[[int, object], None] = lambda number, answer: None,
+                 cancel: threading.Event | None = None, in_flight: int = IN_FLIGHT) -> list:
+        """Final Answers of (backend, question, adapter[, retrieval dict]) requests, in their order, `in_flight`
+        at a time: the decoder runs them as rows of the same forward passes (evaluation's throughput)."""
+        calls = [lambda b=b, q=q, a=a, r=r: self.ask(b, q, a, **(r[0] if r else {})) for b, q, a, *r in requests]
+        return run_concurrently(calls, in_flight, on_done, cancel)
 
     def stream_both(self, question: str, adapter: str | None = None, backends=("rag", "ft")):
         """Run the backends at the same time; yield (backend, text piece or final Answer) as they come.

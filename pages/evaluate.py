@@ -9,6 +9,7 @@ from backends.core.config import DATA_DIR
 from backends.apps.evaluation import SYSTEMS, freshness_experiment, list_runs, load_qa, load_run, run_eval, save_run
 from backends.apps.labels import METRICS, title
 from backends.apps.runs import EvalRun
+from backends.core.jobs import Eta
 from backends.apps.charts import curve_chart, experiment_chart, stress_chart
 from backends.apps.experiment import (ARMS, DEFAULT_ARMS, ExperimentJob, ExperimentOptions, load_experiment,
                                       paraphrase_curve, table)
@@ -19,7 +20,9 @@ EVAL_SET = DATA_DIR / "qa" / "eval.jsonl"
 
 
 def progress_callback(bar):
-    return lambda done, total, label: bar.progress(done / max(total, 1), text=f"{done} of {total} · {label[:80]}")
+    eta = Eta()
+    return lambda done, total, label: bar.progress(done / max(total, 1),
+                                                   text=f"{done} of {total} · {eta.text(done, total)} · {label[:80]}")
 
 
 def new_run_section() -> None:

@@ -9,7 +9,14 @@ Every figure is measured several times and reported as median and spread (min-ma
   engine beside it when llama-cpp-python is installed (in a child process, as llama.cpp's own run);
 - retrieval p50/p95 at 1k, 10k and 100k chunks of synthetic text;
 - ingest throughput vs raw embedding of the same chunks;
-- cold start (a fresh `python -m backends ask` process to its answer) and peak memory.
+- cold start (a fresh `python -m backends ask` process to its answer) and peak memory;
+- evaluation: questions per minute per system, and the wall time of an evaluation over the sum
+  of the same answers asked one at a time (`eval.wall_vs_sum`);
+- dataset building (templates only, the default): chunks and pairs per second;
+- training: trained (non-padding) tokens per second on the demo dataset, at the demo adapter's
+  hyperparameters and at the defaults, beside the arithmetic limit (forward and backward FLOPs
+  of every token over the measured peak matrix-product rate; the shared prompt prefix and the
+  answer-only head skip part of that work, so the rate may pass it).
 
 Synthetic retrieval stores hold random unit vectors (embedding 100k chunks would take
 most of an hour on two cores; search cost depends on the count and dimension of the
@@ -34,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from backends.core.config import REPO_ROOT, Settings
+from backends.core.config import DATA_DIR, REPO_ROOT, Settings
 from backends.models.files import llm_source
 
 PROMPT_QUESTION = "Explain in a few sentences what a travel policy is and why companies have one."
@@ -43,6 +50,7 @@ ANSWER_QUESTIONS = ["What is the daily meal allowance for travel?", "How many da
 WORDS = ("policy travel invoice warranty sensor calibration leave allowance manager approval budget contract "
          "supplier shipment battery firmware meeting quarter revenue customer ticket escalation audit safety "
          "training laptop office parking holiday refund order region report").split()
+DEMO_TRAIN, DEMO_EVAL = DATA_DIR / "qa" / "train.jsonl", DATA_DIR / "qa" / "eval.jsonl"
 
 # Figure names per generation engine (settings.engine); "llama_cpp" is llama.cpp's own run beside them.
 ENGINE_KEYS = {"transformers": "transformers", "onnxruntime": "onnxruntime", "llama.cpp": "duet_llama_cpp"}
@@ -59,11 +67,14 @@ class Plan:
     retrieval_queries: int = 50
     ingest_chunks: int = 300
     cold_starts: int = 3
+    train_steps: int = 12
+    dataset_documents: int = 0  # 0: the whole index
+    eval_questions: int = 30
 
 
 FULL = Plan()
 QUICK = Plan(repeats=1, decode_tokens=8, questions=1, retrieval_sizes=(1_000,), retrieval_queries=5,
-             ingest_chunks=20, cold_starts=1)
+             ingest_chunks=20, cold_starts=1, train_steps=1, dataset_documents=1, eval_questions=2)
 
 
 @dataclass
@@ -88,6 +99,7 @@ class Report:
     def __init__(self, progress: Callable[[str], None]):
         self.figures: dict[str, Figure] = {}
         self.skipped: dict[str, str] = {}
+        self.notes: dict[str, str] = {}
         self.progress = progress
 
     def add(self, name: str, unit: str, runs: list[float]) -> Figure:
@@ -320,6 +332,65 @@ def ingest_figures(duet, report: Report, plan: Plan) -> None:
     report.add("ingest.overhead", "x", [e / i for e, i in zip(embed_runs, ingest_runs)])
 
 
+# ---- training, dataset building, evaluation ---------------------------------------------------------
+def training_figures(duet, report: Report, plan: Plan) -> None:
+    """Tokens/s on the demo dataset at the demo adapter's hyperparameters and at the defaults, beside the limit."""
+    from backends.learning.training import TrainConfig, training_rate
+
+    demo = duet.registry.get("demo", check_base=False).metadata.get("hyperparameters", {}) \
+        if "demo" in {a.name for a in duet.registry.list()} else {}
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    configs = {"": TrainConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in demo.items() if k in known}),
+               ".defaults": TrainConfig()}
+    for suffix, config in configs.items():
+        runs = []
+        for run in range(plan.repeats):
+            report.progress(f"training: {plan.train_steps} steps on {DEMO_TRAIN.name}{suffix or ' (demo hyperparameters)'}, "
+                            f"run {run + 1}")
+            runs.append(training_rate(duet.settings, DEMO_TRAIN, config, plan.train_steps))
+        report.add(f"train.tokens_per_s{suffix}", "tokens/s", [r["tokens_per_s"] for r in runs])
+        report.add(f"train.limit_tokens_per_s{suffix}", "tokens/s", [r["limit_tokens_per_s"] for r in runs])
+    report.add("train.peak_matmul_gflops", "GFLOP/s", [r["peak_matmul_gflops"] for r in runs])
+    report.notes["train.precision"] = runs[-1]["precision"]
+
+
+def dataset_figures(duet, report: Report, plan: Plan) -> None:
+    """Building a templates-only dataset (the default) from the index: chunks and pairs per second."""
+    from backends.learning.datasets import DatasetOptions, build_dataset
+
+    doc_ids = tuple(sorted(duet.index.snapshot())[: plan.dataset_documents]) if plan.dataset_documents else ()
+    chunks, pairs = [], []
+    for run in range(plan.repeats):
+        report.progress(f"dataset: building from {len(doc_ids) or 'all'} documents, run {run + 1}")
+        started = time.perf_counter()
+        built = build_dataset(duet.index, DatasetOptions(doc_ids=doc_ids))
+        seconds = time.perf_counter() - started
+        chunks.append(built.manifest["counts"]["chunks"] / seconds)
+        pairs.append((len(built.train) + len(built.eval)) / seconds)
+    report.add("dataset.chunks_per_s", "chunks/s", chunks)
+    report.add("dataset.pairs_per_s", "pairs/s", pairs)
+
+
+def eval_figures(duet, report: Report, plan: Plan, adapter: str) -> None:
+    """Evaluation as it runs (questions as concurrent rows of the decoder, claims traced meanwhile) against the
+    sum of the same answers asked one at a time."""
+    from backends.apps.evaluation import load_qa, run_eval
+
+    items = load_qa(DEMO_EVAL)[: plan.eval_questions]
+    runs: dict[str, list[float]] = {}
+    for run in range(plan.repeats):
+        report.progress(f"evaluation: {len(items)} questions one at a time, run {run + 1}")
+        single = sum(_time(lambda b=b, q=item.question: duet.ask(b, q, adapter)) for item in items for b in ("rag", "ft"))
+        for system in ("rag", "ft"):
+            report.progress(f"evaluation: {len(items)} questions, {system}, run {run + 1}")
+            seconds = _time(lambda s=system: run_eval(duet, items, (s,), adapter))
+            runs.setdefault(f"questions_per_min.{system}", []).append(60 * len(items) / seconds)
+        report.progress(f"evaluation: {len(items)} questions, both systems, run {run + 1}")
+        runs.setdefault("wall_vs_sum", []).append(_time(lambda: run_eval(duet, items, ("rag", "ft"), adapter)) / single)
+    for name, values in runs.items():
+        report.add(f"eval.{name}", "x" if name == "wall_vs_sum" else "questions/min", values)
+
+
 # ---- cold start and memory --------------------------------------------------------------------
 def cold_start_figures(duet, report: Report, plan: Plan) -> None:
     """A new `python -m backends ask --backend rag --json` process: from its start to its printed answer, and to its end."""
@@ -391,6 +462,9 @@ def run_bench(duet, quick: bool = False, progress: Callable[[str], None] = lambd
         section(duet, report, plan, adapter)
     retrieval_figures(duet, report, plan)
     ingest_figures(duet, report, plan)
+    eval_figures(duet, report, plan, adapter)
+    dataset_figures(duet, report, plan)
+    training_figures(duet, report, plan)
     report.add("peak_memory_mb.bench_process", "MB", [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024])
     judge(report)
     result = {
@@ -399,7 +473,7 @@ def run_bench(duet, quick: bool = False, progress: Callable[[str], None] = lambd
                     "python": platform.python_version(), "torch": torch.__version__, "processor": platform.processor()},
         "model": duet.llm.name, "adapter": adapter, "weights": duet.llm.weights, "engine": duet.llm.engine.name,
         "figures": {name: figure.to_dict() for name, figure in report.figures.items()},
-        "skipped": report.skipped,
+        "skipped": report.skipped, "notes": report.notes,
     }
     folder = duet.settings.store_dir / "bench"
     folder.mkdir(parents=True, exist_ok=True)
@@ -414,6 +488,7 @@ def format_table(result: dict) -> str:
         rows.append(f"{name:44} {f['median']:>10.3f} {f['min']:>10.3f} {f['max']:>10.3f} {f['p95']:>10.3f}  {f['runs']:>3}  "
                     f"{f['target']} {mark}".rstrip() + f"  [{f['unit']}]")
     rows += [f"skipped {name}: {why}" for name, why in result["skipped"].items()]
+    rows += [f"{name}: {value}" for name, value in result.get("notes", {}).items()]
     rows.append(f"{result['model']}, adapter {result['adapter']}, {result['engine']} engine, weights {result['weights']}, "
                 f"{result['machine']['threads']} threads on {result['machine']['device']}; {result['seconds']} s")
     return "\n".join(rows)

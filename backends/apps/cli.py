@@ -220,10 +220,10 @@ def cmd_eval(args) -> int:
     duet = _duet(args)
     if args.adapter:
         duet.registry.get(args.adapter)
-    run = run_eval(duet, items, systems, args.adapter, on_progress=_eval_progress)
+    run = run_eval(duet, items, systems, args.adapter, on_progress=_eval_progress())
     if args.freshness:
         run.freshness = freshness_experiment(duet, DATA_DIR / "corpus_updates", DATA_DIR / "qa" / "updates.jsonl",
-                                             systems, args.adapter, on_progress=_eval_progress)
+                                             systems, args.adapter, on_progress=_eval_progress())
     out = save_run(run, args.out or duet.settings.runs_dir / run.id)
     print(file=sys.stderr)
     for system, m in run.metrics.items():
@@ -247,8 +247,13 @@ def cmd_bench(args) -> int:
     return 0
 
 
-def _eval_progress(done: int, total: int, label: str) -> None:
-    print(f"\r[{done}/{total}] {label[:70]:70}", end="", file=sys.stderr, flush=True)
+def _eval_progress():
+    """A progress line with the ETA from this run's own rate so far."""
+    from backends.core.jobs import Eta
+
+    eta = Eta()
+    return lambda done, total, label: print(f"\r[{done}/{total}] {eta.text(done, total):9} {label[:70]:70}", end="",
+                                            file=sys.stderr, flush=True)
 
 
 def raise_bad(message: str):

@@ -9,6 +9,7 @@ so "The per diem is 55 euros." is right although its exact match is 0.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import re
 import string
@@ -148,12 +149,18 @@ def run_eval(duet, items: list[QAItem], systems=("rag", "ft"), adapter: str | No
     from datetime import datetime, timezone
 
     adapter = adapter or duet.registry.active_name()
-    rows, total = [], len(items) * len(systems)
-    for number, item in enumerate(items):
-        for offset, system in enumerate(systems):
-            on_progress(number * len(systems) + offset, total, f"{system}: {item.question}")
-            rows.append(evaluate_answer(duet, item, duet.ask(system, item.question, adapter)))
-    on_progress(total, total, "done")
+    jobs = [(item, system) for item in items for system in systems]
+    rows: list = [None] * len(jobs)
+    done = 0
+
+    def finished(number: int, answer) -> None:  # claims are traced here while the next answers decode
+        nonlocal done
+        item, system = jobs[number]
+        rows[number], done = evaluate_answer(duet, item, answer), done + 1
+        on_progress(done, len(jobs), f"{system}: {item.question}")
+
+    on_progress(0, len(jobs), "starting")
+    duet.ask_many([(system, item.question, adapter) for item, system in jobs], on_done=finished)
     snapshot = duet.index.snapshot()
     created = datetime.now(timezone.utc)
     return EvalRun(
@@ -254,14 +261,13 @@ def freshness_experiment(duet, updates_dir: str | Path, questions_path: str | Pa
         copy = Duet(copy_settings)  # same settings for the models: the same loaded model and adapter host
         on_progress(0, len(rows) * len(systems) + 1, "ingesting the updated documents into a copy of the index")
         ingested = [r.describe() for r in copy.index.ingest_paths([updates_dir])]
-        results = []
-        for number, row in enumerate(rows):
-            for offset, system in enumerate(systems):
-                on_progress(1 + number * len(systems) + offset, len(rows) * len(systems) + 1, f"{system}: {row['question']}")
-                answer = copy.ask(system, row["question"], adapter)
-                results.append({"system": system, "question": row["question"], "new": row["answer"], "old": row["old_answer"],
-                                "prediction": answer.text, "has_new": contains_gold(answer.text, row["answer"]),
-                                "has_old": contains_gold(answer.text, row["old_answer"])})
+        jobs, counted = [(row, system) for row in rows for system in systems], itertools.count(2)
+        answers = copy.ask_many([(system, row["question"], adapter) for row, system in jobs],
+                                on_done=lambda n, a: on_progress(next(counted), len(jobs) + 1,
+                                                                 f"{jobs[n][1]}: {jobs[n][0]['question']}"))
+        results = [{"system": system, "question": row["question"], "new": row["answer"], "old": row["old_answer"],
+                    "prediction": answer.text, "has_new": contains_gold(answer.text, row["answer"]),
+                    "has_old": contains_gold(answer.text, row["old_answer"])} for (row, system), answer in zip(jobs, answers)]
         copy.index.close()
     summary = {s: FreshCount(new=int(sum(r["has_new"] for r in results if r["system"] == s)),
                              old=int(sum(r["has_old"] for r in results if r["system"] == s))) for s in systems}

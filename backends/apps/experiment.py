@@ -23,6 +23,7 @@ from backends.apps.evaluation import aggregate, evaluate_answer, read_rows_csv, 
 from backends.apps.runs import EvalRow
 from backends.core.errors import BadInput
 from backends.core.jobs import BackgroundJob, Cancelled
+from backends.core.threads import IN_FLIGHT, run_concurrently
 from backends.core.types import QAItem, final_answer
 
 ARMS = ("base", "rag", "ft", "ft_par", "rag_ft", "raft", "text")
@@ -199,12 +200,17 @@ def run_experiment(duet, options: ExperimentOptions, out: Path,
     curve = [role for role in experiment.adapters if role.startswith("ft_k")]
     arms = [a for a in (*options.arms, *curve) if a not in experiment.metrics]
     for arm in arms:
-        rows, context = [], 0
-        for number, item in enumerate(items):
-            progress(arm, f"question {number + 1} of {len(items)}")
-            answer = _answer(duet, arm, item.question, experiment.adapters)
-            rows.append(dataclasses.replace(evaluate_answer(duet, item, answer), system=arm))
+        rows, context = [None] * len(items), 0
+
+        def scored(number: int, answer) -> None:  # traced here while the next answers decode
+            nonlocal context
+            rows[number] = dataclasses.replace(evaluate_answer(duet, items[number], answer), system=arm)
             context += sum(len(duet.llm.tokenizer(s.text)["input_ids"]) for s in answer.sources)
+            progress(arm, f"{sum(r is not None for r in rows)} of {len(items)} questions answered")
+
+        progress(arm, f"answering {len(items)} questions")
+        run_concurrently([lambda q=item.question: _answer(duet, arm, q, experiment.adapters) for item in items],
+                         IN_FLIGHT, scored)
         experiment.rows = [r for r in experiment.rows if r.system != arm] + rows
         metrics = aggregate(rows)[arm]
         experiment.metrics[arm] = {**dataclasses.asdict(metrics), "context_tokens": round(context / max(1, len(items)), 1)}
@@ -231,14 +237,16 @@ def _stress(duet, experiment: Experiment, questions_dir: Path, items: list[QAIte
     for arm in (a for a in RETRIEVING if a in options.arms and a not in experiment.stress):
         results = {}
         for condition, (leave, k) in STRESS.items():
-            scores = []
-            for item in items:
-                progress(arm, f"stress test, {condition}: {item.question[:50]}")
+            def asked(item, leave=leave, k=k):
                 chunk_id, doc_id = gold.get(item.question, ("", ""))
                 left_out = {chunk_id} if leave == "chunk" else (
                     {c.chunk_id for c in duet.index.chunks_of(doc_id)} if leave == "document" and doc_id else set())
-                answer = _answer(duet, arm, item.question, experiment.adapters, k=k, leave_out=frozenset(left_out - {""}))
-                scores.append(contains_gold(answer.text, item.answer))
+                return lambda: _answer(duet, arm, item.question, experiment.adapters, k=k,
+                                       leave_out=frozenset(left_out - {""}))
+
+            answers = run_concurrently([asked(item) for item in items], IN_FLIGHT,
+                                       lambda n, a, c=condition: progress(arm, f"stress test, {c}: {items[n].question[:50]}"))
+            scores = [contains_gold(answer.text, item.answer) for answer, item in zip(answers, items)]
             results[condition] = round(sum(scores) / max(1, len(scores)), 4)
         experiment.stress[arm] = results
         _save(experiment, out)

@@ -8,6 +8,20 @@ import time
 from backends.core.errors import BadInput
 
 
+class Eta:
+    """Seconds left, from the rate measured so far: elapsed / done x what is left (None before the first)."""
+
+    def __init__(self):
+        self.started = time.perf_counter()
+
+    def seconds_left(self, done: int, total: int) -> float | None:
+        return (time.perf_counter() - self.started) / done * (total - done) if done else None
+
+    def text(self, done: int, total: int) -> str:
+        left = self.seconds_left(done, total)
+        return "ETA --" if left is None else f"ETA {left:.0f}s"
+
+
 class Cancelled(Exception):
     """Raised inside long work when its cancel event is set; whatever it was writing is left unwritten."""
 

@@ -15,12 +15,16 @@ import ctypes.util
 import os
 import queue
 import threading
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from typing import Callable, TypeVar
+
+from backends.core.jobs import Cancelled
 
 T = TypeVar("T")
 _DONE = object()
 M_ARENA_MAX = -8  # glibc's mallopt parameter
+IN_FLIGHT = 8  # questions evaluations and experiments ask at once: rows of the decoder's shared passes
 
 
 def limit_malloc_arenas() -> None:
@@ -97,3 +101,30 @@ class ComputeTurns:
 
 
 TURNS = ComputeTurns()
+
+
+def run_concurrently(calls: list[Callable[[], T]], in_flight: int, on_done: Callable[[int, T], None] = lambda n, r: None,
+                     cancel: threading.Event | None = None) -> list[T]:
+    """Every call's result in order, `in_flight` running at once; `on_done(number, result)` in this thread as each ends.
+
+    A set `cancel` starts nothing new and raises Cancelled once the running calls are back; the first
+    error is raised as soon as it comes (the calls already running finish first).
+    """
+    cancel = cancel or threading.Event()
+    results: list = [None] * len(calls)
+    queued = iter(enumerate(calls))
+    with ThreadPoolExecutor(max(1, in_flight), thread_name_prefix="duet-many") as pool:
+        running: dict = {}
+        while True:
+            while len(running) < in_flight and not cancel.is_set() and (item := next(queued, None)):
+                running[pool.submit(item[1])] = item[0]
+            if not running:
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                number = running.pop(future)
+                results[number] = future.result()
+                on_done(number, results[number])
+    if cancel.is_set():
+        raise Cancelled("cancelled; the results so far are not kept")
+    return results

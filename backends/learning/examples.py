@@ -156,6 +156,12 @@ def tokenize_example(tokenizer, item: QAItem | TrainExample, max_length: int) ->
 
     prompt = tokenizer.apply_chat_template(conversation(), add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
     full = tokenizer.apply_chat_template(conversation(item.answer), tokenize=True, return_dict=True)["input_ids"]
+    answer = full[len(prompt):]
+    room = max_length - len(answer)
+    if len(full) > max_length and room >= 16:
+        # The prompt's middle goes (a RAFT row's later sources), never the answer the loss is on.
+        prompt = prompt[:room // 2] + prompt[len(prompt) - (room - room // 2):]
+        full = prompt + answer
     full = full[:max_length]
     labels = [-100] * min(len(prompt), len(full)) + full[len(prompt):]
     return full, labels

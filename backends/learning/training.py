@@ -31,6 +31,7 @@ from backends.learning.examples import read_training_file, tokenize_example
 from backends.models.files import base_model_identity, file_sha256, prepare_llm, resolve_device
 from backends.models.lora import METADATA, TRAINING_DATA
 
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -50,12 +51,17 @@ class TrainConfig:
     max_length: int = field(default=128, metadata={"help": "Longest example in tokens (longer ones are cut)."})
     seed: int = field(default=0, metadata={"help": "Random seed for shuffling and initialisation."})
     max_steps: int = field(default=0, metadata={"help": "Stop after this many steps (0: no limit)."})
+    precision: str = field(default="auto", metadata={
+        "help": "Matrix products in bf16 or fp32 (auto: bf16 where the CPU or GPU has it natively).",
+        "choices": PRECISIONS})
 
     def check(self) -> None:
         if self.rank < 1 or self.alpha < 1 or self.epochs < 1 or self.batch_size < 1 or self.max_length < 16:
             raise BadInput("rank, alpha, epochs and batch size must be at least 1, max length at least 16")
         if not 0 <= self.dropout < 1 or not 0 < self.learning_rate < 1:
             raise BadInput("dropout must be in [0, 1) and the learning rate in (0, 1)")
+        if self.precision not in PRECISIONS:
+            raise BadInput(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,8 @@ class TrainProgress:
     loss: float
     tokens_per_s: float
     eta_s: float
+    tokens: int = 0  # trained (non-padding) tokens so far
+    elapsed_s: float = 0.0
 
 
 class TrainingCancelled(Cancelled):
@@ -89,20 +97,6 @@ def _batches(examples: list, batch_size: int, rng: random.Random):
         yield [examples[i] for i in batch]
 
 
-def _collate(batch, pad_id: int):
-    import torch
-
-    width = max(len(ids) for ids, _ in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(batch), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, (example_ids, example_labels) in enumerate(batch):
-        ids[row, :len(example_ids)] = torch.tensor(example_ids)
-        labels[row, :len(example_labels)] = torch.tensor(example_labels)
-        mask[row, :len(example_ids)] = 1
-    return ids, labels, mask
-
-
 def train_adapter(
     settings: Settings,
     data_path: str | Path,
@@ -120,21 +114,61 @@ def train_adapter(
     registry = AdapterRegistry(settings)
     target = registry.path_for_new(name, overwrite)
     with registry.training_lock():
-        model, tokenizer, base = _trainable_model(settings, config)
+        model, tokenizer, base, precision = _trainable_model(settings, config)
         started = time.perf_counter()
-        history = _train_loop(model, tokenizer, items, config, on_progress, cancel or threading.Event())
+        history = _train_loop(model, tokenizer, items, config, precision, on_progress, cancel or threading.Event())
         metadata = {
             "name": name,
             "base_model": base,
             "dataset": dataset_record(data_path, len(items)),
             "index_snapshot": index_snapshot or {},
             "hyperparameters": {**asdict(config), "target_modules": list(config.target_modules)},
+            "precision": precision,
             "loss_history": history,
             "final_loss": history[-1]["loss"] if history else None,
             "training_seconds": round(time.perf_counter() - started, 1),
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         return save_adapter_atomically(model, metadata, target, overwrite, training_data=data_path)
+
+
+def training_rate(settings: Settings, data_path: str | Path, config: TrainConfig, steps: int) -> dict:
+    """Trained tokens per second over `steps` optimiser steps after a warm-up step, and the arithmetic limit
+    beside it (nothing is saved): `python -m backends bench`'s training figures."""
+    import dataclasses
+
+    config.check()
+    model, tokenizer, _, precision = _trainable_model(settings, config)
+    seen: list[TrainProgress] = []
+    _train_loop(model, tokenizer, read_training_file(data_path), dataclasses.replace(config, max_steps=steps + 1),
+                precision, seen.append, threading.Event())
+    first, last = seen[0], seen[-1]
+    flops = training_flops_per_token(model)
+    peak = peak_matmul_flops(precision, next(model.parameters()).device)
+    return {"tokens_per_s": (last.tokens - first.tokens) / (last.elapsed_s - first.elapsed_s),
+            "limit_tokens_per_s": peak / flops, "peak_matmul_gflops": peak / 1e9, "precision": precision}
+
+
+def training_flops_per_token(model) -> float:
+    """Forward (2 per weight) and backward to the activations (2 more; the frozen weights get no gradient),
+    for every token at every linear layer, the vocabulary head included."""
+    base = model.get_base_model()
+    head = base.lm_head.weight.numel()
+    return 4.0 * (base.num_parameters(exclude_embeddings=True) + head)
+
+
+def peak_matmul_flops(precision: str, device) -> float:
+    """The best of five 2048x2048 matrix products in the training precision, in FLOP/s."""
+    import torch
+
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a, b = (torch.randn(2048, 2048, device=device).to(dtype) for _ in range(2))
+    best = math.inf
+    for _ in range(6):
+        started = time.perf_counter()
+        (a @ b).sum().item()
+        best = min(best, time.perf_counter() - started)
+    return 2 * 2048 ** 3 / best
 
 
 def dataset_record(data_path: Path, examples: int) -> dict:
@@ -154,6 +188,8 @@ def _trainable_model(settings: Settings, config: TrainConfig):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from backends.learning import train_step
+
     path = prepare_llm(settings)
     torch.manual_seed(config.seed)
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -164,11 +200,17 @@ def _trainable_model(settings: Settings, config: TrainConfig):
         r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
         target_modules=list(config.target_modules), task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, lora), tokenizer, base_model_identity(settings)
+    model = get_peft_model(model, lora)
+    precision = train_step.precision_for(config.precision, next(model.parameters()).device)
+    train_step.prepare(model, config.dropout, precision)
+    return model, tokenizer, base_model_identity(settings), precision
 
 
-def _train_loop(model, tokenizer, items, config: TrainConfig, on_progress, cancel: threading.Event) -> list[dict]:
+def _train_loop(model, tokenizer, items, config: TrainConfig, precision: str, on_progress,
+                cancel: threading.Event) -> list[dict]:
     import torch
+
+    from backends.learning.train_step import batch_loss
 
     examples = [tokenize_example(tokenizer, item, config.max_length) for item in items]
     steps_per_epoch = math.ceil(len(examples) / config.batch_size)
@@ -184,17 +226,19 @@ def _train_loop(model, tokenizer, items, config: TrainConfig, on_progress, cance
         for batch in _batches(examples, config.batch_size, rng):
             if cancel.is_set():
                 raise TrainingCancelled("training was cancelled; the adapter registry is unchanged")
-            ids, labels, mask = (t.to(device) for t in _collate(batch, tokenizer.pad_token_id))
-            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-            loss.backward()
-            optimizer.step()
+            loss, count = batch_loss(model, batch, tokenizer.pad_token_id, precision, device)
+            if loss is not None:
+                loss.backward()
+                optimizer.step()
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
-            step, tokens = step + 1, tokens + int(mask.sum())
+            step, tokens = step + 1, tokens + count
             elapsed = time.perf_counter() - started
+            value = round(loss.item(), 4) if loss is not None else (history[-1]["loss"] if history else 0.0)
             record = TrainProgress(step, total, round(epoch + (step - epoch * steps_per_epoch) / steps_per_epoch, 3),
-                                   round(loss.item(), 4), tokens / elapsed, elapsed / step * (total - step))
-            history.append({"step": step, "epoch": record.epoch, "loss": record.loss})
+                                   value, tokens / elapsed, elapsed / step * (total - step), tokens, elapsed)
+            if loss is not None:
+                history.append({"step": step, "epoch": record.epoch, "loss": record.loss})
             on_progress(record)
             if step >= total:
                 model.eval()
