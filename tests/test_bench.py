@@ -11,7 +11,9 @@ FIGURES = ["decode_tokens_per_s.onnxruntime.base", "decode_tokens_per_s.onnxrunt
            "answer.rag.first_token_s", "answer.ft.tokens_per_s", "side_by_side.ratio", "side_by_side.both_vs_sum",
            "side_by_side.rag.done_s", "side_by_side.ft.done_s", "retrieval_ms.1000",
            "ingest.chunks_per_s", "embedding.chunks_per_s", "ingest.overhead", "cold_start_s",
-           "peak_memory_mb.bench_process"]
+           "peak_memory_mb.bench_process", "train.tokens_per_s", "train.limit_tokens_per_s",
+           "train.tokens_per_s.defaults", "dataset.chunks_per_s", "dataset.pairs_per_s",
+           "eval.questions_per_min.rag", "eval.questions_per_min.ft", "eval.wall_vs_sum"]
 
 
 def test_quick_bench_prints_every_figure_as_json(settings, tmp_path):
@@ -32,4 +34,5 @@ def test_quick_bench_prints_every_figure_as_json(settings, tmp_path):
     if f"{llama_compare}.ratio" in result["figures"]:
         assert result["figures"][f"{llama_compare}.both_vs_sum"]["target"] == "<= 1.1"
         assert result["figures"][f"{llama_compare}.both_s"]["median"] > 0
+    assert result["notes"]["train.precision"] in ("fp32", "bf16")
     assert (tmp_path / "store" / "bench" / "latest.json").is_file()

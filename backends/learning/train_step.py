@@ -6,7 +6,7 @@
 - Where the hardware multiplies bf16 natively, the frozen base weights are kept in bf16 and
   the products run under autocast; the LoRA weights and the optimiser stay fp32.
 - LoRA dropout draws its mask from 16-bit slices of random int64s: torch's bernoulli_ took a
-  sixth of every step (docs/speed.md has the profile).
+  sixth of every step (docs/performance.md has the profile).
 """
 
 from __future__ import annotations
