@@ -70,6 +70,10 @@ def hyperparameters() -> TrainConfig:
             if isinstance(default, tuple):
                 values[f.name] = tuple(st.multiselect(label, list(default), default=list(default), help=helptext,
                                                       key=key(PAGE, f.name)))
+            elif "choices" in f.metadata:
+                choices = list(f.metadata["choices"])
+                values[f.name] = st.selectbox(label, choices, index=choices.index(default), help=helptext,
+                                              key=key(PAGE, f.name))
             elif isinstance(default, float):
                 values[f.name] = st.number_input(label, value=default, format="%g", help=helptext, key=key(PAGE, f.name))
             else:

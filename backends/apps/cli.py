@@ -362,7 +362,7 @@ def _add_train_options(parser) -> None:
         default = f.default if f.default is not MISSING else None
         shown = ",".join(default) if isinstance(default, tuple) else default
         parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=None,
-                            help=f"{f.metadata.get('help', '')} (default {shown})")
+                            choices=f.metadata.get("choices"), help=f"{f.metadata.get('help', '')} (default {shown})")
 
 
 def main(argv: list[str] | None = None) -> int:
