@@ -84,12 +84,11 @@ class Duet:
 
         return final_answer(self.stream(backend, question, adapter, **retrieval))
 
-    def ask_many(self, requests: list[tuple], on_done: Callable[[int, object], None] = lambda number, answer: None,
-                 cancel: threading.Event | None = None, in_flight: int = IN_FLIGHT) -> list:
+    def ask_many(self, requests: list[tuple], on_done: Callable[[int, object], None] = lambda number, answer: None) -> list:
         """Final Answers of (backend, question, adapter[, retrieval dict]) requests, in their order, `in_flight`
         at a time: the decoder runs them as rows of the same forward passes (evaluation's throughput)."""
         calls = [lambda b=b, q=q, a=a, r=r: self.ask(b, q, a, **(r[0] if r else {})) for b, q, a, *r in requests]
-        return run_concurrently(calls, in_flight, on_done, cancel)
+        return run_concurrently(calls, IN_FLIGHT, on_done)
 
     def stream_both(self, question: str, adapter: str | None = None, backends=("rag", "ft")):
         """Run the backends at the same time; yield (backend, text piece or final Answer) as they come.

@@ -112,7 +112,7 @@ def test_duplicate_documents_and_unanswerable_facts_are_dropped_and_counted(tmp_
         orphan = Fact(lost, facts[0].sentence, facts[0].answer, facts[0].start, facts[0].end, facts[0].kind,
                       facts[0].questions[:1], facts[0].answers)
         removed = {"unanswerable": 0}
-        work = datasets._Work(datasets.Plan([], {}, 0), threading.Event(), lambda p: None, 0.0)
+        work = datasets._Work(datasets.Plan([], {}, 0), threading.Event(), lambda p: None)
         vectors = unit(index, [facts[0].questions[0]])
         kept = datasets._round_trip(index, [(f, [(f.questions[0], vectors[0])]) for f in (facts[0], moved, orphan)],
                                     removed, work)

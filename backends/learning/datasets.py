@@ -28,7 +28,7 @@ from typing import Callable
 from backends.core.config import BUNDLED
 from backends.core.errors import BadInput
 from backends.core.faults import pause_point
-from backends.core.jobs import BackgroundJob, Cancelled
+from backends.core.jobs import BackgroundJob, Cancelled, Eta
 from backends.core.text import looks_like_instruction
 from backends.core.types import Source
 from backends.knowledge.index import DocumentIndex
@@ -129,7 +129,7 @@ def build_dataset(index: DocumentIndex, options: DatasetOptions,
     started, cancel = time.perf_counter(), cancel or threading.Event()
     plan = plan_build(index, options)
     rng = random.Random(options.seed)
-    work = _Work(plan, cancel, on_progress, started)
+    work = _Work(plan, cancel, on_progress)
 
     facts: list[Fact] = []
     per_document: dict[str, int] = {doc_id: 0 for doc_id in plan.documents}
@@ -176,8 +176,8 @@ def build_dataset(index: DocumentIndex, options: DatasetOptions,
 class _Work:
     """Progress over the build's steps: chunks, then every candidate question twice (dedupe, round trip)."""
 
-    def __init__(self, plan: Plan, cancel, on_progress, started: float):
-        self.cancel, self.on_progress, self.started = cancel, on_progress, started
+    def __init__(self, plan: Plan, cancel, on_progress):
+        self.cancel, self.on_progress, self.eta = cancel, on_progress, Eta()
         self.done, self.total = 0, len(plan.chunks) + 1
 
     def grow(self, units: int) -> None:
@@ -187,8 +187,7 @@ class _Work:
         if self.cancel.is_set():
             raise DatasetCancelled("building the dataset was cancelled; nothing was written")
         self.done += units
-        elapsed = time.perf_counter() - self.started
-        self.on_progress(BuildProgress(self.done, self.total, stage, elapsed / self.done * (self.total - self.done)))
+        self.on_progress(BuildProgress(self.done, self.total, stage, self.eta.seconds_left(self.done, self.total) or 0.0))
 
 
 REWORD_WINDOW = 16

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from transformers import DynamicCache
 
 MIN_SHARED_PREFIX = 4  # shorter common prefixes are not worth a second forward call
 
@@ -84,8 +85,6 @@ def batch_loss(model, batch, pad_id: int, precision: str, device: torch.device):
 
     The loss is None when truncation left no label in the batch.
     """
-    from transformers import DynamicCache
-
     ids, labels, mask = (t.to(device) for t in collate(batch, pad_id))
     base = model.get_base_model()
     prefix = shared_prefix(ids, labels, mask)
