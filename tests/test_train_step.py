@@ -111,3 +111,25 @@ def test_precision_auto_is_fp32_or_native_bf16():
     assert dataclasses.asdict(config)["precision"] == "auto"
     assert train_step.precision_for("auto", torch.device("cpu")) in ("fp32", "bf16")
     assert train_step.precision_for("fp32", torch.device("cpu")) == "fp32"
+
+
+@pytest.mark.fast
+def test_batch_work_rows_share_int8_runs_and_single_answers_run_apart():
+    """Evaluation's rows (asked through run_concurrently) share a run per adapter; an answer asked alone (Ask,
+    Compare) keeps a run of its own, and so exactly the logits it gets alone."""
+    import types
+
+    from backends.engines.base import BASE_MODEL, AdapterVersion, Feed
+    from backends.engines.onnx.runtime import OrtEngine
+    from backends.engines.scheduler import Request
+
+    assert not Request([1], 1).batch_work
+    assert run_concurrently([lambda: Request([1], 1).batch_work] * 3, 2) == [True] * 3
+    engine = object.__new__(OrtEngine)
+    engine.passes = types.SimpleNamespace(shares_rows=False)
+    tuned = AdapterVersion("tuned", "v1")
+    feeds = list(enumerate([Feed(None, [1], BASE_MODEL, batch_work=True), Feed(None, [1], tuned, batch_work=True),
+                            Feed(None, [1], tuned), Feed(None, [1], BASE_MODEL, batch_work=True)]))
+    assert engine._runs(feeds) == [(tuned, [1, 0, 3]), (tuned, [2])]
+    engine.passes.shares_rows = True  # float: every row shares
+    assert engine._runs(feeds) == [(tuned, [1, 2, 0, 3])]

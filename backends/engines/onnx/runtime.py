@@ -53,7 +53,7 @@ class OrtPass:
     def __init__(self, session, shape: Shape, accuracy: str):
         self.session, self.shape = session, shape
         # With int8 inputs the rows beside a row change its last bits and so, at near-ties, its answer (Ask and
-        # Compare would differ): int8 rows run apart, exactly as alone; float rows share runs.
+        # Compare would differ): int8 rows run apart, exactly as alone, except batch work; float rows share runs.
         self.shares_rows = accuracy == "float"
         self.outputs = [o.name for o in session.get_outputs()]
 
@@ -148,17 +148,18 @@ class OrtEngine(Engine):
         return logits
 
     def _runs(self, feeds: list[tuple]) -> list[tuple]:
-        """(adapter version, indices of its rows) per run of the graph: a run per row, or (float) per adapter, the
-        base rows with the first."""
-        if not self.passes.shares_rows:
-            return [(feed.version, [index]) for index, feed in feeds]
+        """(adapter version, indices of its rows) per run of the graph: sharing rows (float, or int8 batch work) run
+        per adapter with the base rows in the first; an int8 row asked alone runs apart, exactly as alone."""
+        shared = [(i, f) for i, f in feeds if self.passes.shares_rows or f.batch_work]
+        apart = [(feed.version, [index]) for index, feed in feeds if not (self.passes.shares_rows or feed.batch_work)]
         by_version: dict = {}
-        for index, feed in feeds:
+        for index, feed in shared:
             by_version.setdefault(feed.version, []).append(index)
         base = by_version.pop(BASE_MODEL, [])
         if not by_version:
-            return [(BASE_MODEL, base)]
-        return [(version, members + (base if turn == 0 else [])) for turn, (version, members) in enumerate(by_version.items())]
+            return ([(BASE_MODEL, base)] if base else []) + apart
+        runs = [(version, members + (base if turn == 0 else [])) for turn, (version, members) in enumerate(by_version.items())]
+        return runs + apart
 
     def _tensors(self, version: AdapterVersion) -> AdapterTensors:
         """The adapter's graph inputs (made once per version)."""
