@@ -183,11 +183,12 @@ def cmd_experiment(args) -> int:
     rows = table(experiment)
     if args.json:
         print(json.dumps({"out": str(out), "questions": experiment.questions, "seconds": experiment.seconds,
-                          "table": rows, "intervals": experiment.intervals}, indent=2))
+                          "parts": experiment.parts, "table": rows, "intervals": experiment.intervals}, indent=2))
         return 0
     for row in rows:
         print(f"{row['arm']:7} contains {row['contains']:.3f} [{row['95% interval']}] vs RAG {row['vs RAG'] or '-':28} "
               f"p50 {row['p50 s']:.2f}s  training {row['training min'] or 0} min")
+    print("wall time by part: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in experiment.parts.items()))
     print(f"wrote {out / 'metrics.json'}, {out / 'results.csv'}, {out / 'report.html'} ({experiment.seconds:.0f} s)")
     return 0
 
@@ -234,6 +235,7 @@ def cmd_eval(args) -> int:
     if args.freshness:
         for system, c in run.freshness.systems.items():
             print(f"freshness {system}: {c.new} of {run.freshness.questions} new facts, {c.old} old facts")
+    print("wall time by part: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in experiment.parts.items()))
     print(f"wrote {out / 'metrics.json'}, {out / 'results.csv'}, {out / 'report.html'}")
     return 0
 

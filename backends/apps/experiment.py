@@ -14,6 +14,7 @@ import html
 import json
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -109,20 +110,37 @@ class Experiment:
     index: dict = field(default_factory=dict)
     stress: dict = field(default_factory=dict)  # arm -> condition -> gold contained
     seconds: float = 0.0
+    parts: dict = field(default_factory=dict)  # "building ft", "training ft", "answering rag", "stress rag" -> seconds
     rows: list[EvalRow] = field(default_factory=list)
 
 
-# Measured on 2 cores with the bundled model (docs/quality.md): seconds per trained example-epoch at the default
-# batch, rows a fact yields per wording, seconds per answered question and arm.
-SECONDS_PER_EXAMPLE, ROWS_PER_CHUNK_WORDING, SECONDS_PER_ANSWER = 0.31, 4.7, 0.55
+# The grid's training: every fact seen about EXPOSURES times whatever K, so that arms differ in their data and not in
+# their compute (K=0: 3 epochs, K=3: 1). RAFT teaches reading the sources, whose gold a row carries: one epoch, with
+# the room for the sources (its rows are ~5x a QA row's tokens).
+EXPOSURES, RAFT_MAX_LENGTH = 3, 640
+# Measured on 2 cores with the bundled model (docs/quality.md): seconds per trained row-epoch by format at the
+# grid's defaults, rows a chunk yields per wording, seconds per answered question and arm (rows sharing passes).
+SECONDS_PER_ROW = {"qa": 0.15, "raft": 0.7, "text": 0.4}
+ROWS_PER_CHUNK_WORDING, SECONDS_PER_ANSWER = 4.3, 0.35
 LEAVE_OUT_FIRST = ("text", "raft", "ft_par", "rag_ft", "ft")  # what a budget drops first
 
 
-def estimate_s(options: ExperimentOptions, chunks: int, questions: int, epochs: int = 5) -> float:
-    """Seconds the grid should take: training every adapter it needs, then answering every arm."""
-    training = sum(chunks * ROWS_PER_CHUNK_WORDING * (k + 1) * epochs * SECONDS_PER_EXAMPLE
-                   for _, k in _adapters_needed(options.arms, options.paraphrases).values())
-    return training + questions * len(options.arms) * SECONDS_PER_ANSWER
+def train_config(options: "ExperimentOptions", form: str, k: int):
+    """The hyperparameters an adapter of this format and K trains with: the user's, or the grid's defaults."""
+    from backends.learning.training import TrainConfig
+
+    if form == "raft":
+        config = options.train or TrainConfig(epochs=1)
+        return dataclasses.replace(config, max_length=max(config.max_length, RAFT_MAX_LENGTH))
+    return options.train or TrainConfig(epochs=max(1, round(EXPOSURES / (k + 1))))
+
+
+def estimate_s(options: "ExperimentOptions", chunks: int, questions: int) -> float:
+    """Seconds the grid should take: training every adapter it needs, then answering every arm and the stress test."""
+    training = sum(chunks * ROWS_PER_CHUNK_WORDING * (k + 1) * train_config(options, form, k).epochs * SECONDS_PER_ROW[form]
+                   for form, k in _adapters_needed(options.arms, options.paraphrases).values())
+    stressed = len(set(RETRIEVING) & set(options.arms)) * len(STRESS) if options.stress else 0
+    return training + questions * (len(options.arms) + stressed) * SECONDS_PER_ANSWER
 
 
 def within_budget(options: ExperimentOptions, minutes: float, chunks: int, questions: int) -> tuple[ExperimentOptions, list[str]]:
@@ -166,7 +184,7 @@ def run_experiment(duet, options: ExperimentOptions, out: Path,
     from backends.learning.examples import read_qa_file
 
     options.check()
-    cancel, started, out = cancel or threading.Event(), time.perf_counter(), Path(out)
+    cancel, started, out, parts = cancel or threading.Event(), time.perf_counter(), Path(out), {}
     out.mkdir(parents=True, exist_ok=True)
     progress = _Progress(on_progress, cancel, started,
                          estimate_s(options, duet.index.chunk_count(), options.limit or 90))
@@ -175,7 +193,8 @@ def run_experiment(duet, options: ExperimentOptions, out: Path,
         questions_dir = Path(options.dataset)
     else:
         progress("questions", "building the held-out questions")
-        questions_dir = save_dataset(build_dataset(duet.index, DatasetOptions(paraphrases=k0)), out / "datasets" / f"qa-k{k0}")
+        with _timed(parts, "building questions"):
+            questions_dir = save_dataset(build_dataset(duet.index, DatasetOptions(paraphrases=k0)), out / "datasets" / f"qa-k{k0}")
     items = read_qa_file(questions_dir / "eval.jsonl")[: options.limit]
     asked = [item.question for item in items]
     experiment = _resumed(out) or Experiment(
@@ -184,18 +203,21 @@ def run_experiment(duet, options: ExperimentOptions, out: Path,
         options={"arms": list(options.arms), "paraphrases": list(options.paraphrases), "limit": options.limit,
                  "dataset": str(questions_dir)}, questions=len(items))
     experiment.index = {"documents": duet.index.snapshot(), "chunks": duet.index.chunk_count()}
+    experiment.parts = {**parts, **experiment.parts}
     for role, (form, k) in _adapters_needed(options.arms, options.paraphrases).items():
         if role in experiment.adapters:
             continue
         folder = questions_dir if (role == "ft" and form == "qa" and k == k0 and options.dataset is None) else None
         if folder is None:
             progress(role, f"building the {form} dataset, K={k}")
-            folder = save_dataset(build_dataset(duet.index, DatasetOptions(paraphrases=k, format=form, eval_share=0),
-                                                exclude=asked), out / "datasets" / f"{form}-k{k}")
+            with _timed(experiment.parts, f"building {role}"):
+                folder = save_dataset(build_dataset(duet.index, DatasetOptions(paraphrases=k, format=form, eval_share=0),
+                                                    exclude=asked), out / "datasets" / f"{form}-k{k}")
         manifest = json.loads((folder / "dataset.json").read_text())
         experiment.datasets[role] = {"folder": str(folder), "format": form, "paraphrases": k,
                                      "train_rows": manifest["counts"]["train"], "id": manifest.get("id")}
-        experiment.adapters[role] = _adapter_for(duet, folder, manifest, options, progress, role, cancel)
+        with _timed(experiment.parts, f"training {role}"):
+            experiment.adapters[role] = _adapter_for(duet, folder, manifest, options, progress, role, cancel)
         _save(experiment, out)
     curve = [role for role in experiment.adapters if role.startswith("ft_k")]
     arms = [a for a in (*options.arms, *curve) if a not in experiment.metrics]
@@ -209,8 +231,9 @@ def run_experiment(duet, options: ExperimentOptions, out: Path,
             progress(arm, f"{sum(r is not None for r in rows)} of {len(items)} questions answered")
 
         progress(arm, f"answering {len(items)} questions")
-        run_concurrently([lambda q=item.question: _answer(duet, arm, q, experiment.adapters) for item in items],
-                         IN_FLIGHT, scored)
+        with _timed(experiment.parts, f"answering {arm}"):
+            run_concurrently([lambda q=item.question: _answer(duet, arm, q, experiment.adapters) for item in items],
+                             IN_FLIGHT, scored)
         experiment.rows = [r for r in experiment.rows if r.system != arm] + rows
         metrics = aggregate(rows)[arm]
         experiment.metrics[arm] = {**dataclasses.asdict(metrics), "context_tokens": round(context / max(1, len(items)), 1)}
@@ -235,7 +258,7 @@ def _stress(duet, experiment: Experiment, questions_dir: Path, items: list[QAIte
         row = json.loads(line)
         gold.setdefault(row["question"], (row.get("chunk_id", ""), row.get("doc_id", "")))
     for arm in (a for a in RETRIEVING if a in options.arms and a not in experiment.stress):
-        results = {}
+        results, arm_started = {}, time.perf_counter()
         for condition, (leave, k) in STRESS.items():
             def asked(item, leave=leave, k=k):
                 chunk_id, doc_id = gold.get(item.question, ("", ""))
@@ -249,7 +272,18 @@ def _stress(duet, experiment: Experiment, questions_dir: Path, items: list[QAIte
             scores = [contains_gold(answer.text, item.answer) for answer, item in zip(answers, items)]
             results[condition] = round(sum(scores) / max(1, len(scores)), 4)
         experiment.stress[arm] = results
+        experiment.parts[f"stress {arm}"] = round(time.perf_counter() - arm_started, 1)
         _save(experiment, out)
+
+
+@contextmanager
+def _timed(parts: dict, name: str):
+    """Adds the seconds of the block to parts[name] (the grid's wall time by part)."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        parts[name] = round(parts.get(name, 0) + time.perf_counter() - started, 1)
 
 
 class _Progress:
@@ -268,10 +302,10 @@ class _Progress:
 
 def _adapter_for(duet, folder: Path, manifest: dict, options, progress, role: str, cancel) -> dict:
     """The adapter trained on this dataset at these hyperparameters: re-used when the registry has it."""
-    from backends.learning.training import TrainConfig, train_adapter
+    from backends.learning.training import train_adapter
     from backends.models.files import file_sha256
 
-    config = options.train or TrainConfig()
+    config = train_config(options, manifest.get("format", "qa"), manifest.get("paraphrases", 0))
     key = file_sha256(folder / "train.jsonl")[:10]
     name = f"exp-{role.replace('_', '-')}-{key}"
     existing = {a.name: a for a in duet.registry.list()}

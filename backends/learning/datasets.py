@@ -42,7 +42,8 @@ MAX_PARAPHRASES = 10
 NEAR_DUPLICATE = 0.95
 SAME_WORDS = 0.99  # two wordings of one fact this close differ in punctuation or a filler word only
 MIN_QUESTION_WORDS, MAX_QUESTION_CHARS, MAX_ANSWER_CHARS = 3, 300, 600
-RAFT_GOLD_SHARE, RAFT_DISTRACTORS = 0.8, 4  # RAFT's P and distractor count (Zhang et al. 2024)
+# RAFT's P (Zhang et al. 2024); two distractors beside the gold: the three sources RAG's default top-k gives at answering
+RAFT_GOLD_SHARE, RAFT_DISTRACTORS = 0.8, 2
 FILES = ("train.jsonl", "eval.jsonl", "dataset.json")
 # Seconds per chunk on 2 cores, for the estimate shown before a build: fixed, and per candidate wording (the demo
 # corpus: 15 s for K=0, 38 s for K=3; docs/quality.md).
