@@ -28,7 +28,8 @@ def ask_form() -> tuple[str | None, bool]:
     initial = st.query_params.get("q", "")
     with st.form(key(PAGE, "form")):
         picked = st.selectbox("Demo question", ["(type your own below)"] + questions, key=key(PAGE, "demo"))
-        typed = st.text_input("Question", value=initial, key=key(PAGE, "question"), max_chars=duet().settings.max_question_chars,
+        # No max_chars: a longer paste would be dropped by the browser without a word; it is refused below instead.
+        typed = st.text_input("Question", value=initial, key=key(PAGE, "question"),
                               placeholder="Ask about the documents in the index…")
         asked = st.form_submit_button("Ask both", type="primary")
     if not asked:
@@ -36,6 +37,11 @@ def ask_form() -> tuple[str | None, bool]:
     question = typed.strip() or (picked if picked in questions else "")
     if not question:
         st.warning("Type a question or pick a demo question.")
+        return None, False
+    limit = duet().settings.max_question_chars
+    if len(question) > limit:
+        st.error(f"The question is {len(question):,} characters long; the limit is {limit:,}. Shorten it to the "
+                 "question itself (documents go on the Documents page).")
         return None, False
     st.query_params["q"] = question
     return question, True

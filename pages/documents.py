@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from backends.apps.labels import counted
 from backends.knowledge.loaders import SUPPORTED_TYPES
 from pages.common import duet, key, may_change_data, page_errors
 
@@ -32,6 +33,8 @@ def documents_section(allowed: bool) -> None:
     a.metric("Documents", stats["documents"])
     b.metric("Chunks", stats["chunks"])
     c.metric("Size", f"{stats['bytes'] / 1024:.0f} KB")
+    if done := st.session_state.pop(key(PAGE, "deleted"), None):
+        st.success(done)  # shown after the rerun that refreshed the table
     documents = index.documents()
     if not documents:
         st.info("The index is empty: upload documents above.")
@@ -46,10 +49,20 @@ def documents_section(allowed: bool) -> None:
         for chunk in index.chunks_of(chosen):
             st.caption(f"{chunk.location or 'text'} · characters {chunk.start}-{chunk.start + len(chunk.text)}")
             st.text(chunk.text)
+    pending = key(PAGE, "pending")
     if delete.button("Delete document", key=key(PAGE, "delete"), disabled=not allowed):
-        record = index.delete(chosen)
-        st.success(f"Deleted {record.name} ({record.chunks} chunks).")
-        st.rerun()
+        st.session_state[pending] = chosen
+    if st.session_state.get(pending) == chosen:
+        record = next(d for d in documents if d.doc_id == chosen)
+        st.warning(f"Delete {record.name} and its {counted(record.chunks, 'chunk')} from the index? RAG can no longer cite it.")
+        yes, no = st.columns(2)
+        if yes.button("Yes, delete it", type="primary", key=key(PAGE, "yes")):
+            deleted = index.delete(st.session_state.pop(pending))
+            st.session_state[key(PAGE, "deleted")] = f"Deleted {deleted.name} ({counted(deleted.chunks, 'chunk')})."
+            st.rerun()
+        if no.button("Cancel", key=key(PAGE, "no")):
+            st.session_state.pop(pending)
+            st.rerun()
 
 
 st.title("Documents")

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import streamlit as st
 
-from backends.apps.charts import freshness_chart, latency_chart, metrics_chart, scatter_chart
-from backends.core.config import DATA_DIR
+from backends.apps.charts import (curve_chart, experiment_chart, freshness_chart, latency_chart, metrics_chart,
+                                  scatter_chart, stress_chart)
 from backends.apps.evaluation import SYSTEMS, freshness_experiment, list_runs, load_qa, load_run, run_eval, save_run
+from backends.apps.experiment import (ARMS, DEFAULT_ARMS, ExperimentJob, ExperimentOptions, best_per_column,
+                                      fresh_result, load_experiment, paraphrase_curve, table)
 from backends.apps.labels import METRICS, title
 from backends.apps.runs import EvalRun
+from backends.core.config import DATA_DIR
 from backends.core.jobs import Eta
-from backends.apps.charts import curve_chart, experiment_chart, stress_chart
-from backends.apps.experiment import (ARMS, DEFAULT_ARMS, ExperimentJob, ExperimentOptions, load_experiment,
-                                      paraphrase_curve, table)
 from pages.common import duet, key, literal, may_change_data, page_errors, watch_job
 
 PAGE = "evaluate"
+BEST_CELL = "font-weight: bold; background-color: #e6f2e6"
 EVAL_SET = DATA_DIR / "qa" / "eval.jsonl"
 
 
@@ -73,9 +74,9 @@ def experiment_section(allowed: bool) -> None:
     if experiment is None or not experiment.metrics:
         st.caption("No experiment yet.")
         return
-    rows = table(experiment)
+    rows = table(experiment, duet().index.snapshot())
     best = max(rows, key=lambda r: r["contains"])
-    st.dataframe(rows, hide_index=True, width="stretch")
+    st.dataframe(marked_best(rows), hide_index=True, width="stretch")
     st.caption(f"{experiment.questions} questions · {experiment.seconds:.0f} s · most gold answers: "
                f"{literal(best['what'])}")
     st.plotly_chart(experiment_chart(rows, experiment.intervals), key=key(PAGE, "exp.chart"))
@@ -84,6 +85,21 @@ def experiment_section(allowed: bool) -> None:
         st.plotly_chart(curve_chart(points), key=key(PAGE, "exp.curve"))
     if experiment.stress:
         st.plotly_chart(stress_chart(experiment.stress), key=key(PAGE, "exp.stress"))
+    fresh = experiment.freshness
+    if fresh.get("systems"):
+        st.plotly_chart(freshness_chart(fresh_result(fresh)), key=key(PAGE, "exp.fresh"))
+        st.caption(f"Change a fact: {fresh['questions']} facts changed in a copy of the index. RAG follows at once; "
+                   f"adapter {literal(fresh['adapter'])} keeps the old facts until retrained (about "
+                   f"{fresh['retrain_minutes']} min).")
+
+
+def marked_best(rows: list[dict]):
+    """The experiment table with each column's best arm in bold on green (the report marks it with a star)."""
+    import pandas as pd
+
+    frame, best = pd.DataFrame(rows), best_per_column(rows)
+    return frame.style.format(precision=3).apply(
+        lambda column: [BEST_CELL if arm in best.get(column.name, ()) else "" for arm in frame["arm"]], axis=0)
 
 
 def metrics_table(run: EvalRun) -> list[dict]:

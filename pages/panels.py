@@ -11,16 +11,16 @@ from urllib.parse import quote
 import plotly.graph_objects as go
 import streamlit as st
 
+from backends.apps.charts import timeline_chart
 from backends.core.text import used_span
 from backends.core.types import Answer, Claim, Comparison
 from backends.apps.labels import SYSTEM_COLOURS as COLOURS
 from backends.apps.labels import SYSTEM_DESCRIPTIONS as TITLES
 from backends.apps.labels import SYSTEM_SHORT as SHORT
-from backends.apps.labels import VERDICT_BADGES
+from backends.apps.labels import VERDICT_BADGES, counted
 from pages.common import duet, key, literal, presenting
 
 PAGE = "compare"
-STAGES = ("embed", "retrieve", "prompt", "first_token", "generate")
 HISTORY_LIMIT = 50
 
 
@@ -37,14 +37,6 @@ def sidebar_options() -> tuple[tuple[str, ...], str | None]:
         third = st.toggle("Third column: RAG + fine-tuned", key=key(PAGE, "third"))
         st.link_button("Presentation mode", "?present=1", help="Compare only, larger type, read-only")
     return ("rag", "ft", "rag_ft") if third else ("rag", "ft"), adapter
-
-
-def timing_chart(answer: Answer, x_max: float) -> go.Figure:
-    values = [getattr(answer.timings, stage) for stage in STAGES]
-    figure = go.Figure(go.Bar(x=values, y=list(STAGES), orientation="h", marker_color=COLOURS.get(answer.backend),
-                              text=[f"{v * 1000:.0f} ms" for v in values], textposition="auto"))
-    figure.update_layout(height=220, margin=dict(l=10, r=10, t=10, b=10), xaxis=dict(range=[0, x_max], title="seconds"))
-    return figure
 
 
 def highlighted(chunk: str, answer_text: str) -> str:
@@ -83,11 +75,14 @@ def answer_details(comparison: Comparison, columns) -> None:
     for name, answer in answers.items():
         with columns[name]:
             st.caption(literal(answer.model) + (f" + adapter {literal(answer.adapter)}" if answer.adapter else ""))
-            a, b, c = st.columns(3)
-            a.metric("First token", f"{answer.timings.first_token:.2f} s")
-            b.metric("Total", f"{answer.timings.total:.2f} s")
-            c.metric("Tokens/s", f"{answer.tokens_per_s:.1f}")
-            st.plotly_chart(timing_chart(answer, x_max), key=key(PAGE, f"chart-{name}"))
+            figures = {"First token": f"{answer.timings.first_token:.2f} s", "Total": f"{answer.timings.total:.2f} s",
+                       "Tokens/s": f"{answer.tokens_per_s:.1f}"}
+            if len(answers) > 2:  # three metrics side by side in a third of the page are cut off ("1.8…")
+                st.markdown(" · ".join(f"{label} **{value}**" for label, value in figures.items()))
+            else:
+                for column, (label, value) in zip(st.columns(3), figures.items()):
+                    column.metric(label, value)
+            st.plotly_chart(timeline_chart(answer.timings, COLOURS.get(name), x_max), key=key(PAGE, f"chart-{name}"))
             if answer.sources:
                 show_sources(answer)
             if answer.adapter:
@@ -155,7 +150,7 @@ def history_section() -> None:
     history: list[Comparison] = st.session_state.get(key(PAGE, "history"), [])
     if not history or presenting():
         return
-    st.subheader(f"This session ({len(history)} questions)")
+    st.subheader(f"This session ({counted(len(history), 'question')})")
     st.plotly_chart(history_chart(history), key=key(PAGE, "history-chart"))
     st.dataframe(
         [{"question": c.question, "reopen": f"?q={quote(c.question)}",

@@ -6,7 +6,8 @@ import threading
 
 import pytest
 
-from backends.apps.experiment import ExperimentOptions, paired_bootstrap, run_experiment, table, within_budget
+from backends.apps.experiment import (ExperimentOptions, best_per_column, changed_facts, paired_bootstrap,
+                                      run_experiment, table, within_budget)
 from backends.core.config import load_settings
 from backends.core.jobs import Cancelled
 from backends.learning.training import TrainConfig
@@ -32,6 +33,16 @@ def test_a_budget_drops_the_largest_k_first_then_the_costliest_arms():
     assert left_out[0] == "K=3" and fitted.paraphrases == (0,)
     everything, none = within_budget(options, 10_000, chunks=152, questions=90)
     assert everything == options and none == []
+
+
+@pytest.mark.fast
+def test_the_best_arm_of_each_column_is_the_highest_or_the_fastest_and_ties_share_it():
+    rows = [{"arm": "rag", "contains": 0.6, "f1": 0.3, "p50 s": 0.4, "training min": None},
+            {"arm": "ft", "contains": 0.3, "f1": 0.3, "p50 s": 2.0, "training min": 5.0},
+            {"arm": "raft", "contains": 0.5, "f1": 0.2, "p50 s": 0.5, "training min": 8.0}]
+    best = best_per_column(rows)
+    assert best["contains"] == {"rag"} and best["f1"] == {"rag", "ft"} and best["p50 s"] == {"rag"}
+    assert best["training min"] == {"ft"} and "semantic" not in best
 
 
 @pytest.fixture(scope="module")
@@ -70,12 +81,15 @@ def test_a_tiny_grid_writes_the_three_files_reuses_adapters_and_resumes_after_a_
     assert set(experiment.metrics) == {"rag", "ft", "base"} and experiment.questions == 3
     for name in ("metrics.json", "results.csv", "report.html"):
         assert (out / name).is_file()
-    assert "<script" not in (out / "report.html").read_text()
+    report = (out / "report.html").read_text()
+    assert report.count("plotly.js v") == 1 and "Retrieval stress test" in report and "★" in report
     rows = {r["arm"]: r for r in table(experiment)}
     assert rows["rag"]["recall@k"] is not None and rows["ft"]["recall@k"] is None
     assert rows["rag"]["context tokens"] > 0 == rows["ft"]["context tokens"]
     assert "vs_reference" in experiment.intervals["ft"]
     assert set(experiment.stress) == {"rag"} and len(experiment.stress["rag"]) == 5
+    assert experiment.freshness.get("systems") or experiment.freshness.get("skipped")
+    assert ("Change a fact" in report) == bool(experiment.freshness.get("systems"))
     # A new run in another folder trains nothing: the adapter of the same data and settings is re-used.
     again = run_experiment(duet, dataclasses.replace(options, stress=False), root / "again")
     assert again.adapters["ft"]["reused"] and again.adapters["ft"]["name"] == experiment.adapters["ft"]["name"]
@@ -120,3 +134,28 @@ def test_the_stress_test_really_leaves_the_gold_chunk_out_of_retrieval(lab, grid
     for row in rows:
         answer = duet.ask("rag", row["question"], leave_out=frozenset({row["chunk_id"]}))
         assert row["chunk_id"] not in {s.chunk_id for s in answer.sources} and answer.sources
+
+
+def test_change_a_fact_edits_a_copy_that_rag_follows_and_leaves_the_store_as_it_was(lab, grid):
+    from backends.apps.evaluation import ask_updated, store_copy
+    from backends.learning.examples import read_qa_file
+
+    duet, _ = lab
+    questions = grid[1] / "datasets" / "qa-k0"
+    changes = changed_facts(questions, read_qa_file(questions / "eval.jsonl"), limit=4)
+    assert changes and all(c["old_text"] != c["new_text"] and c["new_text"] in c["answer"] for c in changes)
+    before = duet.index.snapshot()
+    with store_copy(duet) as copy:
+        for change in changes:
+            revised = copy.index.revise_chunk(change["chunk_id"], change["old_text"], change["new_text"])
+            assert change["new_text"] in revised.text
+        assert copy.index.snapshot() != before, "the changed documents count as changed (staleness)"
+        result = ask_updated(copy, changes, ("rag",), None, [])
+    assert duet.index.snapshot() == before
+    assert all(c["old_text"] in next(s.text for s in duet.index.chunks_of(_doc(duet, c)) if s.chunk_id == c["chunk_id"])
+               for c in changes), "the user's chunks keep the old facts"
+    assert result.systems["rag"].new >= 1 and result.systems["rag"].new > result.systems["rag"].old
+
+
+def _doc(duet, change) -> str:
+    return next(d.doc_id for d in duet.index.documents() if d.name == change["source"])

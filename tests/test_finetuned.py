@@ -67,7 +67,8 @@ def test_staleness_reports_added_changed_and_deleted():
     now = {"a": "1", "b": "9", "d": "4"}
     report = staleness(then, now)
     assert (report.added, report.changed, report.deleted) == (("d",), ("b",), ("c",))
-    assert report.is_stale and "1 added" in report.describe()
+    assert report.is_stale and report.describe().startswith("1 document added, 1 document changed")
+    assert staleness({}, {"a": "1", "b": "2"}).describe().startswith("2 documents added since")
     assert not staleness(now, now).is_stale
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -63,6 +64,7 @@ HOSTILE_FILES = {  # name -> (bytes, what the rejection must say)
     "bomb.docx": (None, "zip bomb"),
     "archive.pdf": (None, "not a PDF"),
     "huge.txt": (b"word " * 300_000, "larger than the 1 MB limit"),
+    "notes.md": (random.Random(0).randbytes(4096), "this does not look like text"),  # binary under a text name
 }
 READABLE_FILES = {  # ingested, not rejected
     "latin1.txt": "Café São Paulo: le délai de paiement est de 30 jours.".encode("latin-1"),

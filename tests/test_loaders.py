@@ -70,6 +70,10 @@ def test_odd_bytes_are_decoded_not_fatal():
     assert decode_text("Café".encode("latin-1")) == "Café"
     assert decode_text(b"ok \xff\xfe\x81 end").startswith("ok")
     assert load_document("a.txt", "Préface à 5 €".encode("cp1252"))[0].text == "Préface à 5 €"
+    assert decode_text("Grüße ".encode() * 100 + b"\xff") == "Grüße " * 100 + "\ufffd"  # a bad byte: UTF-8 still
+    assert load_document("w.txt", "Windows Notepad: Grüße".encode("utf-16"))[0].text == "Windows Notepad: Grüße"
+    with pytest.raises(BadInput, match="does not look like text"):
+        load_document("notes.md", bytes(range(256)) * 16)
 
 
 @pytest.mark.parametrize("name,data,reason", [

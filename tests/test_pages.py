@@ -53,7 +53,7 @@ def test_compare_answers_a_demo_question_in_both_columns_with_claims_and_exports
     assert any(m.value.startswith("[Link to this question](?q=What") for m in app.markdown)
     # The history keeps this question; a rerun (a widget change) re-draws without asking again.
     app.run()
-    assert any("This session (1 questions)" == h.value for h in app.subheader)
+    assert any("This session (1 question)" == h.value for h in app.subheader)
 
 
 def test_compare_reopens_a_question_from_the_link_and_presentation_mode_is_read_only():
@@ -66,12 +66,22 @@ def test_compare_reopens_a_question_from_the_link_and_presentation_mode_is_read_
     assert not app.get("download_button") and not app.sidebar.selectbox, "no exports or settings when presenting"
 
 
+def test_compare_refuses_an_over_long_paste_with_the_limit():
+    app = page("compare")
+    app.text_input(key="compare.question").set_value("Where is the harbour" + "?" * 8700)
+    app.button[0].click().run()
+    assert not app.exception
+    assert any("8,720 characters long; the limit is 1,000" in e.value for e in app.error), [e.value for e in app.error]
+    assert not any(h.value.startswith("RAG") for h in app.subheader), "nothing was asked"
+
+
 def test_documents_page_ingests_an_uploaded_file_and_rejects_a_bad_one():
     app = page("documents")
     before = int(app.metric[0].value)
     app.file_uploader[0].set_value([
         ("harbour_notes.txt", b"Harbour notes. The pilot boat Marigold leaves the quay at 06:40 every weekday.", "text/plain"),
         ("empty.txt", b"", "text/plain"),
+        ("notes.md", bytes(range(256)) * 16, "text/markdown"),
     ])
     app.run()
     app.button(key="documents.ingest").click().run()
@@ -79,7 +89,15 @@ def test_documents_page_ingests_an_uploaded_file_and_rejects_a_bad_one():
     results = [t.value for t in app.text]
     assert any(r.startswith("✅ harbour_notes.txt: added") for r in results), results
     assert any(r.startswith("❌ empty.txt: rejected") for r in results), results
+    assert any(r.startswith("❌ notes.md: rejected: this does not look like text") for r in results), results
     assert int(app.metric[0].value) == before + 1
+    # Delete asks first, then says what it deleted.
+    app.selectbox(key="documents.chosen").set_value("harbour-notes-txt").run()
+    app.button(key="documents.delete").click().run()
+    assert any("Delete harbour_notes.txt" in w.value for w in app.warning) and int(app.metric[0].value) == before + 1
+    app.button(key="documents.yes").click().run()
+    assert not app.exception and int(app.metric[0].value) == before
+    assert any(s.value == "Deleted harbour_notes.txt (1 chunk)." for s in app.success), [s.value for s in app.success]
 
 
 def test_finetune_page_validates_an_uploaded_dataset():

@@ -41,3 +41,16 @@ def test_used_span_finds_the_copied_stretch():
     start, end = used_span(chunk, "The nightly hotel limit is 160 euros in most cities.")
     assert chunk[start:end] == "The nightly hotel limit is 160 euros in most cities."
     assert used_span(chunk, "Something else entirely.") is None
+
+
+def test_the_stage_timeline_shows_overlap_and_its_last_bar_ends_at_the_total():
+    from backends.apps.charts import stage_spans, timeline_chart
+
+    # Measured stages of a RAG answer: their sum (5.25 s) is more than the total, since generation holds the first token.
+    timings = Timings(embed=0.05, retrieve=0.02, prompt=0.4, first_token=1.1, generate=3.68, total=4.2)
+    spans = stage_spans(timings)
+    assert [name for name, _, _ in spans] == ["embed", "retrieve", "prompt", "first_token", "generate"]
+    assert spans[-1][2] == pytest.approx(4.2) and spans[3][1] == spans[4][1] >= spans[2][2]
+    assert all(start <= end for _, start, end in spans)
+    bars = timeline_chart(timings, "#000", 5.0).data[0]
+    assert bars.base[-1] + bars.x[-1] == pytest.approx(timings.total)

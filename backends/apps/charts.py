@@ -8,6 +8,7 @@ from backends.apps.labels import QUALITY_METRICS as QUALITY
 from backends.apps.labels import SYSTEM_COLOURS as COLOURS
 from backends.apps.labels import title
 from backends.apps.runs import EvalRun, FreshnessResult
+from backends.core.types import Timings
 
 
 def _layout(figure: go.Figure, heading: str, **extra) -> go.Figure:
@@ -86,3 +87,30 @@ def stress_chart(stress: dict) -> go.Figure:
     for arm, results in stress.items():
         figure.add_bar(name=arm, x=list(results), y=list(results.values()))
     return _layout(figure, "Retrieval stress test: gold contained", barmode="group", yaxis=dict(range=[0, 1]))
+
+
+STAGE_NAMES = {"embed": "embed", "retrieve": "retrieve", "prompt": "prompt", "first_token": "first token",
+               "generate": "generate"}
+
+
+def stage_spans(timings: Timings) -> list[tuple[str, float, float]]:
+    """(stage, start, end) in seconds from the question: the preparation stages one after the other, then the
+    generation, which ends at the total and holds the wait for the first token (so bars overlap, not add up)."""
+    prompt_end = timings.embed + timings.retrieve + timings.prompt
+    generation = max(prompt_end, timings.total - timings.generate)
+    return [("embed", 0.0, timings.embed), ("retrieve", timings.embed, timings.embed + timings.retrieve),
+            ("prompt", timings.embed + timings.retrieve, prompt_end),
+            ("first_token", generation, generation + timings.first_token), ("generate", generation, timings.total)]
+
+
+def timeline_chart(timings: Timings, colour: str, x_max: float) -> go.Figure:
+    """A waterfall of the stages on the shared time axis: each bar from its start to its end."""
+    spans = stage_spans(timings)
+    figure = go.Figure(go.Bar(
+        base=[start for _, start, _ in spans], x=[end - start for _, start, end in spans],
+        y=[STAGE_NAMES[name] for name, _, _ in spans], orientation="h", marker_color=colour,
+        text=[f"{(end - start) * 1000:.0f} ms" for _, start, end in spans], textposition="auto",
+        hovertemplate="%{y}: %{base:.2f} s to %{customdata:.2f} s<extra></extra>", customdata=[e for _, _, e in spans]))
+    figure.update_layout(height=220, margin=dict(l=10, r=10, t=10, b=10),
+                         yaxis=dict(autorange="reversed"), xaxis=dict(range=[0, x_max], title="seconds from the question"))
+    return figure

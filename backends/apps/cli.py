@@ -180,14 +180,21 @@ def cmd_experiment(args) -> int:
                   + (f"; left out {', '.join(left_out)}" if left_out else ""))
     out = Path(args.out) if args.out else duet.settings.runs_dir / "experiments" / "latest"
     experiment = run_experiment(duet, options, out, on_progress=lambda p: _progress(f"[{p.arm}] {p.step} (ETA {p.eta_s:.0f}s)"))
-    rows = table(experiment)
+    rows = table(experiment, duet.index.snapshot())
     if args.json:
         print(json.dumps({"out": str(out), "questions": experiment.questions, "seconds": experiment.seconds,
-                          "parts": experiment.parts, "table": rows, "intervals": experiment.intervals}, indent=2))
+                          "parts": experiment.parts, "table": rows, "intervals": experiment.intervals,
+                          "stress": experiment.stress, "freshness": {k: v for k, v in experiment.freshness.items() if k != "rows"}},
+                         indent=2))
         return 0
     for row in rows:
         print(f"{row['arm']:7} contains {row['contains']:.3f} [{row['95% interval']}] vs RAG {row['vs RAG'] or '-':28} "
               f"p50 {row['p50 s']:.2f}s  training {row['training min'] or 0} min")
+    fresh = experiment.freshness
+    if fresh.get("systems"):
+        print(f"change a fact ({fresh['questions']} facts, in a copy): " + ", ".join(
+            f"{system} new {c['new']} old {c['old']}" for system, c in fresh["systems"].items())
+            + f"; retraining {fresh['adapter']} would take about {fresh['retrain_minutes']} min")
     print("wall time by part: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in experiment.parts.items()))
     print(f"wrote {out / 'metrics.json'}, {out / 'results.csv'}, {out / 'report.html'} ({experiment.seconds:.0f} s)")
     return 0
@@ -235,6 +242,11 @@ def cmd_eval(args) -> int:
     if args.freshness:
         for system, c in run.freshness.systems.items():
             print(f"freshness {system}: {c.new} of {run.freshness.questions} new facts, {c.old} old facts")
+    fresh = experiment.freshness
+    if fresh.get("systems"):
+        print(f"change a fact ({fresh['questions']} facts, in a copy): " + ", ".join(
+            f"{system} new {c['new']} old {c['old']}" for system, c in fresh["systems"].items())
+            + f"; retraining {fresh['adapter']} would take about {fresh['retrain_minutes']} min")
     print("wall time by part: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in experiment.parts.items()))
     print(f"wrote {out / 'metrics.json'}, {out / 'results.csv'}, {out / 'report.html'}")
     return 0

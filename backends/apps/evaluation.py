@@ -14,6 +14,7 @@ import json
 import re
 import string
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -242,6 +243,17 @@ def freshness_experiment(duet, updates_dir: str | Path, questions_path: str | Pa
     Each question has the new `answer` and the `old_answer` of the earlier document. The copy is
     deleted afterwards: the store the user works with never changes.
     """
+    rows = [json.loads(line) for line in Path(questions_path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = rows[:limit] if limit else rows
+    with store_copy(duet) as copy:
+        on_progress(0, len(rows) * len(systems) + 1, "ingesting the updated documents into a copy of the index")
+        ingested = [r.describe() for r in copy.index.ingest_paths([updates_dir])]
+        return ask_updated(copy, rows, systems, adapter or duet.registry.active_name(), ingested, on_progress)
+
+
+@contextmanager
+def store_copy(duet):
+    """A Duet on a temporary copy of the store, for what-if changes; the copy is deleted afterwards."""
     import shutil
     import tempfile
 
@@ -249,26 +261,28 @@ def freshness_experiment(duet, updates_dir: str | Path, questions_path: str | Pa
 
     if duet.settings.chroma_server:
         raise BadInput("the freshness experiment copies the embedded store; it is not available with a Chroma server")
-
-    rows = [json.loads(line) for line in Path(questions_path).read_text(encoding="utf-8").splitlines() if line.strip()]
-    rows = rows[:limit] if limit else rows
-    adapter = adapter or duet.registry.active_name()
     with tempfile.TemporaryDirectory(prefix="duet-freshness-") as scratch:
         copy_settings = duet.settings.with_store(Path(scratch) / "store")
         with duet.index.writing():  # no write may land halfway through the copy
             shutil.copytree(duet.settings.store_dir, copy_settings.store_dir,
                             ignore=shutil.ignore_patterns("models", "runs", "datasets", "bench", ".writer.lock", ".store.lock"))
         copy = Duet(copy_settings)  # same settings for the models: the same loaded model and adapter host
-        on_progress(0, len(rows) * len(systems) + 1, "ingesting the updated documents into a copy of the index")
-        ingested = [r.describe() for r in copy.index.ingest_paths([updates_dir])]
-        jobs, counted = [(row, system) for row in rows for system in systems], itertools.count(2)
-        answers = copy.ask_many([(system, row["question"], adapter) for row, system in jobs],
-                                on_done=lambda n, a: on_progress(next(counted), len(jobs) + 1,
-                                                                 f"{jobs[n][1]}: {jobs[n][0]['question']}"))
-        results = [{"system": system, "question": row["question"], "new": row["answer"], "old": row["old_answer"],
-                    "prediction": answer.text, "has_new": contains_gold(answer.text, row["answer"]),
-                    "has_old": contains_gold(answer.text, row["old_answer"])} for (row, system), answer in zip(jobs, answers)]
-        copy.index.close()
+        try:
+            yield copy
+        finally:
+            copy.index.close()
+
+
+def ask_updated(duet, rows: list[dict], systems, adapter: str | None, ingested: list[str],
+                on_progress: Callable[[int, int, str], None] = lambda done, total, label: None) -> FreshnessResult:
+    """Each update question (its new `answer`, its `old_answer`) asked of each system, counted new vs old."""
+    jobs, counted = [(row, system) for row in rows for system in systems], itertools.count(2)
+    answers = duet.ask_many([(system, row["question"], adapter) for row, system in jobs],
+                            on_done=lambda n, a: on_progress(next(counted), len(jobs) + 1,
+                                                             f"{jobs[n][1]}: {jobs[n][0]['question']}"))
+    results = [{"system": system, "question": row["question"], "new": row["answer"], "old": row["old_answer"],
+                "prediction": answer.text, "has_new": contains_gold(answer.text, row["answer"]),
+                "has_old": contains_gold(answer.text, row["old_answer"])} for (row, system), answer in zip(jobs, answers)]
     summary = {s: FreshCount(new=int(sum(r["has_new"] for r in results if r["system"] == s)),
                              old=int(sum(r["has_old"] for r in results if r["system"] == s))) for s in systems}
     return FreshnessResult(questions=len(rows), ingested=ingested, systems=summary, rows=results, adapter=adapter)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import html
 import json
+import re
 import threading
 import time
 from contextlib import contextmanager
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from backends.apps.evaluation import aggregate, evaluate_answer, read_rows_csv, rows_csv, write_files
+from backends.apps.reports import page
 from backends.apps.runs import EvalRow
 from backends.core.errors import BadInput
 from backends.core.jobs import BackgroundJob, Cancelled
@@ -75,6 +77,7 @@ class ExperimentOptions:
     dataset: Path | None = None  # a built qa dataset: its eval.jsonl are the questions, its train.jsonl ft's data
     train: object = None  # a TrainConfig (None: the defaults)
     stress: bool = True  # the retrieval stress test for the arms that retrieve
+    fact_change: bool = True  # change held-out facts in a copy of the store: RAG follows, the adapter does not
 
     def check(self) -> None:
         unknown = [a for a in self.arms if a not in ARMS]
@@ -109,6 +112,7 @@ class Experiment:
     intervals: dict = field(default_factory=dict)  # arm -> paired bootstrap of gold contained
     index: dict = field(default_factory=dict)
     stress: dict = field(default_factory=dict)  # arm -> condition -> gold contained
+    freshness: dict = field(default_factory=dict)  # "change a fact" on a copy: a FreshnessResult as a dict, and more
     seconds: float = 0.0
     parts: dict = field(default_factory=dict)  # "building ft", "training ft", "answering rag", "stress rag" -> seconds
     rows: list[EvalRow] = field(default_factory=list)
@@ -120,6 +124,7 @@ class Experiment:
 EXPOSURES, RAFT_MAX_LENGTH = 3, 640
 # Measured on 2 cores with the bundled model (docs/quality.md): seconds per trained row-epoch by format at the
 # grid's defaults, rows a chunk yields per wording, seconds per answered question and arm (rows sharing passes).
+FACT_CHANGES = 5  # facts the "change a fact" demo changes
 SECONDS_PER_ROW = {"qa": 0.15, "raft": 0.7, "text": 0.4}
 ROWS_PER_CHUNK_WORDING, SECONDS_PER_ANSWER = 4.3, 0.35
 LEAVE_OUT_FIRST = ("text", "raft", "ft_par", "rag_ft", "ft")  # what a budget drops first
@@ -242,6 +247,11 @@ def run_experiment(duet, options: ExperimentOptions, out: Path,
         experiment.seconds = round(experiment.seconds + time.perf_counter() - started, 1)
         started = time.perf_counter()
         _save(experiment, out)
+    if options.fact_change and not experiment.freshness:
+        progress("freshness", f"changing up to {FACT_CHANGES} facts in a copy of the index")
+        with _timed(experiment.parts, "change a fact"):
+            experiment.freshness = _fact_change(duet, experiment, questions_dir, items)
+        _save(experiment, out)
     if options.stress:
         _stress(duet, experiment, questions_dir, items, options, progress, out)
         experiment.seconds = round(experiment.seconds + time.perf_counter() - started, 1)
@@ -284,6 +294,42 @@ def _timed(parts: dict, name: str):
         yield
     finally:
         parts[name] = round(parts.get(name, 0) + time.perf_counter() - started, 1)
+
+
+def changed_facts(questions_dir: Path, items: list[QAItem], limit: int = 0) -> list[dict]:
+    """Update questions from asked questions whose evidence holds a number: that number one higher in the chunk
+    (`old_text` -> `new_text`), with the new and the old answer; one per chunk."""
+    asked, changes, chunks = {item.question for item in items}, [], set()
+    for line in (questions_dir / "eval.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        evidence = (row.get("evidence") or {}).get("text", "")
+        number = re.search(r"\d+", evidence)
+        if row["question"] not in asked or not number or row.get("chunk_id") in chunks or evidence not in row["answer"]:
+            continue
+        new = evidence[:number.start()] + str(int(number.group()) + 1) + evidence[number.end():]
+        changes.append({"question": row["question"], "answer": row["answer"].replace(evidence, new, 1),
+                        "old_answer": row["answer"], "chunk_id": row["chunk_id"], "source": row.get("source", ""),
+                        "old_text": evidence, "new_text": new})
+        chunks.add(row["chunk_id"])
+    return changes[:limit or FACT_CHANGES]
+
+
+def _fact_change(duet, experiment: Experiment, questions_dir: Path, items: list[QAItem]) -> dict:
+    """The freshness experiment on the user's documents: facts changed in a copy of the store, asked of RAG, the
+    paraphrase adapter (or the plain one) and both together; the adapter would need retraining to follow."""
+    from backends.apps.evaluation import ask_updated, store_copy
+
+    role = next((r for r in ("ft_par", "ft") if r in experiment.adapters), None)
+    changes = changed_facts(questions_dir, items)
+    if role is None or not changes:
+        return {"skipped": "no adapter arm" if role is None else "no held-out fact with a number to change"}
+    with store_copy(duet) as copy:
+        for change in changes:
+            copy.index.revise_chunk(change["chunk_id"], change["old_text"], change["new_text"])
+        result = ask_updated(copy, changes, ("rag", "ft", "rag_ft"), experiment.adapters[role]["name"],
+                             [f"{c['source']}: {c['old_text']} -> {c['new_text']}" for c in changes])
+    return {**dataclasses.asdict(result), "adapter_role": role,
+            "retrain_minutes": experiment.adapters[role]["training_minutes"]}
 
 
 class _Progress:
@@ -364,13 +410,17 @@ def _resumed(out: Path) -> Experiment | None:
     return Experiment(**data)
 
 
-def table(experiment: Experiment) -> list[dict]:
-    """One row per arm: the figures the report, the CLI and the page show."""
+def table(experiment: Experiment, documents_now: dict[str, str] | None = None) -> list[dict]:
+    """One row per arm: the figures the report, the CLI and the page show. With the index's documents now, an
+    adapter arm says whether they changed since its adapter learnt them."""
+    from backends.learning.adapters import staleness
+
     rows = []
     for arm, m in experiment.metrics.items():
         interval = experiment.intervals.get(arm, {})
         versus = interval.get("vs_reference")
         adapter = _role(arm)
+        stale = staleness(experiment.index.get("documents", {}), documents_now) if adapter and documents_now is not None else None
         rows.append({
             "arm": arm, "what": ARM_TITLES.get(arm, f"fine-tuned, K={arm[4:]}"), "contains": m["contains"],
             "95% interval": f"{interval.get('low', 0):.2f}-{interval.get('high', 0):.2f}" if interval else "",
@@ -381,8 +431,25 @@ def table(experiment: Experiment) -> list[dict]:
             "context tokens": m["context_tokens"],
             "training min": experiment.adapters.get(adapter, {}).get("training_minutes") if adapter else None,
             "train rows": experiment.datasets.get(adapter, {}).get("train_rows") if adapter else None,
+            "documents since": (stale.describe().replace(" since this adapter was trained", "") if stale.is_stale
+                                else "unchanged") if stale else "",
         })
     return rows
+
+
+HIGHER_IS_BETTER = ("contains", "f1", "semantic", "grounded", "recall@k")
+LOWER_IS_BETTER = ("p50 s", "p95 s", "context tokens", "training min")
+
+
+def best_per_column(rows: list[dict]) -> dict[str, set[str]]:
+    """Column -> the arms with its best value (ties share it); columns where no arm has a value are left out."""
+    best = {}
+    for column in HIGHER_IS_BETTER + LOWER_IS_BETTER:
+        values = {r["arm"]: r[column] for r in rows if isinstance(r.get(column), (int, float))}
+        if values:
+            top = (max if column in HIGHER_IS_BETTER else min)(values.values())
+            best[column] = {arm for arm, v in values.items() if v == top}
+    return best
 
 
 def advisor_metrics(experiment: Experiment) -> dict:
@@ -411,19 +478,57 @@ def load_experiment(folder: str | Path) -> Experiment | None:
 
 
 def report_html(experiment: Experiment) -> str:
-    """A self-contained page: the table, every value escaped."""
+    """A self-contained page: the table with the best per column marked, the charts (plotly inlined once), the
+    stress test and the wall time by part; every value escaped."""
+    from backends.apps.charts import curve_chart, experiment_chart, freshness_chart, stress_chart
+
+    e = html.escape
     rows = table(experiment)
     if not rows:
-        return "<!doctype html><meta charset='utf-8'><title>Duet experiment</title><p>No arm has finished yet.</p>"
-    head = "".join(f"<th>{html.escape(k)}</th>" for k in rows[0])
-    body = "".join("<tr>" + "".join(f"<td>{html.escape('' if v is None else str(v))}</td>" for v in r.values()) + "</tr>"
-                   for r in rows)
-    return (f"<!doctype html><meta charset='utf-8'><title>Duet experiment {html.escape(experiment.id)}</title>"
-            "<style>body{font-family:sans-serif}td,th{border:1px solid #ccc;padding:4px 8px}table{border-collapse:collapse}</style>"
-            f"<h1>Knowledge-injection experiment {html.escape(experiment.id)}</h1>"
-            f"<p>{experiment.questions} held-out questions, {experiment.seconds:.0f} s. Gold contained with paired "
-            f"bootstrap 95% intervals ({BOOTSTRAP_SAMPLES} resamples); 'real': the difference to RAG excludes 0.</p>"
-            f"<table><tr>{head}</tr>{body}</table>")
+        return page("Duet experiment", "<h1>Knowledge-injection experiment</h1><p>No arm has finished yet.</p>")
+    best = best_per_column(rows)
+    head = "".join(f"<th>{e(k)}</th>" for k in rows[0])
+    body = "".join("<tr>" + "".join(
+        f"<td class='best'>{e(str(v))} ★</td>" if r["arm"] in best.get(k, ()) else f"<td>{e('' if v is None else str(v))}</td>"
+        for k, v in r.items()) + "</tr>" for r in rows)
+    points = paraphrase_curve(experiment)
+    charts = [experiment_chart(rows, experiment.intervals)] + ([curve_chart(points)] if len(points) > 1 else []) \
+        + ([stress_chart(experiment.stress)] if experiment.stress else []) \
+        + ([freshness_chart(fresh_result(experiment.freshness))] if experiment.freshness.get("systems") else [])
+    figures = "".join(c.to_html(full_html=False, include_plotlyjs=(n == 0)) for n, c in enumerate(charts))
+    stress = "".join(f"<tr><td>{e(arm)}</td>" + "".join(f"<td>{v:.3f}</td>" for v in results.values()) + "</tr>"
+                     for arm, results in experiment.stress.items())
+    stress_head = "".join(f"<th>{e(c)}</th>" for c in STRESS)
+    parts = ", ".join(f"{e(name)} {seconds:.0f} s" for name, seconds in experiment.parts.items())
+    return page(f"Duet experiment {experiment.id}",
+                f"<h1>Knowledge-injection experiment {e(experiment.id)}</h1>"
+                f"<p>{experiment.questions} held-out questions, {experiment.seconds:.0f} s. Gold contained with paired "
+                f"bootstrap 95% intervals ({BOOTSTRAP_SAMPLES} resamples); 'real': the difference to RAG excludes 0. "
+                "★ marks the best arm of each column.</p>"
+                f"<table><tr>{head}</tr>{body}</table>"
+                + (f"<h2>Retrieval stress test (gold contained)</h2><table><tr><th>arm</th>{stress_head}</tr>{stress}</table>"
+                   if stress else "")
+                + _freshness_html(experiment.freshness) + f"<h2>Charts</h2>{figures}" + (f"<p class='small'>Wall time by part: {parts}.</p>" if parts else ""),
+                head_extra="<style>td.best{font-weight:bold;background:#e6f2e6}</style>")
+
+
+def fresh_result(freshness: dict):
+    """The "change a fact" result as the FreshnessResult the freshness chart draws."""
+    from backends.apps.runs import FreshnessResult
+
+    return FreshnessResult.from_json({f.name: freshness[f.name] for f in dataclasses.fields(FreshnessResult)})
+
+
+def _freshness_html(freshness: dict) -> str:
+    if not freshness.get("systems"):
+        return ""
+    e = html.escape
+    counts = "".join(f"<tr><td>{e(system)}</td><td>{c['new']}</td><td>{c['old']}</td></tr>"
+                     for system, c in freshness["systems"].items())
+    return (f"<h2>Change a fact</h2><p>{freshness['questions']} facts changed in a copy of the index "
+            f"({e('; '.join(freshness['ingested']))}). RAG follows at once; the adapter {e(freshness['adapter'])} keeps "
+            f"what it learnt until it is retrained (about {freshness['retrain_minutes']} min).</p>"
+            f"<table><tr><th>system</th><th>new fact</th><th>old fact</th></tr>{counts}</table>")
 
 
 class ExperimentJob(BackgroundJob):

@@ -19,3 +19,8 @@ METRICS = QUALITY_METRICS + ("abstained", "tokens_per_s")
 
 def title(system: str) -> str:
     return SYSTEM_TITLES.get(system, system)
+
+
+def counted(number: int, noun: str) -> str:
+    """'1 question', '3 questions' (nouns with a plain -s plural)."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"

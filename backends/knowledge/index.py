@@ -236,6 +236,22 @@ class DocumentIndex:
             self._journal.unlink()
         return record
 
+    def revise_chunk(self, chunk_id: str, old: str, new: str) -> Source:
+        """A what-if edit (the freshness demos run it on a copy of the store): `old` becomes `new` in one chunk, which
+        is embedded again; its document counts as changed (a new sha in the manifest), as an edited upload would."""
+        with self.writing():
+            found = self._collection.get(ids=[chunk_id], include=["documents", "metadatas"])
+            if not found["ids"] or old not in found["documents"][0]:
+                raise BadInput(f"chunk {chunk_id!r} does not hold {old!r}")
+            text, meta = found["documents"][0].replace(old, new, 1), found["metadatas"][0]
+            vector = self.embeddings.embed_documents([embedding_text(text, meta["file_name"], meta["location"])])
+            manifest = self._read_manifest()
+            sha = sha256_bytes(f"{manifest[meta['doc_id']]['sha256']}:{chunk_id}:{new}".encode())
+            self._collection.upsert(ids=[chunk_id], embeddings=vector, metadatas=[{**meta, "doc_sha": sha}], documents=[text])
+            manifest[meta["doc_id"]]["sha256"] = sha
+            self._write_manifest(manifest)
+        return _source(chunk_id, text, {**meta, "doc_sha": sha}, 1.0)
+
     def add_synthetic_chunks(self, ids: list[str], texts: list[str], vectors) -> None:
         """Fill the collection with ready-made vectors and no manifest entry: benchmark stores only."""
         for first in range(0, len(ids), UPSERT_BATCH * 4):

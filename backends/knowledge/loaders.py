@@ -7,6 +7,7 @@ with fallbacks, and anything unreadable raises `BadInput` with a reason a person
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import re
@@ -17,6 +18,11 @@ from backends.core.errors import BadInput
 
 TEXT_TYPES = {".txt", ".md", ".markdown"}
 SUPPORTED_TYPES = TEXT_TYPES | {".pdf", ".docx", ".html", ".htm", ".csv"}
+PLAIN_TEXT_TYPES = TEXT_TYPES | {".html", ".htm", ".csv"}  # formats whose bytes must be text
+# Random bytes read as Latin-1 are ~20% control characters; text, even with a few bad bytes, well under 1%.
+MAX_CONTROL_SHARE = 0.02
+MAX_BAD_UTF8_SHARE = 0.005  # more invalid UTF-8 than this: the file is in a one-byte encoding
+CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x9f]")
 HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
 
 
@@ -33,14 +39,31 @@ def file_type(name: str) -> str:
     return PurePath(name).suffix.lower()
 
 
-def decode_text(data: bytes) -> str:
-    """Decode bytes as UTF-8 (with or without BOM), else Windows-1252, else Latin-1: never fails."""
-    for encoding in ("utf-8-sig", "cp1252"):
+def decode_text(data: bytes, keep_nul: bool = False) -> str:
+    """Decode bytes as UTF-16 (with its BOM), UTF-8 (with or without BOM), else Windows-1252, else Latin-1: never
+    fails. NUL bytes are dropped unless kept (the text check counts them)."""
+    utf16 = ("utf-16",) if data[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) else ()
+    mostly_utf8 = data.decode("utf-8-sig", errors="replace")
+    for encoding in utf16 + ("utf-8-sig", "cp1252"):
         try:
-            return data.decode(encoding).replace("\x00", "")
+            text = data.decode(encoding)
+            break
         except UnicodeDecodeError:
-            continue
-    return data.decode("latin-1").replace("\x00", "")
+            if encoding == "utf-8-sig" and mostly_utf8.count("\ufffd") <= MAX_BAD_UTF8_SHARE * len(mostly_utf8):
+                text = mostly_utf8  # UTF-8 with a few bad bytes: those become U+FFFD, the rest reads right
+                break
+    else:
+        text = data.decode("latin-1")
+    return text if keep_nul else text.replace("\x00", "")
+
+
+def check_looks_like_text(data: bytes) -> None:
+    """BadInput when the bytes of a text format are not text (a binary file under a .md name, say)."""
+    text = decode_text(data, keep_nul=True)
+    share = len(CONTROL.findall(text)) / max(1, len(text))
+    if share > MAX_CONTROL_SHARE:
+        raise BadInput(f"this does not look like text: {share:.0%} of its characters are NUL or control bytes, "
+                       "as in a binary file. Upload the document in its own format (PDF, DOCX) or save it as plain text")
 
 
 def load_document(name: str, data: bytes, csv_rows_per_chunk: int = 8) -> list[Segment]:
@@ -51,6 +74,8 @@ def load_document(name: str, data: bytes, csv_rows_per_chunk: int = 8) -> list[S
         raise BadInput(f"unsupported file type {kind or '(none)'!r}: Duet reads {supported}")
     if not data.strip():
         raise BadInput("the file is empty")
+    if kind in PLAIN_TEXT_TYPES:
+        check_looks_like_text(data)
     if kind in TEXT_TYPES:
         segments = sections_from_markdown(decode_text(data)) if kind != ".txt" else [Segment(decode_text(data))]
     elif kind == ".pdf":

@@ -45,8 +45,9 @@ class Staleness:
         return bool(self.added or self.changed or self.deleted)
 
     def describe(self) -> str:
-        parts = [f"{len(v)} {k}" for k, v in (("added", self.added), ("changed", self.changed), ("deleted", self.deleted)) if v]
-        return "documents " + ", ".join(parts) + " since this adapter was trained" if parts else "up to date with the index"
+        parts = [f"{len(v)} document{'' if len(v) == 1 else 's'} {k}"
+                 for k, v in (("added", self.added), ("changed", self.changed), ("deleted", self.deleted)) if v]
+        return ", ".join(parts) + " since this adapter was trained" if parts else "up to date with the index"
 
 
 def staleness(snapshot_then: dict[str, str], snapshot_now: dict[str, str]) -> Staleness:
