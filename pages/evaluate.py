@@ -9,10 +9,13 @@ from backends.apps.charts import (curve_chart, experiment_chart, freshness_chart
 from backends.apps.evaluation import SYSTEMS, freshness_experiment, list_runs, load_qa, load_run, run_eval, save_run
 from backends.apps.experiment import (ARMS, DEFAULT_ARMS, ExperimentJob, ExperimentOptions, best_per_column,
                                       fresh_result, load_experiment, paraphrase_curve, table)
-from backends.apps.labels import METRICS, title
+from backends.apps.labels import METRICS, counted, title
 from backends.apps.runs import EvalRun
 from backends.core.config import DATA_DIR
+from backends.core.errors import DuetError
 from backends.core.jobs import Eta
+from backends.learning.datasets import saved_datasets
+from backends.learning.examples import read_qa_bytes
 from pages.common import duet, key, literal, may_change_data, page_errors, watch_job
 
 PAGE = "evaluate"
@@ -26,11 +29,38 @@ def progress_callback(bar):
                                                    text=f"{done} of {total} · {eta.text(done, total)} · {label[:80]}")
 
 
+def question_set() -> tuple[str, list] | None:
+    """(label, questions) of the chosen set: the demo set, a built dataset's held-out questions or an upload."""
+    built = [(name, folder) for name, folder, _ in saved_datasets(duet().settings.store_dir) if (folder / "eval.jsonl").is_file()]
+    choices = ["Demo set (data/qa/eval.jsonl)"] + [f"Held-out questions of {name}" for name, _ in built] + ["Upload a JSONL file"]
+    choice = st.radio("Questions", choices, horizontal=True, key=key(PAGE, "set"),
+                      help="Built datasets hold out questions whose facts they train on (Fine-tune → Build a dataset)")
+    if choice.startswith("Demo"):
+        return "data/qa/eval.jsonl", load_qa(EVAL_SET)
+    if choice.startswith("Held-out"):
+        name, folder = built[choices.index(choice) - 1]
+        return f"{name}/eval.jsonl", load_qa(folder / "eval.jsonl")
+    upload = st.file_uploader("JSONL with one {\"question\": …, \"answer\": …} object per line", type=["jsonl", "json"],
+                              key=key(PAGE, "upload"))
+    if upload is None:
+        return None
+    try:
+        items = read_qa_bytes(upload.getvalue(), upload.name)
+    except DuetError as error:
+        st.error(f"This question set cannot be used: {error}")
+        return None
+    st.success(f"{len(items)} valid question/answer pairs in {upload.name}.")
+    return upload.name, items
+
+
 def new_run_section() -> None:
-    items = load_qa(EVAL_SET)
+    chosen = question_set()
+    if chosen is None:
+        return
+    label, items = chosen
     left, right = st.columns(2)
     limit = left.number_input("Questions", 1, len(items), min(10, len(items)), key=key(PAGE, "limit"),
-                              help=f"The first N of the {len(items)} questions in data/qa/eval.jsonl")
+                              help=f"The first N of the {len(items)} questions in {label}")
     systems = right.multiselect("Systems", list(SYSTEMS), default=["rag", "ft"], format_func=title, key=key(PAGE, "systems"))
     freshness = st.checkbox("Also run the freshness experiment (on a copy of the index)", key=key(PAGE, "fresh"))
     if not st.button("Run evaluation", type="primary", disabled=not systems, key=key(PAGE, "run")):
@@ -41,7 +71,9 @@ def new_run_section() -> None:
         run.freshness = freshness_experiment(duet(), DATA_DIR / "corpus_updates", DATA_DIR / "qa" / "updates.jsonl",
                                              tuple(systems), on_progress=progress_callback(bar))
     save_run(run, duet().settings.runs_dir / run.id)
-    st.success(f"Run {run.id} saved.")
+    bar.progress(1.0, text=f"Done: {counted(len(run.rows), 'answer')} scored.")
+    st.session_state[key(PAGE, "run-a")] = run.id  # the runs below open on the new run
+    st.success(f"Run {run.id} saved ({counted(run.questions, 'question')} from {label}).")
 
 
 @st.cache_resource(show_spinner=False)
@@ -108,29 +140,28 @@ def metrics_table(run: EvalRun) -> list[dict]:
             for s, v in run.metrics.items()]
 
 
-def show_run(run: EvalRun, where) -> None:
-    with where:
-        st.caption(f"{run.created_at} · {run.questions} questions · adapter {run.adapter} · "
-                   f"index {run.index.documents} documents (version {run.index.version})")
-        st.dataframe(metrics_table(run), hide_index=True, width="stretch")
-        st.plotly_chart(metrics_chart(run), key=key(PAGE, f"m-{run.id}-{id(where)}"))
+def run_caption(run: EvalRun) -> str:
+    return (f"{run.id} · {run.created_at} · {counted(run.questions, 'question')} · adapter {run.adapter} · "
+            f"index {counted(run.index.documents, 'document')} (version {run.index.version})")
 
 
 def run_details(run: EvalRun) -> None:
-    st.plotly_chart(latency_chart(run), key=key(PAGE, "latency"))
+    st.plotly_chart(metrics_chart(run), key=key(PAGE, f"metrics-{run.id}"))
+    st.plotly_chart(latency_chart(run), key=key(PAGE, f"latency-{run.id}"))
     if len(run.metrics) > 1:
-        st.plotly_chart(scatter_chart(run), key=key(PAGE, "scatter"))
+        st.plotly_chart(scatter_chart(run), key=key(PAGE, f"scatter-{run.id}"))
     if run.freshness:
         f = run.freshness
         st.markdown("**Freshness**: after ingesting the updated documents, "
                     + ", ".join(f"{title(s)} gave {c.new} of {f.questions} new facts ({c.old} old)"
                                 for s, c in f.systems.items()))
-        st.plotly_chart(freshness_chart(f), key=key(PAGE, "freshness"))
+        st.plotly_chart(freshness_chart(f), key=key(PAGE, f"freshness-{run.id}"))
     folder = run.folder
-    a, b, c = st.columns(3)
-    for column, name, mime in ((a, "report.html", "text/html"), (b, "results.csv", "text/csv"), (c, "metrics.json", "application/json")):
+    for column, (name, mime) in zip(st.columns(3), (("report.html", "text/html"), ("results.csv", "text/csv"),
+                                                    ("metrics.json", "application/json"))):
         with open(f"{folder}/{name}", "rb") as f:
-            column.download_button(name, f.read(), f"duet-{run.id}-{name}", mime, on_click="ignore", key=key(PAGE, name))
+            column.download_button(name, f.read(), f"duet-{run.id}-{name}", mime, on_click="ignore",
+                                   key=key(PAGE, f"{name}-{run.id}"))
     with st.expander("Every answer"):
         st.dataframe([{k: getattr(r, k) for k in ("system", "question", "gold", "prediction", "f1", "contains",
                                                   "groundedness")} for r in run.rows], hide_index=True, width="stretch")
@@ -142,16 +173,17 @@ def runs_section() -> None:
         st.info("No evaluation run yet: start one above (or `python -m backends eval --set data/qa/eval.jsonl`).")
         return
     names = [p.name for p in runs]
+    if st.session_state.get(key(PAGE, "run-a")) not in names:
+        st.session_state.pop(key(PAGE, "run-a"), None)
     chosen = st.selectbox("Run", names, key=key(PAGE, "run-a"))
     other = st.selectbox("Compare with", ["(none)"] + [n for n in names if n != chosen], key=key(PAGE, "run-b"))
-    run = load_run(runs[names.index(chosen)])
-    if other == "(none)":
-        show_run(run, st.container())
-    else:
-        left, right = st.columns(2)
-        show_run(run, left)
-        show_run(load_run(runs[names.index(other)]), right)
-    run_details(run)
+    shown = [load_run(runs[names.index(chosen)])] + ([] if other == "(none)" else [load_run(runs[names.index(other)])])
+    # One full-width table for both runs (side by side, each was cut off), then each run's charts in its tab.
+    st.dataframe([{"run": run.id, **row} for run in shown for row in metrics_table(run)], hide_index=True, width="stretch")
+    for run, tab in zip(shown, st.tabs([run.id for run in shown]) if len(shown) > 1 else [st.container()]):
+        with tab:
+            st.caption(run_caption(run))
+            run_details(run)
 
 
 st.title("Evaluate")

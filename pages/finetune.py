@@ -61,15 +61,15 @@ def dataset_section():
 
 
 def hyperparameters() -> TrainConfig:
-    """A widget for every TrainConfig field, with its help text."""
+    """A widget for every TrainConfig field, with its help text; values outlive the training run that hides them."""
     defaults, values = TrainConfig(), {}
     columns = st.columns(3)
     for number, f in enumerate(dataclasses.fields(TrainConfig)):
-        default, label, helptext = getattr(defaults, f.name), f.name.replace("_", " "), f.metadata.get("help")
+        default, label, helptext = kept(f.name, getattr(defaults, f.name)), f.name.replace("_", " "), f.metadata.get("help")
         with columns[number % 3]:
             if isinstance(default, tuple):
-                values[f.name] = tuple(st.multiselect(label, list(default), default=list(default), help=helptext,
-                                                      key=key(PAGE, f.name)))
+                values[f.name] = tuple(st.multiselect(label, list(getattr(defaults, f.name)), default=list(default),
+                                                      help=helptext, key=key(PAGE, f.name)))
             elif "choices" in f.metadata:
                 choices = list(f.metadata["choices"])
                 values[f.name] = st.selectbox(label, choices, index=choices.index(default), help=helptext,
@@ -79,7 +79,17 @@ def hyperparameters() -> TrainConfig:
             else:
                 values[f.name] = int(st.number_input(label, value=default, step=1, min_value=0, help=helptext,
                                                      key=key(PAGE, f.name)))
+        keep(f.name, values[f.name])
     return TrainConfig(**values)
+
+
+def kept(name: str, default):
+    """The user's last value of a form field (Streamlit forgets a widget's state while it is not drawn)."""
+    return st.session_state.get(key(PAGE, f"kept.{name}"), default)
+
+
+def keep(name: str, value) -> None:
+    st.session_state[key(PAGE, f"kept.{name}")] = value
 
 
 def start_section() -> None:
@@ -89,8 +99,10 @@ def start_section() -> None:
     chosen = dataset_section()
     with st.expander("Hyperparameters", expanded=False):
         config = hyperparameters()
-    name = st.text_input("Adapter name", value="my-adapter", key=key(PAGE, "name"), max_chars=64)
-    overwrite = st.checkbox("Replace an adapter of the same name", key=key(PAGE, "overwrite"))
+    name = st.text_input("Adapter name", value=kept("name", "my-adapter"), key=key(PAGE, "name"), max_chars=64)
+    overwrite = st.checkbox("Replace an adapter of the same name", value=kept("overwrite", False), key=key(PAGE, "overwrite"))
+    keep("name", name)
+    keep("overwrite", overwrite)
     if not st.button("Start training", type="primary", disabled=chosen is None or not config.target_modules,
                      key=key(PAGE, "start")):
         return

@@ -6,7 +6,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from backends.apps.evaluation import Criteria, advise, list_runs, load_run
-from backends.apps.experiment import advisor_metrics, load_experiment
+from backends.apps.experiment import advisor_arms, advisor_intervals, advisor_metrics, load_experiment
 from backends.apps.labels import SYSTEM_COLOURS, title
 from pages.common import duet, key, page_errors
 
@@ -47,15 +47,19 @@ with page_errors():
     experiment = load_experiment(duet().settings.runs_dir / "experiments" / "latest")
     measured = advisor_metrics(experiment) if experiment and experiment.metrics else None
     if measured:
+        used = ", ".join(f"{title(system)} = arm {arm}" for system, arm in advisor_arms(experiment).items())
         st.caption(f"Measurements from experiment {experiment.id} ({experiment.questions} held-out questions on your "
-                   f"documents): arms {', '.join(experiment.metrics)}.")
+                   f"documents): {used}; differences judged by its paired bootstrap intervals.")
     elif run is None:
         st.info("No evaluation run yet: the advice uses your answers only. Run one on the Evaluate page.")
     else:
         st.caption(f"Measurements from run {run.id} ({run.questions} questions).")
-    advice = advise(criteria, run, run.freshness if run else None, measured)
+    advice = advise(criteria, run, run.freshness if run else None, measured,
+                    advisor_intervals(experiment) if measured else None)
     st.subheader(f"Recommendation: {title(advice.recommendation)}")
+    for warning in advice.warnings:
+        st.warning(warning[0].upper() + warning[1:] + ". Run more questions on the Evaluate page.")
     st.plotly_chart(score_chart(advice.scores), key=key(PAGE, "scores"))
-    st.markdown("**Why, point by point**")
-    for system, points, why in sorted(advice.reasons, key=lambda r: -r[1]):
+    st.markdown("**Why, point by point** (what decided first)")
+    for system, points, why in advice.reasons:
         st.markdown(f"- **+{points} {title(system)}**: {why}")

@@ -74,6 +74,13 @@ def test_freshness_experiment_leaves_the_original_index_intact(duet, tiny_adapte
     assert len(result.ingested) == 5 and all(not r.startswith("rejected") for r in result.ingested)
     assert any("replaced" in r for r in result.ingested), "updated versions replace their originals in the copy"
     assert (duet.index.snapshot(), duet.index.chunk_count(), duet.settings.manifest_path.read_bytes()) == before
+    from backends.apps.reports import eval_report_html
+
+    run = EvalRun(id="r", created_at="", systems=["rag"], model="m", adapter="tiny", adapter_created_at="",
+                  index=IndexInfo(1, 1, "v"), config={}, questions=0, metrics={}, freshness=result)
+    report = eval_report_html(run)
+    assert "<h2>Freshness</h2>" in report and f"gave {result.systems['rag'].new} of 2 new facts" in report
+    assert report.count("Freshness: 2 updated facts") == 1, "the freshness chart is in the report"
 
 
 @pytest.mark.fast
@@ -81,12 +88,26 @@ def test_advisor_follows_the_criteria_and_the_measurements():
     assert advise(Criteria(changing_data=2, traceability=2, terminology=0, training_examples=20)).recommendation == "rag"
     ft_case = Criteria(changing_data=0, external_data=False, terminology=2, training_examples=5000, traceability=0)
     assert advise(ft_case).recommendation == "ft"
-    measured_metrics = lambda contains, f1, grounded: SystemMetrics(  # noqa: E731
-        exact_match=0.0, f1=f1, contains=contains, semantic=0.5, groundedness=grounded, tokens_per_s=10.0,
-        recall_at_k=None, questions=20, latency={"total": Spread(1.0, 2.0)})
-    run = EvalRun(id="r", created_at="", systems=["rag", "ft"], model="m", adapter="a", adapter_created_at="",
-                  index=IndexInfo(1, 1, "v"), config={}, questions=20,
-                  metrics={"rag": measured_metrics(0.6, 0.2, 0.9), "ft": measured_metrics(0.3, 0.25, 0.2)})
-    advice = advise(ft_case, run)
-    measured = [r for r in advice.reasons if r[2].startswith("measured")]
-    assert ("rag", 2) in [(r[0], r[1]) for r in measured] and any("0.60" in r[2] for r in measured)
+
+    def run_of(n: int, **contains) -> EvalRun:
+        metrics = {s: SystemMetrics(exact_match=0.0, f1=0.2, contains=c, semantic=0.5, groundedness=0.5, tokens_per_s=10.0,
+                                    recall_at_k=None, questions=n, latency={"total": Spread(1.0, 2.0)}) for s, c in contains.items()}
+        return EvalRun(id="r", created_at="", systems=list(contains), model="m", adapter="a", adapter_created_at="",
+                       index=IndexInfo(1, 1, "v"), config={}, questions=n, metrics=metrics)
+
+    def measured(advice):
+        return [(r[0], r[1]) for r in advice.reasons if r[2].startswith("measured gold")]
+
+    # The same difference weighs more the surer it is, and a tiny run counts for nothing, visibly.
+    assert measured(advise(ft_case, run_of(20, rag=0.6, ft=0.3))) == [("rag", 1)]
+    assert measured(advise(ft_case, run_of(400, rag=0.6, ft=0.3))) == [("rag", 2)]
+    small = advise(ft_case, run_of(3, rag=1.0, ft=0.0))
+    assert measured(small) == [] and any("too few questions to tell (n = 3)" in w for w in small.warnings)
+    assert measured(advise(ft_case, run_of(100, rag=0.52, ft=0.5))) == [("rag", 0)], "noise gets no points"
+    # An experiment's paired interval is used where it has one.
+    sure = {"ft": {"vs_reference": {"mean": -0.3, "low": -0.45, "high": -0.2, "real": True}}}
+    assert measured(advise(ft_case, run_of(20, rag=0.6, ft=0.3), intervals=sure)) == [("rag", 2)]
+    # Reasons for the recommendation come first, heaviest first.
+    advice = advise(Criteria(changing_data=2, terminology=2, traceability=2, training_examples=5000), run_of(90, rag=0.6, ft=0.3))
+    best = [r for r in advice.reasons if r[0] == advice.recommendation]
+    assert list(advice.reasons[:len(best)]) == best and [r[1] for r in best] == sorted((r[1] for r in best), reverse=True)

@@ -3,11 +3,12 @@
 import json
 import os
 import re
+import shutil
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from backends.core.config import REPO_ROOT
+from backends.core.config import DATA_DIR, REPO_ROOT
 from tests.helpers import PER_DIEM, copy_demo_store
 
 
@@ -17,12 +18,14 @@ def page_store(tmp_path_factory):
     """Pages write into a copy of the demo store, so tests never change the user's own."""
     from pages import common
 
-    store = copy_demo_store(tmp_path_factory.mktemp("pages") / "store")
-    os.environ["DUET_STORE"] = str(store)
+    root = tmp_path_factory.mktemp("pages")
+    store = copy_demo_store(root / "store")
+    shutil.copytree(DATA_DIR / "adapters" / "demo", root / "adapters" / "demo")  # adapters trained here stay here
+    os.environ["DUET_STORE"], os.environ["DUET_ADAPTERS_DIR"] = str(store), str(root / "adapters")
     common.app_settings.clear()
     common.duet.clear()
     yield store
-    del os.environ["DUET_STORE"]
+    del os.environ["DUET_STORE"], os.environ["DUET_ADAPTERS_DIR"]
     common.app_settings.clear()
     common.duet.clear()
 
@@ -117,6 +120,23 @@ def test_finetune_page_validates_an_uploaded_dataset():
     assert not app.button(key="finetune.start").disabled
 
 
+def test_finetune_page_keeps_the_users_values_after_a_training_run():
+    from pages.finetune import jobs
+
+    app = page("finetune")
+    app.number_input(key="finetune.rank").set_value(4)
+    app.number_input(key="finetune.max_steps").set_value(1)
+    app.number_input(key="finetune.batch_size").set_value(2)
+    app.text_input(key="finetune.name").set_value("kept-values")
+    app.run()
+    app.button(key="finetune.start").click().run()
+    jobs()["job"].wait(240)
+    app.run()
+    assert not app.exception and jobs()["job"].state == "done", jobs()["job"].error
+    assert app.number_input(key="finetune.rank").value == 4 and app.number_input(key="finetune.max_steps").value == 1
+    assert app.text_input(key="finetune.name").value == "kept-values"
+
+
 def test_finetune_page_builds_a_dataset_shows_its_evidence_and_saves_it_for_training():
     from pages.builder import builds
 
@@ -146,9 +166,27 @@ def test_evaluate_page_runs_an_evaluation_and_shows_it():
     app.multiselect(key="evaluate.systems").set_value(["rag"])
     app.button(key="evaluate.run").click().run()
     assert not app.exception and not app.error
-    assert any(s.value.startswith("Run ") for s in app.success)
-    assert app.selectbox(key="evaluate.run-a").options and app.dataframe
+    first = next(s.value for s in app.success if s.value.startswith("Run ")).split()[1]
+    assert app.selectbox(key="evaluate.run-a").value == first and app.dataframe
     assert [d.label for d in app.get("download_button")] == ["report.html", "results.csv", "metrics.json"]
+    # An uploaded question set, validated; the new run is the one shown, and two runs compare in one table.
+    app.radio(key="evaluate.set").set_value("Upload a JSONL file").run()
+    good = json.dumps({"question": "What is the per diem for meals?", "answer": "55 euros"})
+    app.file_uploader(key="evaluate.upload").set_value(("mine.jsonl", f"{good}\n{{\"question\": 1}}\n".encode(), "application/json"))
+    app.run()
+    assert any("line 2" in e.value for e in app.error), [e.value for e in app.error]
+    assert "evaluate.run" not in [b.key for b in app.button], "no run on an invalid set"
+    app.file_uploader(key="evaluate.upload").set_value(("mine.jsonl", f"{good}\n".encode(), "application/json"))
+    app.run()
+    app.multiselect(key="evaluate.systems").set_value(["rag"])
+    app.button(key="evaluate.run").click().run()
+    assert not app.exception and not app.error
+    second = next(s.value for s in app.success if s.value.startswith("Run ")).split()[1]
+    assert second != first and app.selectbox(key="evaluate.run-a").value == second
+    app.selectbox(key="evaluate.run-b").set_value(first).run()
+    runs_in_table = {row for frame in app.dataframe if "run" in frame.value for row in frame.value["run"]}
+    assert runs_in_table == {first, second} and len(app.tabs) == 2
+    assert len([d for d in app.get("download_button") if d.label == "report.html"]) == 2, "each run has its charts"
 
 
 def test_guide_page_recommends_with_reasons():

@@ -13,6 +13,8 @@ from backends.core.types import Timings
 
 def _layout(figure: go.Figure, heading: str, **extra) -> go.Figure:
     figure.update_layout(title=heading, height=340, margin=dict(l=10, r=10, t=50, b=10), **extra)
+    figure.update_xaxes(automargin=True)  # long tick labels and axis titles get room instead of being clipped
+    figure.update_yaxes(automargin=True)
     return figure
 
 

@@ -165,7 +165,7 @@ def run_eval(duet, items: list[QAItem], systems=("rag", "ft"), adapter: str | No
     snapshot = duet.index.snapshot()
     created = datetime.now(timezone.utc)
     return EvalRun(
-        id=created.strftime("%Y%m%d-%H%M%S"), created_at=created.isoformat(timespec="seconds"), systems=list(systems),
+        id=created.strftime("%Y%m%d-%H%M%S-%f")[:-3], created_at=created.isoformat(timespec="seconds"), systems=list(systems),
         model=duet.llm.name, adapter=adapter,
         adapter_created_at=duet.registry.get(adapter, check_base=False).created_at,
         index=IndexInfo(documents=len(snapshot), chunks=duet.index.chunk_count(),
@@ -305,14 +305,20 @@ class Criteria:
 class Advice:
     recommendation: str  # "rag", "ft" or "rag_ft"
     scores: dict
-    reasons: tuple[tuple[str, int, str], ...]  # (system favoured, points, why)
+    reasons: tuple[tuple[str, int, str], ...]  # (system favoured, points, why): the recommendation's first, by weight
+    warnings: tuple[str, ...] = ()  # measurements too small to count
+
+
+MIN_QUESTIONS_TO_TELL = 20  # fewer answered questions: a measured difference counts for nothing
+POINTS_PER_SURE_TENTH, MAX_MEASURED_POINTS = 1, 4  # a measured point per 0.1 the difference surely (95%) exceeds
 
 
 def advise(criteria: Criteria, run: EvalRun | None = None, freshness: FreshnessResult | None = None,
-           metrics: dict[str, SystemMetrics] | None = None) -> Advice:
+           metrics: dict[str, SystemMetrics] | None = None, intervals: dict | None = None) -> Advice:
     """Score RAG, fine-tuning and their combination from the criteria and the latest measurements
-    (`metrics`, an experiment's, in preference to the run's)."""
+    (`metrics`, an experiment's, in preference to the run's; `intervals`: its paired bootstrap per system)."""
     reasons: list[tuple[str, int, str]] = []
+    warnings: list[str] = []
     add = lambda system, points, why: reasons.append((system, points, why))  # noqa: E731
     if criteria.changing_data:
         add("rag", 2 * criteria.changing_data, "the knowledge changes: RAG follows a new document at once, an adapter only after retraining")
@@ -329,7 +335,7 @@ def advise(criteria: Criteria, run: EvalRun | None = None, freshness: FreshnessR
     if not criteria.training_clean:
         add("rag", 2, "the training data is not clean: an adapter learns its mistakes and cannot be audited")
     if metrics or run:
-        _measured(metrics or run.metrics, add)
+        _measured(metrics or run.metrics, add, warnings.append, intervals or {})
     if freshness:
         counts = freshness.systems
         adapter_new = counts["ft"].new if "ft" in counts else 0
@@ -342,17 +348,41 @@ def advise(criteria: Criteria, run: EvalRun | None = None, freshness: FreshnessR
         add("rag_ft", min(scores["rag"], scores["ft"]), "both needs apply: retrieval for facts and sources, the adapter for wording")
         scores["rag_ft"] = sum(p for system, p, _ in reasons if system == "rag_ft")
     best = max(scores, key=scores.get)
-    return Advice(best, scores, tuple(reasons))
+    ordered = sorted(reasons, key=lambda r: (r[0] != best, -r[1]))  # what decided first, each side by weight
+    return Advice(best, scores, tuple(ordered), tuple(warnings))
 
 
-def _measured(metrics: dict[str, SystemMetrics], add) -> None:
-    """Points from a run: the better system on quality and groundedness, by a clear margin."""
-    for metric, label, margin in (("contains", "gold answer contained", 0.05), ("f1", "token F1", 0.03),
-                                  ("groundedness", "groundedness", 0.05)):
+def _measured(metrics: dict[str, SystemMetrics], add, warn, intervals: dict) -> None:
+    """Points from measurements: the better system on quality and groundedness, weighted by how much better it
+    surely is (the lower end of the difference's 95% interval); nothing from a run too small to tell."""
+    for metric, label in (("contains", "gold answer contained"), ("f1", "token F1"), ("groundedness", "groundedness")):
         values = {s: m.get(metric) for s, m in metrics.items() if m.get(metric) is not None}
         if len(values) < 2:
             continue
         ranked = sorted(values, key=values.get, reverse=True)
-        if values[ranked[0]] - values[ranked[1]] >= margin:
-            listing = ", ".join(f"{title(s)} {values[s]:.2f}" for s in ranked)
-            add(ranked[0], 2, f"measured {label}: {listing}")
+        first, second = ranked[0], ranked[1]
+        listing = ", ".join(f"{title(s)} {values[s]:.2f}" for s in ranked)
+        n = min(metrics[s].questions for s in values)
+        if n < MIN_QUESTIONS_TO_TELL:
+            warn(f"too few questions to tell (n = {n}): measured {label} ({listing}) is not counted")
+            continue
+        low, high = _difference_interval(metric, first, second, values, n, intervals)
+        if low <= 0:
+            add(first, 0, f"measured {label}: {listing}; the difference ({low:+.2f} to {high:+.2f}, 95%) may be noise")
+            continue
+        points = min(MAX_MEASURED_POINTS, max(1, round(POINTS_PER_SURE_TENTH * low * 10)))
+        add(first, points, f"measured {label}: {listing}; {title(first)} is better by {low:.2f} to {high:.2f} "
+                           f"(95%, n = {n})")
+
+
+def _difference_interval(metric: str, first: str, second: str, values: dict, n: int, intervals: dict) -> tuple[float, float]:
+    """95% interval of values[first] - values[second]: the experiment's paired bootstrap where it has one (gold
+    contained against RAG), else a normal interval whose variance bound p(1 - p) holds for any score in [0, 1]."""
+    versus = {s: intervals.get(s, {}).get("vs_reference") for s in (first, second)}
+    if metric == "contains" and second == "rag" and versus[first]:
+        return versus[first]["low"], versus[first]["high"]
+    if metric == "contains" and first == "rag" and versus[second]:
+        return -versus[second]["high"], -versus[second]["low"]
+    p, q = values[first], values[second]
+    spread = 1.96 * ((p * (1 - p) + q * (1 - q)) / n) ** 0.5
+    return p - q - spread, p - q + spread

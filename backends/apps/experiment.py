@@ -452,17 +452,27 @@ def best_per_column(rows: list[dict]) -> dict[str, set[str]]:
     return best
 
 
-def advisor_metrics(experiment: Experiment) -> dict:
-    """The experiment's arms as the advisor's three systems: RAG, the best fine-tuned arm, the best RAG + adapter."""
-    from backends.apps.runs import SystemMetrics
-
+def advisor_arms(experiment: Experiment) -> dict[str, str]:
+    """The advisor's three systems as arms: RAG, the best fine-tuned arm, the best RAG + adapter arm."""
     def best(*arms):
         found = [a for a in arms if a in experiment.metrics]
         return max(found, key=lambda a: experiment.metrics[a]["contains"]) if found else None
 
     chosen = {"rag": best("rag"), "ft": best("ft", "ft_par", "text"), "rag_ft": best("rag_ft", "raft")}
+    return {system: arm for system, arm in chosen.items() if arm}
+
+
+def advisor_metrics(experiment: Experiment) -> dict:
+    """The chosen arms' metrics, by system (`advisor_arms`)."""
+    from backends.apps.runs import SystemMetrics
+
     return {system: SystemMetrics.from_json({k: v for k, v in experiment.metrics[arm].items() if k != "context_tokens"})
-            for system, arm in chosen.items() if arm}
+            for system, arm in advisor_arms(experiment).items()}
+
+
+def advisor_intervals(experiment: Experiment) -> dict:
+    """The chosen arms' paired-bootstrap intervals (against RAG), by system."""
+    return {system: experiment.intervals[arm] for system, arm in advisor_arms(experiment).items() if arm in experiment.intervals}
 
 
 def paraphrase_curve(experiment: Experiment) -> list[tuple[int, float]]:

@@ -90,10 +90,11 @@ def _md_code(text: str) -> str:
 
 def eval_report_html(run: EvalRun) -> str:
     """A self-contained evaluation report: metrics tables, plotly charts (library inlined once), rows."""
-    from backends.apps.charts import latency_chart, metrics_chart, scatter_chart
+    from backends.apps.charts import freshness_chart, latency_chart, metrics_chart, scatter_chart
 
     e = html.escape
-    charts = [metrics_chart(run), latency_chart(run)] + ([scatter_chart(run)] if len(run.metrics) > 1 else [])
+    charts = [metrics_chart(run), latency_chart(run)] + ([scatter_chart(run)] if len(run.metrics) > 1 else []) \
+        + ([freshness_chart(run.freshness)] if run.freshness else [])
     figures = "".join(chart.to_html(full_html=False, include_plotlyjs=(n == 0)) for n, chart in enumerate(charts))
     summary = table(("system",) + METRICS + ("p50 total s", "p95 total s"),
                     [(title(s),) + tuple(_fmt(m.get(k)) for k in METRICS)
@@ -104,7 +105,15 @@ def eval_report_html(run: EvalRun) -> str:
              f"{run.index.chunks} chunks (version {e(run.index.version)})</p>")
     rows = table(("system", "question", "gold", "answer", "F1", "grounded"),
                  [(title(r.system), r.question, r.gold, r.prediction, _fmt(r.f1), _fmt(r.groundedness)) for r in run.rows])
-    return page(f"Duet evaluation {run.id}", f"<h1>Duet evaluation</h1>{about}<h2>Summary</h2>{summary}"
+    fresh = ""
+    if run.freshness:
+        f = run.freshness
+        fresh = ("<h2>Freshness</h2><p>After ingesting the updated documents into a copy of the index ("
+                 + e("; ".join(f.ingested)) + "): "
+                 + e(", ".join(f"{title(s)} gave {c.new} of {f.questions} new facts ({c.old} old)" for s, c in f.systems.items()))
+                 + ".</p>" + table(("system", "question", "new fact", "old fact", "answer"),
+                                   [(title(r["system"]), r["question"], r["new"], r["old"], r["prediction"]) for r in f.rows]))
+    return page(f"Duet evaluation {run.id}", f"<h1>Duet evaluation</h1>{about}<h2>Summary</h2>{summary}{fresh}"
                 f"<h2>Charts</h2>{figures}<h2>Every answer</h2>{rows}")
 
 
