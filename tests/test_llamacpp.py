@@ -234,3 +234,19 @@ def test_the_compare_page_answers_on_the_engine(engine_llm, tmp_path, monkeypatc
     finally:
         common.app_settings.clear()
         common.duet.clear()
+
+
+def test_an_engine_whose_probe_child_dies_falls_back_to_the_default_engine_with_a_message(settings, monkeypatch):
+    """llama.cpp built for the wrong vector units dies with SIGSEGV in its first forward pass: the probe's child
+    dies instead of the app (here a child that really kills itself with that signal), and the default engine answers."""
+    from backends.engines import _load_llm_uncached, llamacpp
+
+    dying = "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"
+    assert "SIGSEGV" in llamacpp.probe_failure("model.gguf", dying)
+    monkeypatch.setattr(llamacpp, "require_engine", lambda gguf: None)
+    monkeypatch.setattr(llamacpp, "PROBE_CODE", dying)
+    llm = _load_llm_uncached(dataclasses.replace(settings, engine="llama.cpp"))
+    assert llm.engine.name == "onnxruntime" and "via onnxruntime" in llm.name
+    assert "crashed the process (SIGSEGV)" in llm.notice and "Duet uses onnxruntime instead" in llm.notice
+    assert decoder_text(llm, chat_messages(QUESTIONS[0]), 8)
+    llm.decoder.stop()

@@ -7,6 +7,7 @@ every backend of the process.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from pathlib import Path
 
@@ -50,12 +51,17 @@ def _load_llm_uncached(settings: Settings, progress: Progress = quiet) -> Loaded
     source = llm_source(settings)
     gguf = source if source.endswith(".gguf") else None
     device = resolve_device(settings.device)
-    kind = resolve_engine(settings, gguf, device)
+    kind, notice = resolve_engine(settings, gguf, device), ""
     if kind == "llama.cpp":
-        from backends.engines.llamacpp import require_engine
+        from backends.engines.llamacpp import probe_failure, require_engine
 
         require_engine(gguf)  # llama-cpp-python installed, and a GGUF file
-    elif kind == "onnxruntime":
+        if failure := probe_failure(gguf):
+            kind = resolve_engine(dataclasses.replace(settings, engine="auto"), gguf, device)
+            notice = (f"The llama.cpp engine could not run here: {failure}. Duet uses {kind} instead. Rebuild it "
+                      "with `make engine` (it targets this CPU's vector units safely), or unset DUET_ENGINE.")
+            progress(notice)
+    if kind == "onnxruntime":
         require_gguf(kind, gguf)
     path = prepare_llm(settings, progress)
     quiet_loading()
@@ -73,7 +79,8 @@ def _load_llm_uncached(settings: Settings, progress: Progress = quiet) -> Loaded
     lock = threading.RLock()
     host = AdapterHost(engine, lock)
     return LoadedLLM(tokenizer=tokenizer, name=name, device=device, weights=weights, config=config, eos=eos,
-                     engine=engine, host=host, decoder=Decoder(engine, tokenizer, eos, host, lock), lock=lock)
+                     engine=engine, host=host, decoder=Decoder(engine, tokenizer, eos, host, lock), lock=lock,
+                     notice=notice)
 
 
 def _engine(kind: str, settings: Settings, path: str, local: bool, gguf: str | None, device: str, config,

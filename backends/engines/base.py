@@ -105,3 +105,4 @@ class LoadedLLM:
     host: "AdapterHost"  # noqa: F821  (engines.adapters, made with the model)
     decoder: "Decoder"  # noqa: F821  (engines.scheduler)
     lock: threading.RLock = field(default_factory=threading.RLock)  # held by a running generation
+    notice: str = ""  # why the engine is not the one configured (an optional engine that failed its probe)

@@ -33,6 +33,32 @@ def require_engine(gguf: str | None) -> None:
     require_gguf("llama.cpp", gguf)
 
 
+# The probe's child: load the model and decode a few tokens, as the first answer would. A llama.cpp built for other
+# vector units dies here with a signal, in the child, instead of taking the app down.
+PROBE_CODE = ("import sys; from llama_cpp import Llama; "
+              "llama = Llama(model_path=sys.argv[1], n_ctx=64, n_threads=1, verbose=False); "
+              "llama.eval(llama.tokenize(b'Hello, world')); print('ok')")
+PROBE_TIMEOUT_S = 120
+
+
+def probe_failure(gguf: str, code: str | None = None) -> str | None:
+    """None when a child process runs llama.cpp's first forward pass on `gguf`, else what went wrong."""
+    import signal
+    import subprocess
+    import sys
+
+    try:
+        child = subprocess.run([sys.executable, "-c", code or PROBE_CODE, gguf], capture_output=True, text=True,
+                               timeout=PROBE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return f"its first forward pass took more than {PROBE_TIMEOUT_S} s"
+    if child.returncode == 0:
+        return None
+    if child.returncode < 0:
+        return f"its first forward pass crashed the process ({signal.Signals(-child.returncode).name})"
+    return f"its first forward pass failed: {(child.stderr.strip().splitlines() or ['no message'])[-1][:300]}"
+
+
 def shared_prefix(a: list[int], b: list[int]) -> int:
     """How many leading tokens the two sequences share."""
     n = 0
