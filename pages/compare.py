@@ -1,7 +1,8 @@
 """Compare: one question, both backends answering side by side, with sources, timings and claims.
 
 The last comparison is kept in the session, so reruns (a download, a toggle) re-draw it
-instead of asking again; `?q=` reopens a question, `?present=1` is presentation mode.
+instead of asking again; `?q=` reopens a question, `?present=1` is presentation mode (answers, verdicts and times;
+a toggle shows the detail), `?present=1&story=1` the guided demo story.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from backends.apps.reports import comparison_html, comparison_json, comparison_m
 from backends.core.types import Answer, Comparison
 from pages.common import demo_questions, duet, key, literal, page_errors, presenting
 from pages.panels import (
-    TITLES, answer_details, history_section, record_history, sidebar_options, transparency_panel,
+    TITLES, answer_details, history_section, record_history, sidebar_options, transparency_panel, verdicts_view,
 )
+from pages.story_view import show_story
 
 PAGE = "compare"
 
@@ -106,6 +108,9 @@ def show(question: str, just_asked: bool, backends, adapter) -> None:
         redraw(current, columns)
     if current is None:
         return
+    if presenting() and not st.session_state.get(key(PAGE, "detail")):
+        verdicts_view(current, columns)  # a room reads the answer, where it comes from and how long it took
+        return
     answer_details(current, columns)
     transparency_panel(current)
     if not presenting():
@@ -117,8 +122,14 @@ st.caption("One question goes to both backends. Both use the same base model; on
 with page_errors():
     if duet().llm.notice and not presenting():
         st.warning(duet().llm.notice)
-    backends, adapter = sidebar_options()
-    question, just_asked = ask_form()
-    if question:
-        show(question, just_asked, backends, adapter)
-    history_section()
+    if presenting() and st.query_params.get("story") == "1":
+        show_story()
+    else:
+        if presenting():
+            st.toggle("Show technical detail", key=key(PAGE, "detail"),
+                      help="Models, stage timings, sources and every claim with its evidence")
+        backends, adapter = sidebar_options()
+        question, just_asked = ask_form()
+        if question:
+            show(question, just_asked, backends, adapter)
+        history_section()

@@ -89,6 +89,25 @@ def answer_details(comparison: Comparison, columns) -> None:
                 show_adapter(answer)
 
 
+VERDICT_LOOK = {"backed": ("green", "✅"), "learnt": ("green", "✅"), "not in": ("blue", "🛈"), "no ": ("red", "⚠️")}
+
+
+def verdict_badge(verdict: str) -> str:
+    """The one-line verdict as a coloured badge (escaped: file names come from uploads)."""
+    colour, icon = next((look for start, look in VERDICT_LOOK.items() if verdict.startswith(start)), ("gray", ""))
+    return f":{colour}-badge[{icon} {literal(verdict)}]"
+
+
+def verdicts_view(comparison: Comparison, columns) -> None:
+    """Presentation mode's default under each answer: where it is backed (or that nothing backs it), and its time."""
+    from backends.answering.claims import one_line_verdict
+
+    for name, answer in comparison.answers.items():
+        with columns[name]:
+            st.markdown(verdict_badge(one_line_verdict(answer, comparison.claims.get(name, ()))))
+            st.caption(f"answered in {answer.timings.total:.2f} s")
+
+
 def claim_line(claim: Claim) -> None:
     colour = VERDICT_BADGES.get(claim.verdict, "gray")
     origin = f" · origin: {claim.origin}" if claim.origin else ""

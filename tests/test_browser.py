@@ -22,7 +22,8 @@ QUESTION = "What is the per diem for a full day of business travel?"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def served(tmp_path_factory):
+    """(url, store) of a `streamlit run app.py` on a copy of the demo store."""
     store = copy_demo_store(tmp_path_factory.mktemp("browser") / "store")
     port = free_port()
     env = {**os.environ, "DUET_STORE": str(store)}
@@ -43,9 +44,19 @@ def server(tmp_path_factory):
     else:
         process.kill()
         pytest.fail(f"streamlit did not start: {open(log.name).read()[-2000:]}")
-    yield url
+    yield url, store
     process.terminate()
     process.wait(30)
+
+
+@pytest.fixture(scope="module")
+def server(served):
+    return served[0]
+
+
+def launch(p):
+    return p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                             args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
 
 
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is installed by `make test`")
@@ -54,8 +65,7 @@ def test_compare_page_in_headless_chromium(server):
 
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                    args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        browser = launch(p)
         page = browser.new_page(viewport={"width": 1500, "height": 1900})
         page.goto(server, timeout=120_000)
         page.get_by_label("Question", exact=True).fill(QUESTION)
@@ -74,3 +84,41 @@ def test_compare_page_in_headless_chromium(server):
         page.screenshot(path=str(ARTIFACTS / "compare.png"), full_page=False)
         browser.close()
     assert (ARTIFACTS / "compare.png").stat().st_size > 20_000
+
+
+STORY_STEPS = 6
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is installed by `make test`")
+def test_the_guided_story_walks_every_step_and_leaves_the_store_as_it_was(served):
+    """Next (button and the right arrow key) through every step, a screenshot each (test-artifacts/story-N.png;
+    the README shows the first); the live change happens in a copy, so the served store is unchanged."""
+    from playwright.sync_api import expect, sync_playwright
+
+    url, store = served
+    before = (store / "manifest.json").read_bytes()
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = launch(p)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{url}/?present=1&story=1", timeout=120_000)
+        for step in range(1, STORY_STEPS + 1):
+            expect(page.get_by_text(f"Step {step} of {STORY_STEPS}", exact=False)).to_be_visible(timeout=240_000)
+            expect(page.get_by_role("button", name="Next →")).to_be_visible(timeout=240_000)
+            expect(page.get_by_text("Asking both sides…")).to_have_count(0, timeout=240_000)
+            if step in (1, 2, 3, 4):  # the steps that ask: both answers with their verdicts
+                expect(page.get_by_text("answered in ")).to_have_count(2, timeout=240_000)
+            if step == 3:
+                expect(page.get_by_text("62 euros").first).to_be_visible()
+            if step == 4:
+                expect(page.get_by_text("not in the documents").first).to_be_visible()
+            page.screenshot(path=str(ARTIFACTS / f"story-{step}.png"))
+            if step < STORY_STEPS:
+                if step % 2:
+                    page.get_by_role("button", name="Next →").click()
+                else:
+                    page.locator("body").press("ArrowRight")
+        expect(page.get_by_role("button", name="Next →")).to_be_disabled()
+        browser.close()
+    assert (ARTIFACTS / "story-1.png").stat().st_size > 20_000
+    assert (store / "manifest.json").read_bytes() == before, "the live change never touched the served store"

@@ -67,6 +67,14 @@ def test_compare_reopens_a_question_from_the_link_and_presentation_mode_is_read_
     assert not app.exception
     assert len([h for h in app.subheader if h.value.startswith(("RAG", "Fine-tuned"))]) == 2
     assert not app.get("download_button") and not app.sidebar.selectbox, "no exports or settings when presenting"
+    # By default: the answer, a one-line verdict and the time; no engine, stage chart or claim list.
+    assert not any("onnxruntime" in c.value or "SmolLM2" in c.value for c in app.caption)
+    assert not app.metric and not any("Transparency" in h.value for h in app.subheader)
+    assert len([c for c in app.caption if c.value.startswith("answered in ")]) == 2
+    assert any("travel\\_policy\\.pdf" in m.value and "-badge[" in m.value for m in app.markdown)
+    app.toggle(key="compare.detail").set_value(True).run()
+    assert [m.label for m in app.metric] == ["First token", "Total", "Tokens/s"] * 2
+    assert any("Transparency" in h.value for h in app.subheader)
 
 
 def test_compare_refuses_an_over_long_paste_with_the_limit():
@@ -76,6 +84,22 @@ def test_compare_refuses_an_over_long_paste_with_the_limit():
     assert not app.exception
     assert any("8,720 characters long; the limit is 1,000" in e.value for e in app.error), [e.value for e in app.error]
     assert not any(h.value.startswith("RAG") for h in app.subheader), "nothing was asked"
+
+
+def test_the_story_walks_its_steps_under_apptest():
+    app = AppTest.from_file(str(REPO_ROOT / "pages" / "compare.py"), default_timeout=300)
+    app.query_params["present"], app.query_params["story"] = "1", "1"
+    app.run()
+    seen = []
+    for step in range(6):
+        assert not app.exception, app.exception
+        seen.append(app.header[0].value)
+        if step < 5:
+            app.button(key="story.next").click().run()
+    assert seen[0] == "A fact both sides know" and seen[-1] == "The recommendation" and len(set(seen)) == 6
+    assert app.button(key="story.next").disabled and any("recommends" in m.value for m in app.markdown)
+    app.button(key="story.back").click().run()
+    assert app.header[0].value == "What the measurements say"
 
 
 def test_documents_page_ingests_an_uploaded_file_and_rejects_a_bad_one():

@@ -54,3 +54,15 @@ def test_the_stage_timeline_shows_overlap_and_its_last_bar_ends_at_the_total():
     assert all(start <= end for _, start, end in spans)
     bars = timeline_chart(timings, "#000", 5.0).data[0]
     assert bars.base[-1] + bars.x[-1] == pytest.approx(timings.total)
+
+
+def test_the_one_line_verdict_names_the_source_or_says_nothing_backs_it():
+    from backends.answering.claims import one_line_verdict
+
+    rag, ft = comparison().answers["rag"], comparison().answers["ft"]
+    document = Evidence("The per diem is 55 euros.", "retrieved", "travel_policy.pdf", "page 2")
+    learnt = Evidence("The per diem is 55 euros.", "training", "travel_policy.pdf")
+    assert one_line_verdict(rag, (Claim("55 euros.", "supported", document, answers=True),)) == "backed by travel_policy.pdf page 2"
+    assert one_line_verdict(ft, (Claim("55 euros.", "supported", learnt),)) == "learnt in training from travel_policy.pdf"
+    assert one_line_verdict(ft, (Claim("60 euros.", "unsupported"),)) == "no source supports this"
+    assert one_line_verdict(Answer("rag", "q", "The documents do not say.", abstained=True), ()) == "not in the documents"

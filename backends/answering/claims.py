@@ -298,3 +298,16 @@ def training_examples_of(adapter_path: Path) -> list[QAItem]:
     """The examples an adapter was trained on (kept in its folder), or [] when it has none."""
     path = Path(adapter_path) / TRAINING_DATA
     return list(_read_training(str(path), path.stat().st_mtime)) if path.is_file() else []
+
+
+def one_line_verdict(answer: Answer, claims: tuple[Claim, ...]) -> str:
+    """What a room reads under an answer: the source that backs it, or that nothing does (claims that answer the
+    question first, then true claims the relevance judge thought beside it)."""
+    if answer.abstained:
+        return "not in the documents"
+    backed = sorted((c for c in claims if c.verdict == "supported" and c.evidence), key=lambda c: not c.grounded)
+    if backed:
+        evidence = backed[0].evidence
+        where = f"{evidence.file_name} {evidence.location}".strip() or "the adapter's training data"
+        return f"learnt in training from {where}" if evidence.kind == "training" else f"backed by {where}"
+    return "no source supports this" if claims else "no checkable claim"
