@@ -12,6 +12,7 @@ import streamlit as st
 
 from backends.core.errors import DuetError
 from backends.learning.adapters import check_adapter_name
+from backends.learning.exports import export_dataset
 from backends.learning.datasets import (DEFAULT_PARAPHRASES, FORMATS, MAX_PARAPHRASES, DatasetJob, DatasetOptions,
                                         edited, plan_build, save_dataset, saved_datasets, uses_model)
 from pages.common import duet, key, literal, watch_job
@@ -91,12 +92,16 @@ def review(job: DatasetJob) -> None:
                           key=key(PAGE, "build.rows"))
     evidence_view(dataset.train)
     name = st.text_input("Dataset name", value="my-documents", max_chars=64, key=key(PAGE, "build.name"))
+    others = st.checkbox("Also write Alpaca and ShareGPT files for other trainers (LLaMA-Factory, Unsloth, axolotl)",
+                         key=key(PAGE, "build.export"), disabled=dataset.manifest.get("format") == "text")
     if st.button("Save dataset", key=key(PAGE, "build.save")):
         try:
             check_adapter_name(name)
             kept = [_merged(dataset.train, row) for row in rows if row.get("question") and row.get("answer")]
             path = save_dataset(edited(dataset, kept), duet().settings.store_dir / "datasets" / name)
-            st.success(f"Saved {len(kept)} rows to {literal(str(path))}: choose it under Dataset below and train.")
+            exported = export_dataset(path) if others else []
+            st.success(f"Saved {len(kept)} rows to {literal(str(path))}: choose it under Dataset below and train."
+                       + (f" Also wrote {', '.join(p.name for p in exported)}." if exported else ""))
         except DuetError as error:
             st.error(str(error))
 

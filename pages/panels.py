@@ -89,13 +89,13 @@ def answer_details(comparison: Comparison, columns) -> None:
                 show_adapter(answer)
 
 
-VERDICT_LOOK = {"backed": ("green", "✅"), "learnt": ("green", "✅"), "not in": ("blue", "🛈"), "no ": ("red", "⚠️")}
+VERDICT_LOOK = {"backed": "green", "learnt": "green", "not in": "blue", "no ": "red"}
 
 
 def verdict_badge(verdict: str) -> str:
     """The one-line verdict as a coloured badge (escaped: file names come from uploads)."""
-    colour, icon = next((look for start, look in VERDICT_LOOK.items() if verdict.startswith(start)), ("gray", ""))
-    return f":{colour}-badge[{icon} {literal(verdict)}]"
+    colour = next((look for start, look in VERDICT_LOOK.items() if verdict.startswith(start)), "gray")
+    return f":{colour}-badge[{literal(verdict)}]"
 
 
 def verdicts_view(comparison: Comparison, columns) -> None:

@@ -177,8 +177,9 @@ def test_finetune_page_builds_a_dataset_shows_its_evidence_and_saves_it_for_trai
     assert any("training rows" in s.value and "held-out" in s.value for s in app.success), [s.value for s in app.success]
     assert any(":orange-background[" in m.value for m in app.markdown), "the chosen row's evidence is highlighted"
     app.text_input(key="finetune.build.name").set_value("overview")
+    app.checkbox(key="finetune.build.export").check()
     app.button(key="finetune.build.save").click().run()
-    assert any(s.value.startswith("Saved ") for s in app.success), [s.value for s in app.success]
+    assert any(s.value.startswith("Saved ") and "alpaca.jsonl" in s.value for s in app.success), [s.value for s in app.success]
     app.radio(key="finetune.dataset").set_value("Built from my documents").run()
     assert any(o.startswith("overview · ") for o in app.selectbox(key="finetune.built").options)
     assert not app.button(key="finetune.start").disabled

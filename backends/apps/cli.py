@@ -124,9 +124,14 @@ def cmd_dataset(args) -> int:
     """Build train.jsonl, eval.jsonl and dataset.json from the indexed documents."""
     from backends.learning.datasets import DatasetOptions, build_dataset, plan_build, save_dataset, uses_model
 
+    from backends.learning.exports import EXPORTS, export_dataset
+
     options = DatasetOptions(paraphrases=args.paraphrases, format=args.format, eval_share=args.eval_share,
                              seed=args.seed, doc_ids=tuple(args.docs or ()))
     options.check()  # before any model loads
+    exports = tuple(f.strip() for f in (args.export or "").split(",") if f.strip())
+    if [f for f in exports if f not in EXPORTS] or (exports and args.format == "text"):
+        raise_bad(f"--export takes {' and/or '.join(EXPORTS)}, for a qa or raft dataset (for example --export alpaca,sharegpt)")
     duet = _duet(args)
     plan = plan_build(duet.index, options)
     _progress(f"building from {len(plan.documents)} documents, {len(plan.chunks)} chunks "
@@ -134,12 +139,16 @@ def cmd_dataset(args) -> int:
     llm = duet.llm if uses_model(duet.settings) else None
     dataset = build_dataset(duet.index, options, on_progress=_build_progress, llm=llm)
     out = save_dataset(dataset, args.out)
+    exported = [str(path) for path in export_dataset(out, exports)] if exports else []
     manifest = dataset.manifest
     print(file=sys.stderr)
     if args.json:
         print(json.dumps({"out": str(out), **{k: manifest[k] for k in (
-            "id", "format", "paraphrases", "counts", "filters", "documents_without_facts", "seconds")}}, indent=2))
+            "id", "format", "paraphrases", "counts", "filters", "documents_without_facts", "seconds")},
+            "exported": exported}, indent=2))
         return 0
+    if exported:
+        print("for other trainers: " + ", ".join(exported))
     counts, filters = manifest["counts"], manifest["filters"]
     print(f"wrote {out / 'train.jsonl'} ({counts['train']} rows), {out / 'eval.jsonl'} ({counts['eval']} questions), "
           f"{out / 'dataset.json'}")
@@ -335,6 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="qa: question/answer chat pairs; raft: with gold and distractor chunks; text: the chunks")
     p.add_argument("--eval-share", type=float, default=0.2, help="share of facts asked again in eval.jsonl (default 0.2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split and of RAFT's choices (default 0)")
+    p.add_argument("--export", metavar="FORMATS", help="also write alpaca.jsonl and/or sharegpt.jsonl (OpenAI chat "
+                   "messages) with provenance.jsonl and LLaMA-Factory's dataset_info.json, e.g. alpaca,sharegpt")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_dataset)
 

@@ -130,7 +130,7 @@ def _live_change(duet, adapter, number) -> StoryStep:
         copy.index.ingest_file(UPDATES_DIR / update["source"])
         step = _asked(duet, update["question"], adapter, number,
                       f"We update {update['source']} ({update['old_answer']} becomes {update['answer']}) in a copy of "
-                      "the store: RAG follows at once, the adapter keeps the old fact until it is retrained.", on=copy)
+                      "the store: RAG follows at once; the adapter knows nothing of the change until it is retrained.", on=copy)
     return step
 
 

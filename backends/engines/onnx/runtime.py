@@ -47,6 +47,9 @@ class OrtRowCache:
         return self
 
 
+ONE_COMPARE = 3  # rows of one three-column Compare: up to this many int8 rows keep a run each (answers as alone)
+
+
 class OrtPass:
     """Feeds several rows their tokens in one run of the graph; each row keeps its own KV cache (numpy)."""
 
@@ -148,10 +151,13 @@ class OrtEngine(Engine):
         return logits
 
     def _runs(self, feeds: list[tuple]) -> list[tuple]:
-        """(adapter version, indices of its rows) per run of the graph: sharing rows (float, or int8 batch work) run
-        per adapter with the base rows in the first; an int8 row asked alone runs apart, exactly as alone."""
-        shared = [(i, f) for i, f in feeds if self.passes.shares_rows or f.batch_work]
-        apart = [(feed.version, [index]) for index, feed in feeds if not (self.passes.shares_rows or feed.batch_work)]
+        """(adapter version, indices of its rows) per run of the graph: sharing rows (float; int8 batch work, or any
+        row when more rows wait than one Compare has) run per adapter with the base rows in the first; otherwise an
+        int8 row runs apart, exactly as alone."""
+        crowded = len(feeds) > ONE_COMPARE  # several users at once: throughput first
+        sharing = lambda feed: self.passes.shares_rows or feed.batch_work or crowded  # noqa: E731
+        shared = [(i, f) for i, f in feeds if sharing(f)]
+        apart = [(feed.version, [index]) for index, feed in feeds if not sharing(feed)]
         by_version: dict = {}
         for index, feed in shared:
             by_version.setdefault(feed.version, []).append(index)
