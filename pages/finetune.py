@@ -14,6 +14,7 @@ import streamlit as st
 from backends.core.config import DATA_DIR
 from backends.core.errors import DuetError
 from backends.models.lora import adapter_gguf_bytes
+from backends.learning.adapters import import_adapter
 from backends.learning.examples import read_qa_file, read_training_file, store_dataset
 from backends.learning.training import TrainConfig, TrainingJob
 from pages.builder import build_form, build_view, saved_choice
@@ -151,6 +152,27 @@ def dataset_label(record: dict) -> str:
     return f"{record.get('file', '?')} · dataset {sha[:12]}" if sha else record.get("file", "")
 
 
+def import_section() -> None:
+    """A peft LoRA trained elsewhere on the same base model (LLaMA-Factory, Unsloth, axolotl), checked, then copied."""
+    import tempfile
+    from pathlib import Path
+
+    with st.expander("Import an adapter trained elsewhere"):
+        files = st.file_uploader("adapter_config.json and adapter_model.safetensors", type=["json", "safetensors"],
+                                 accept_multiple_files=True, key=key(PAGE, "import.files"))
+        name = st.text_input("Name in Duet", value="imported", max_chars=64, key=key(PAGE, "import.name"))
+        if not st.button("Import", disabled=not files, key=key(PAGE, "import.go")):
+            return
+        try:
+            with tempfile.TemporaryDirectory(prefix="duet-import-") as scratch:
+                for upload in files:
+                    (Path(scratch) / Path(upload.name).name).write_bytes(upload.getvalue())
+                import_adapter(duet().registry, scratch, name, duet().llm.config)
+            st.success(f"Imported {name}: choose it in Compare's sidebar.")
+        except DuetError as error:
+            st.error(f"Not imported: {error}")
+
+
 def adapters_section(allowed: bool) -> None:
     registry = duet().registry
     adapters = registry.list()
@@ -196,4 +218,6 @@ with page_errors():
         start_section()
         job_view()
     st.subheader("Adapters")
+    if allowed:
+        import_section()
     adapters_section(allowed)

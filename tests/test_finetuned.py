@@ -5,6 +5,7 @@ import threading
 import pytest
 
 from backends.answering.finetuned import FineTunedBackend
+from backends.core.errors import BadInput
 from backends.core.types import Answer, final_answer
 from backends.engines import _load_llm_uncached
 from backends.learning.adapters import staleness
@@ -79,3 +80,60 @@ def test_backend_staleness_follows_the_index(duet, tiny_adapter):
         assert duet.ft.staleness("tiny").added == ("late-memo-txt",)
     finally:
         duet.index.delete("late-memo-txt")
+
+
+def foreign_copy(adapter_path, folder):
+    """The two files a peft trainer elsewhere (LLaMA-Factory, Unsloth) leaves: no Duet metadata."""
+    import shutil
+
+    folder.mkdir()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        shutil.copyfile(adapter_path / name, folder / name)
+    return folder
+
+
+def test_an_adapter_trained_elsewhere_imports_and_answers_as_the_same_adapter_trained_here(settings, duet, tiny_adapter,
+                                                                                           tmp_path):
+    from backends.learning.adapters import AdapterRegistry, import_adapter
+    from backends.learning.examples import chat_messages
+    from tests.helpers import QUESTIONS, decoder_text, on_model
+
+    registry = AdapterRegistry(settings)
+    path = import_adapter(registry, foreign_copy(tiny_adapter["path"], tmp_path / "elsewhere"), "imported-tiny",
+                          duet.llm.config)
+    try:
+        assert registry.get("imported-tiny").metadata["imported_from"].endswith("elsewhere") and path.is_dir()
+        for question in QUESTIONS[:2]:
+            messages = chat_messages(question)
+            trained = decoder_text(duet.llm, messages, 24, on_model(duet.llm, settings, "tiny"))
+            assert decoder_text(duet.llm, messages, 24, on_model(duet.llm, settings, "imported-tiny")) == trained
+    finally:
+        registry.delete("imported-tiny")
+
+
+def test_a_bad_import_is_refused_with_its_reason_and_writes_nothing(settings, duet, tiny_adapter, tmp_path):
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from backends.learning.adapters import AdapterRegistry, import_adapter
+
+    registry = AdapterRegistry(settings)
+    pickled = foreign_copy(tiny_adapter["path"], tmp_path / "pickled")
+    (pickled / "adapter_model.bin").write_bytes(b"\x80\x04pickle")
+    missing = foreign_copy(tiny_adapter["path"], tmp_path / "missing")
+    (missing / "adapter_config.json").unlink()
+    other = foreign_copy(tiny_adapter["path"], tmp_path / "other-base")  # a LoRA for a 2048-wide model
+    save_file({"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": np.zeros((4, 2048), np.float32)},
+              str(other / "adapter_model.safetensors"))
+    before = sorted(p.name for p in registry.root.iterdir())
+    for folder, reason in ((pickled, "pickled weights"), (missing, "adapter_config.json is missing"),
+                           (other, "trained for another base model")):
+        with pytest.raises(BadInput, match=reason):
+            import_adapter(registry, folder, "refused", duet.llm.config)
+    assert sorted(p.name for p in registry.root.iterdir()) == before, "nothing written, not even a temporary folder"
+    from tests.helpers import run_cli
+
+    done = run_cli("adapter", "import", str(other), "--name", "refused", "--store", str(tmp_path / "store"),
+                   settings=settings)
+    assert done.returncode == 2 and "trained for another base model" in done.stderr, done.stderr
+    assert sorted(p.name for p in registry.root.iterdir()) == before

@@ -209,6 +209,20 @@ def cmd_experiment(args) -> int:
     return 0
 
 
+def cmd_adapter(args) -> int:
+    """Import a LoRA trained elsewhere (LLaMA-Factory, Unsloth): checked against this base model, copied atomically."""
+    from backends.learning.adapters import check_adapter_name, import_adapter
+
+    check_adapter_name(args.name)  # before any model loads
+    duet = _duet(args)
+    path = import_adapter(duet.registry, args.folder, args.name, duet.llm.config, args.overwrite)
+    if args.json:
+        print(json.dumps({"name": args.name, "path": str(path)}, indent=2))
+    else:
+        print(f"imported {args.name} into {path}: ask with --adapter {args.name}")
+    return 0
+
+
 def cmd_setup(args) -> int:
     """Prepare the models and index the demo corpus when the store is empty (used by `make run`)."""
     duet = _duet(args)
@@ -324,6 +338,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing adapter of that name")
     _add_train_options(p)
     p.set_defaults(func=cmd_train)
+
+    p = with_store(sub.add_parser("adapter", help="import a peft LoRA folder trained elsewhere on the same base model"))
+    p.add_argument("action", choices=["import"])
+    p.add_argument("folder", metavar="DIR", help="the folder with adapter_config.json and adapter_model.safetensors")
+    p.add_argument("--name", required=True, help="adapter name in Duet's registry")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing adapter of that name")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_adapter)
 
     p = with_store(sub.add_parser("eval", help="evaluate the backends on a QA set"))
     p.add_argument("--set", required=True, metavar="FILE.jsonl", help="QA set (default demo set: data/qa/eval.jsonl)")

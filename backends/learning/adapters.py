@@ -9,7 +9,9 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -178,3 +180,93 @@ class AdapterRegistry:
             yield
         finally:
             lock.release()
+
+
+LORA_KEY = re.compile(r"layers\.(\d+)\.(?:self_attn|mlp)\.(\w+_proj)\.lora_([AB])(?:\.[\w-]+)?\.weight$")
+
+
+def projection_shapes(config) -> dict[str, tuple[int, int]]:
+    """(inputs, outputs) of each projection a LoRA may target, from the base model's transformers config."""
+    hidden, heads = config.hidden_size, config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    kv = getattr(config, "num_key_value_heads", None) or heads
+    inner = config.intermediate_size
+    return {"q_proj": (hidden, heads * head_dim), "k_proj": (hidden, kv * head_dim), "v_proj": (hidden, kv * head_dim),
+            "o_proj": (heads * head_dim, hidden), "gate_proj": (hidden, inner), "up_proj": (hidden, inner),
+            "down_proj": (inner, hidden)}
+
+
+def check_foreign_adapter(source: Path, config) -> dict:
+    """A peft LoRA folder trained elsewhere, checked against this base model; its adapter_config. BadInput says why
+    it cannot be used (pickled weights, missing files, another base model)."""
+    from safetensors import safe_open
+
+    if not source.is_dir():
+        raise BadInput(f"{source} is not a folder: point to the folder with adapter_config.json and adapter_model.safetensors")
+    pickles = [p.name for p in source.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES]
+    if pickles:
+        raise BadInput(f"{source.name} holds pickled weights ({', '.join(pickles)}), which can run code when loaded: "
+                       "save the adapter with safe_serialization=True (adapter_model.safetensors) and import that")
+    for required in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+        if not (source / required).is_file():
+            raise BadInput(f"{source.name} is not a complete peft LoRA folder: {required} is missing")
+    try:
+        adapter_config = json.loads((source / ADAPTER_CONFIG).read_text())
+    except ValueError:
+        raise BadInput(f"{ADAPTER_CONFIG} in {source.name} is not valid JSON") from None
+    if adapter_config.get("peft_type") != "LORA":
+        raise BadInput(f"{source.name} is a {adapter_config.get('peft_type')!r} adapter; Duet imports LoRA adapters")
+    shapes, layers = projection_shapes(config), config.num_hidden_layers
+    base = adapter_config.get("base_model_name_or_path") or "unknown"
+    with safe_open(str(source / ADAPTER_WEIGHTS), "np") as weights:
+        keys = list(weights.keys())
+        if not keys:
+            raise BadInput(f"{ADAPTER_WEIGHTS} in {source.name} holds no tensors")
+        for name in keys:
+            found = LORA_KEY.search(name)
+            if not found or int(found.group(1)) >= layers or found.group(2) not in shapes:
+                raise BadInput(f"{source.name} was trained for another base model ({base}): this one has no {name}")
+            inputs, outputs = shapes[found.group(2)]
+            shape = tuple(weights.get_slice(name).get_shape())
+            rank = shape[0] if found.group(3) == "A" else shape[-1]
+            wanted = (rank, inputs) if found.group(3) == "A" else (outputs, rank)
+            if shape != wanted:
+                raise BadInput(f"{source.name} was trained for another base model ({base}): {name} is {shape}, "
+                               f"this base model needs {wanted}")
+    return adapter_config
+
+
+def import_adapter(registry: "AdapterRegistry", source: str | Path, name: str, config, overwrite: bool = False) -> Path:
+    """Copy a checked foreign LoRA folder into the registry under `name`, all or nothing."""
+    from datetime import datetime, timezone
+
+    source = Path(source)
+    target = registry.path_for_new(name, overwrite)
+    adapter_config = check_foreign_adapter(source, config)
+    registry.root.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".saving-{name}-", dir=registry.root))
+    try:
+        for required in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+            shutil.copyfile(source / required, work / required)
+        metadata = {
+            "name": name, "base_model": base_model_identity(registry.settings), "imported_from": str(source.resolve()),
+            "peft_base_model": adapter_config.get("base_model_name_or_path"),
+            "dataset": {"examples": "unknown (imported)"}, "index_snapshot": {},
+            "hyperparameters": {"rank": adapter_config.get("r"), "alpha": adapter_config.get("lora_alpha"),
+                                "target_modules": sorted(adapter_config.get("target_modules") or [])},
+            "loss_history": [], "final_loss": None, "training_seconds": 0,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        (work / METADATA).write_text(json.dumps(metadata, indent=2))
+        verify_adapter_folder(work, check_finite=True)
+        if target.exists():  # overwrite: set aside first, as training does (the registry restores it after a crash)
+            aside = target.with_name(f".replaced-{target.name}")
+            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(target, aside)
+            os.replace(work, target)
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.replace(work, target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return target
