@@ -223,6 +223,21 @@ def cmd_adapter(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    """/v1/models and /v1/chat/completions (streaming or not) over duet-rag, duet-ft:<adapter>, duet-rag-ft:<adapter>."""
+    import os
+
+    from backends.apps.serve import LOOPBACK, serve
+
+    key = os.environ.get("DUET_API_KEY") or None
+    if args.host not in LOOPBACK and not key:
+        raise_bad(f"serving on {args.host} makes Duet reachable from other machines: set DUET_API_KEY, or use 127.0.0.1")
+    _progress(f"serving Duet's systems on http://{args.host}:{args.port}/v1 (OpenAI-compatible)"
+              + ("; API key required" if key else ""))
+    serve(_duet(args), args.host, args.port, key)
+    return 0
+
+
 def cmd_setup(args) -> int:
     """Prepare the models and index the demo corpus when the store is empty (used by `make run`)."""
     duet = _duet(args)
@@ -346,6 +361,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing adapter of that name")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_adapter)
+
+    p = with_store(sub.add_parser("serve", help="an OpenAI-compatible endpoint over Duet's systems"))
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default loopback; others need DUET_API_KEY)")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(func=cmd_serve)
 
     p = with_store(sub.add_parser("eval", help="evaluate the backends on a QA set"))
     p.add_argument("--set", required=True, metavar="FILE.jsonl", help="QA set (default demo set: data/qa/eval.jsonl)")
