@@ -128,7 +128,7 @@ _lock = threading.Lock()
 def get_duet(settings: Settings, progress: Progress = quiet) -> Duet:
     """One Duet per (store, models) in this process."""
     key = (str(settings.store_dir), settings.llm, settings.embedding_model, settings.device, settings.engine,
-           settings.onnx_accuracy)
+           settings.onnx_accuracy, settings.llm_server, settings.llm_server_model)
     with _lock:
         if key not in _instances:
             _instances[key] = Duet(settings, progress)

@@ -49,7 +49,7 @@ def server(tmp_path_factory, settings):
 
 def test_models_lists_every_system_and_the_key_is_enforced(server, tiny_adapter):
     ids = [m["id"] for m in json.load(request(f"{server}/models"))["data"]]
-    assert ids[0] == "duet-rag" and "duet-ft:tiny" in ids and "duet-rag-ft:tiny" in ids
+    assert ids[0] == "duet-llm" and {"tiny", "duet-rag", "duet-ft:tiny", "duet-rag-ft:tiny"} <= set(ids)
     for key in (None, "wrong"):
         with pytest.raises(urllib.error.HTTPError) as refused:
             request(f"{server}/models", key=key)
@@ -91,3 +91,72 @@ def test_serving_beyond_loopback_needs_an_api_key(settings, tmp_path):
     done = run_cli("serve", "--host", "0.0.0.0", "--store", str(tmp_path / "store"), settings=settings,
                    env={"DUET_API_KEY": ""})
     assert done.returncode == 2 and "DUET_API_KEY" in done.stderr
+
+
+# ---- Duet as a client of an OpenAI-compatible server (DUET_ENGINE=openai), pointed at the real server above ----
+def client(settings, tmp_path, url: str):
+    import dataclasses
+
+    from backends.service import Duet
+
+    remote = dataclasses.replace(settings.with_store(copy_demo_store(tmp_path / "client-store")), engine="openai",
+                                 llm_server=url, llm_api_key=KEY, llm_timeout_s=120.0)
+    return Duet(remote)
+
+
+def test_the_openai_engine_answers_both_columns_from_the_server_with_timings(server, settings, tiny_adapter, tmp_path):
+    duet = client(settings, tmp_path, server)
+    try:
+        assert duet.llm.engine.name == "openai" and "model server" in duet.llm.notice
+        rag = duet.ask("rag", PER_DIEM)
+        # Free generation from the sources (no logits for extraction): the 135M model may word it wrongly, so the
+        # retrieval is what is checked here; docs/engines.md has the measured effect.
+        assert rag.text and any("55 euros" in s.text for s in rag.sources)
+        assert 0 < rag.timings.first_token <= rag.timings.total
+        assert rag.tokens_in > 0 and rag.tokens_out > 0
+        ft = duet.ask("ft", PER_DIEM, "tiny")
+        assert ft.text and ft.adapter == "tiny" and ft.timings.total > 0
+        assert duet.llm.engine.registered["tiny"].startswith("--lora-modules tiny="), "the line to add, when not loadable"
+        comparison = duet.trace(PER_DIEM, {"rag": rag, "ft": ft})
+        assert comparison.claims["rag"], "claims are traced as with a local engine"
+    finally:
+        duet.index.close()
+
+
+def test_a_stopped_server_gives_each_column_a_clear_message(settings, tiny_adapter, tmp_path):
+    from backends.core.errors import ModelUnavailable
+
+    url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    duet = client(settings, tmp_path, url)
+    try:
+        failures = {name: item for name, item in duet.stream_both(PER_DIEM, "tiny") if isinstance(item, Exception)}
+        assert set(failures) == {"rag", "ft"}
+        for failure in failures.values():
+            assert isinstance(failure, ModelUnavailable) and url in str(failure) and "Start it" in str(failure)
+    finally:
+        duet.index.close()
+
+
+def test_the_compare_page_runs_on_the_openai_engine(server, settings, tiny_adapter, tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from pages import common
+
+    for name, value in {"DUET_STORE": str(copy_demo_store(tmp_path / "page-store")), "DUET_ENGINE": "openai",
+                        "DUET_LLM_SERVER": server, "DUET_LLM_API_KEY": KEY,
+                        "DUET_ADAPTERS_DIR": str(settings.adapters_dir), "DUET_ACTIVE_ADAPTER": "tiny"}.items():
+        monkeypatch.setenv(name, value)
+    common.app_settings.clear()
+    common.duet.clear()
+    try:
+        app = AppTest.from_file(str(REPO_ROOT / "pages" / "compare.py"), default_timeout=300)
+        app.run()
+        app.text_input(key="compare.question").set_value(PER_DIEM)
+        app.button[0].click().run()
+        assert not app.exception and not app.error, (app.exception, [e.value for e in app.error])
+        assert any("model server" in w.value for w in app.warning), "the page says where answers come from"
+        assert len([m for m in app.metric if m.label == "Total"]) == 2, "both columns answered, with timings"
+    finally:
+        common.duet().index.close()
+        common.app_settings.clear()
+        common.duet.clear()

@@ -132,7 +132,8 @@ class RAGBackend:
                          timings=replace(pre, total=total), model=self.llm.name, adapter=combined_with, abstained=True)
             return
         copy_from = None
-        if self.settings.rag_mode == "extractive" and combined_with is None:
+        extractive = self.settings.rag_mode == "extractive" and getattr(self.llm.engine, "uses_logits", True)
+        if extractive and combined_with is None:
             evidence = ranked[: self.settings.evidence_sentences]
             messages = build_messages(question, evidence)
             copy_from = [e.text for e in evidence]  # one passage each: the answer is one of them, whole

@@ -1,8 +1,9 @@
 """Duet as an OpenAI-compatible server (`python -m backends serve`): /v1/models and /v1/chat/completions over
 Duet's own systems, so that Open WebUI or any OpenAI client can ask them.
 
-Models: `duet-rag`, `duet-ft:<adapter>`, `duet-rag-ft:<adapter>`. The question is the last user message (earlier
-turns are not used: every system answers one question). Responses are OpenAI's chat completion objects with one
+Models: `duet-rag`, `duet-ft:<adapter>`, `duet-rag-ft:<adapter>`: the question is the last user message (earlier
+turns are not used: every system answers one question). And, vLLM-style, the bare model: `duet-llm`, and each
+adapter by its own name, which complete the messages as given (what another Duet's `DUET_ENGINE=openai` asks). Responses are OpenAI's chat completion objects with one
 documented extra field, `duet`: the sources (file, location, text, score), the stage timings and whether RAG
 abstained, so a client can show citations. Streaming uses server-sent events, the sources in the last chunk.
 Starlette and uvicorn come with the stack (Streamlit's own server); no hand-written HTTP.
@@ -21,15 +22,21 @@ from backends.core.errors import BadInput, DuetError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 SYSTEMS = {"duet-rag": "rag", "duet-ft": "ft", "duet-rag-ft": "rag_ft"}
+BARE_MODEL = "duet-llm"
+MAX_PROMPT_CHARS, MAX_TOKENS = 32_000, 512  # a bare completion's limits (RAG prompts with sources are long)
 
 
 def model_ids(duet) -> list[str]:
     names = duet.registry.names()
-    return ["duet-rag"] + [f"{prefix}:{name}" for prefix in ("duet-ft", "duet-rag-ft") for name in names]
+    # The bare model first, as vLLM lists its base model: a client that takes the first model gets it.
+    return ([BARE_MODEL] + names + ["duet-rag"]
+            + [f"{prefix}:{name}" for prefix in ("duet-ft", "duet-rag-ft") for name in names])
 
 
 def system_of(model: str, duet) -> tuple[str, str | None]:
-    """(backend, adapter) of a model id; BadInput names the models there are."""
+    """(backend, adapter) of a model id, backend "llm" for a bare completion; BadInput names the models there are."""
+    if model == BARE_MODEL or (model in duet.registry.names() and ":" not in model):
+        return "llm", None if model == BARE_MODEL else model
     prefix, _, adapter = str(model).partition(":")
     if prefix not in SYSTEMS or (prefix == "duet-rag") == bool(adapter):
         raise BadInput(f"unknown model {model!r}: choose from {', '.join(model_ids(duet))}")
@@ -47,6 +54,25 @@ def question_of(body: dict) -> str:
     return users[-1]
 
 
+def checked_messages(body: dict) -> list[dict]:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages or not all(
+            isinstance(m, dict) and m.get("role") in ("system", "user", "assistant") and isinstance(m.get("content"), str)
+            for m in messages):
+        raise BadInput('"messages" must be a list of {"role": system|user|assistant, "content": text}')
+    if sum(len(m["content"]) for m in messages) > MAX_PROMPT_CHARS:
+        raise BadInput(f"the messages are longer than {MAX_PROMPT_CHARS} characters in all: shorten them")
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def bare_stream(duet, messages: list[dict], adapter: str | None, max_tokens):
+    """The model's own completion of the messages (with the adapter when named): text pieces, then its stats."""
+    from backends.engines.scheduler import stream_chat
+
+    tokens = min(int(max_tokens or duet.settings.max_new_tokens), MAX_TOKENS)
+    return stream_chat(duet.llm, messages, max(1, tokens), duet.ft.use(adapter).name if adapter else None)
+
+
 def extra(answer) -> dict:
     """The `duet` field: what the answer rests on."""
     return {"backend": answer.backend, "adapter": answer.adapter, "abstained": answer.abstained,
@@ -55,12 +81,18 @@ def extra(answer) -> dict:
                         for s in answer.sources]}
 
 
-def completion(model: str, answer, reply_id: str) -> dict:
+def usage(final) -> dict:
+    return {"prompt_tokens": final.tokens_in, "completion_tokens": final.tokens_out,
+            "total_tokens": final.tokens_in + final.tokens_out}
+
+
+def completion(model: str, final, reply_id: str) -> dict:
+    """A chat completion from a system's Answer (with the `duet` field) or a bare completion's stats."""
+    from backends.core.types import Answer
+
     return {"id": reply_id, "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": answer.tokens_in, "completion_tokens": answer.tokens_out,
-                      "total_tokens": answer.tokens_in + answer.tokens_out},
-            "duet": extra(answer)}
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": final.text}, "finish_reason": "stop"}],
+            "usage": usage(final), **({"duet": extra(final)} if isinstance(final, Answer) else {})}
 
 
 def chunk(model: str, reply_id: str, delta: dict, finish: str | None = None, **more) -> str:
@@ -102,16 +134,19 @@ def create_app(duet, api_key: str | None = None):
                 raise BadInput("the body must be a JSON object")
             model = body.get("model", "")
             backend, adapter = system_of(model, duet)
-            question = check_question(question_of(body), duet.settings)  # the app's limits
             reply_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+            if backend == "llm":
+                pieces = bare_stream(duet, checked_messages(body), adapter, body.get("max_tokens"))
+            else:
+                question = check_question(question_of(body), duet.settings)  # the app's limits
+                pieces = duet.stream(backend, question, adapter)
             if not body.get("stream"):
-                from backends.core.types import final_answer
-
-                answer = await run_in_threadpool(lambda: final_answer(duet.stream(backend, question, adapter)))
-                return JSONResponse(completion(model, answer, reply_id))
-            pieces = duet.stream(backend, question, adapter)  # checks the question before the response starts
+                final = await run_in_threadpool(lambda: list(pieces)[-1])
+                return JSONResponse(completion(model, final, reply_id))
         except DuetError as failure:
             return error(400, str(failure))
+
+        from backends.core.types import Answer
 
         def events():
             yield chunk(model, reply_id, {"role": "assistant", "content": ""})
@@ -119,8 +154,10 @@ def create_app(duet, api_key: str | None = None):
                 for item in pieces:
                     if isinstance(item, str):
                         yield chunk(model, reply_id, {"content": item})
-                    else:
-                        yield chunk(model, reply_id, {}, "stop", duet=extra(item))
+                    elif isinstance(item, Answer):
+                        yield chunk(model, reply_id, {}, "stop", duet=extra(item), usage=usage(item))
+                    else:  # a bare completion's stats
+                        yield chunk(model, reply_id, {}, "stop", usage=usage(item))
             except DuetError as failure:  # after the headers: the error goes in the stream
                 yield f"data: {json.dumps({'error': {'message': str(failure), 'type': 'invalid_request_error'}})}\n\n"
             yield "data: [DONE]\n\n"

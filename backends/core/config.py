@@ -18,7 +18,7 @@ from backends.core.errors import BadInput
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DATA_DIR = REPO_ROOT / "data"
 BUNDLED = "bundled"
-ENGINES = ("auto", "transformers", "onnxruntime", "llama.cpp")
+ENGINES = ("auto", "transformers", "onnxruntime", "llama.cpp", "openai")
 
 
 def _help(text: str, default):
@@ -43,6 +43,12 @@ class Settings:
                         "4-bit weights as they are, ~4x faster on a CPU) or 'llama.cpp' (the .gguf file run by "
                         "llama-cpp-python; `make engine` installs it, which compiles llama.cpp). Training always uses "
                         "transformers and peft.", "auto")
+    llm_server: str = _help("engine 'openai': the OpenAI-compatible server's address, e.g. http://127.0.0.1:8000/v1 "
+                            "(vLLM, llama.cpp's server, Ollama, `python -m backends serve`).", "")
+    llm_server_model: str = _help("engine 'openai': the base model's name on the server ('' : the first it lists); an "
+                                  "adapter is asked for by its own name, as vLLM's --lora-modules registers it.", "")
+    llm_api_key: str = _help("engine 'openai': the server's API key, if it wants one (or llm_api_key in secrets).", "")
+    llm_timeout_s: float = _help("engine 'openai': seconds to wait for the server before the column says it failed.", 60.0)
     onnx_accuracy: str = _help("Arithmetic of the onnxruntime engine: 'int8' (inputs of the 4-bit layers rounded per "
                                "block to 8 bits, as llama.cpp does: fastest, answers may differ where two words nearly "
                                "tie) or 'float' (float32: the transformers engine's answers, ~40% slower).", "int8")

@@ -27,7 +27,7 @@ _load_lock = threading.Lock()
 def load_llm(settings: Settings, progress: Progress = quiet) -> LoadedLLM:
     """Load (once per process) the base LLM, its tokenizer and its engine."""
     key = (settings.llm, settings.device, settings.llm_weights, settings.engine, settings.onnx_accuracy,
-           str(settings.model_cache_dir))
+           str(settings.model_cache_dir), settings.llm_server, settings.llm_server_model, settings.llm_api_key)
     with _load_lock:
         if key not in _llm_cache:
             _llm_cache[key] = run_in_fresh_thread(_load_llm_uncached, settings, progress=progress)
@@ -63,13 +63,17 @@ def _load_llm_uncached(settings: Settings, progress: Progress = quiet) -> Loaded
             progress(notice)
     if kind == "onnxruntime":
         require_gguf(kind, gguf)
+    if kind == "openai":
+        notice = (f"Answers come from the model server at {settings.llm_server}. RAG writes freely from its numbered "
+                  "sources there: copy-constrained extraction needs the model's logits, which a server does not give.")
     path = prepare_llm(settings, progress)
     quiet_loading()
     local = Path(path).is_dir()
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local)
         config, generation = _configs(path, local)
-        engine, weights, device = _engine(kind, settings, path, local, gguf, device, config, progress)
+        engine, weights, device = _engine(kind, settings, path, local, gguf, device, config, progress,
+                                          lambda messages, text: _count(tokenizer, messages, text))
     except OSError as error:
         raise ModelUnavailable(f"cannot load LLM {path!r}: {error}") from error
     if tokenizer.pad_token_id is None:
@@ -84,8 +88,12 @@ def _load_llm_uncached(settings: Settings, progress: Progress = quiet) -> Loaded
 
 
 def _engine(kind: str, settings: Settings, path: str, local: bool, gguf: str | None, device: str, config,
-            progress: Progress) -> tuple[Engine, str, str]:
+            progress: Progress, counter=None) -> tuple[Engine, str, str]:
     """(the engine, a description of its weights, the device it computes on)."""
+    if kind == "openai":
+        from backends.engines.remote import RemoteEngine
+
+        return RemoteEngine(settings, counter), f"on the server {settings.llm_server}", "remote"
     if kind == "onnxruntime":  # reads the GGUF itself: torch's copy of the weights is not needed
         from backends.engines.onnx.graph import prepare_graph
         from backends.engines.onnx.runtime import OrtEngine
@@ -100,6 +108,13 @@ def _engine(kind: str, settings: Settings, path: str, local: bool, gguf: str | N
     weights = resolve_weights(settings.llm_weights, device)
     progress(f"Loading {llm_display_name(settings)} on {device} ({weights} weights)…")
     return TorchEngine(load_torch_model(path, local, device, weights), device), weights, device
+
+
+def _count(tokenizer, messages: list[dict] | None, text: str | None) -> int:
+    """Tokens of a chat prompt or of a text, by the local tokenizer (the remote engine's fallback count)."""
+    if messages is not None:
+        return len(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+    return len(tokenizer(text or "")["input_ids"])
 
 
 def _configs(path: str, local: bool):

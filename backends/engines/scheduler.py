@@ -399,6 +399,10 @@ def stream_chat(
     `adapter` names a LoRA adapter already loaded on the model (None: the base model).
     Abandoning the stream (a closed page, a cancelled request) stops this row's generation.
     """
+    if getattr(llm.engine, "streams_remotely", False):  # a model server generates (engines/remote.py)
+        for item in llm.engine.stream(messages, max_new_tokens, adapter):
+            yield item if isinstance(item, str) else GenerationStats(*item)
+        return
     started = time.perf_counter()
     request = chat_request(llm, messages, max_new_tokens, adapter, copy_from, stop_at_eos)
     input_ids = request.input_ids
