@@ -134,3 +134,6 @@ def test_batch_work_rows_share_int8_runs_and_single_answers_run_apart():
     assert engine._runs(feeds) == [(tuned, [1, 2, 0, 3])], "more rows than one Compare: every row shares"
     engine.passes.shares_rows = True  # float: every row shares
     assert engine._runs(feeds[:3]) == [(tuned, [1, 2, 0])]
+    prompts = list(enumerate([Feed(None, [1] * 200, tuned, batch_work=True), Feed(None, [1] * 200, tuned, batch_work=True),
+                              Feed(None, [1], tuned, batch_work=True), Feed(None, [1] * 300, BASE_MODEL, batch_work=True)]))
+    assert engine._runs(prompts) == [(tuned, [0]), (tuned, [1, 2]), (tuned, [3])], "long prefills do not pile up in one run"

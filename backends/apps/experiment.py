@@ -125,6 +125,9 @@ EXPOSURES, RAFT_MAX_LENGTH = 3, 640
 # Measured on 2 cores with the bundled model (docs/quality.md): seconds per trained row-epoch by format at the
 # grid's defaults, rows a chunk yields per wording, seconds per answered question and arm (rows sharing passes).
 FACT_CHANGES = 5  # facts the "change a fact" demo changes
+# Questions the stress test asks per condition: its point is the shape of each arm's drop, and 3 arms x 4 asked
+# conditions x 90 questions was the grid's largest part (docs/quality.md).
+STRESS_QUESTIONS = 40
 SECONDS_PER_ROW = {"qa": 0.15, "raft": 0.7, "text": 0.4}
 ROWS_PER_CHUNK_WORDING, SECONDS_PER_ANSWER = 4.3, 0.35
 LEAVE_OUT_FIRST = ("text", "raft", "ft_par", "rag_ft", "ft")  # what a budget drops first
@@ -144,8 +147,8 @@ def estimate_s(options: "ExperimentOptions", chunks: int, questions: int) -> flo
     """Seconds the grid should take: training every adapter it needs, then answering every arm and the stress test."""
     training = sum(chunks * ROWS_PER_CHUNK_WORDING * (k + 1) * train_config(options, form, k).epochs * SECONDS_PER_ROW[form]
                    for form, k in _adapters_needed(options.arms, options.paraphrases).values())
-    stressed = len(set(RETRIEVING) & set(options.arms)) * len(STRESS) if options.stress else 0
-    return training + questions * (len(options.arms) + stressed) * SECONDS_PER_ANSWER
+    stressed = len(set(RETRIEVING) & set(options.arms)) * (len(STRESS) - 1) if options.stress else 0
+    return training + (questions * len(options.arms) + min(questions, STRESS_QUESTIONS) * stressed) * SECONDS_PER_ANSWER
 
 
 def within_budget(options: ExperimentOptions, minutes: float, chunks: int, questions: int) -> tuple[ExperimentOptions, list[str]]:
@@ -260,8 +263,12 @@ def run_experiment(duet, options: ExperimentOptions, out: Path,
 
 
 def _stress(duet, experiment: Experiment, questions_dir: Path, items: list[QAItem], options, progress, out) -> None:
-    """The retrieving arms again, with the gold chunk or document left out of retrieval and at top-k 1/3/5."""
+    """The retrieving arms again, with the gold chunk or document left out of retrieval and at top-k 1/3/5, on the
+    first STRESS_QUESTIONS questions; the top-k the arm itself used is its own answers, not asked again."""
     from backends.apps.evaluation import contains_gold
+
+    items = items[:STRESS_QUESTIONS]
+    asked_now = {item.question for item in items}
 
     gold = {}
     for line in (questions_dir / "eval.jsonl").read_text().splitlines():
@@ -270,6 +277,11 @@ def _stress(duet, experiment: Experiment, questions_dir: Path, items: list[QAIte
     for arm in (a for a in RETRIEVING if a in options.arms and a not in experiment.stress):
         results, arm_started = {}, time.perf_counter()
         for condition, (leave, k) in STRESS.items():
+            if leave is None and k == duet.settings.top_k:  # the arm's own retrieval: its answers are the rows
+                own = [r.contains for r in experiment.rows if r.system == arm and r.question in asked_now]
+                results[condition] = round(sum(own) / max(1, len(own)), 4)
+                continue
+
             def asked(item, leave=leave, k=k):
                 chunk_id, doc_id = gold.get(item.question, ("", ""))
                 left_out = {chunk_id} if leave == "chunk" else (

@@ -47,6 +47,7 @@ class OrtRowCache:
         return self
 
 
+SHARED_RUN_TOKENS = 256  # fed tokens per shared run (`_bounded`)
 ONE_COMPARE = 3  # rows of one three-column Compare: up to this many int8 rows keep a run each (answers as alone)
 
 
@@ -102,6 +103,20 @@ class OrtPass:
             mask[t:t + n, held_total + t:held_total + t + n] = np.triu(np.full((n, n), MASKED, np.float32), 1)
             c, t = c + capacity, t + n
         return np.tile(mask, (self.shape.heads // self.shape.kv_heads, 1))
+
+
+def _bounded(members: list[int], tokens: dict[int, int]) -> list[list[int]]:
+    """The rows of a shared run in consecutive parts of at most SHARED_RUN_TOKENS fed tokens (a longer row alone):
+    attention's scores grow with the run's tokens times all its rows' positions, so eight prompts of 700 tokens
+    prefilled in one run would take gigabytes, while decoding rows (a token each) share freely."""
+    parts, current, fed = [], [], 0
+    for index in members:
+        if current and fed + tokens[index] > SHARED_RUN_TOKENS:
+            parts.append(current)
+            current, fed = [], 0
+        current.append(index)
+        fed += tokens[index]
+    return parts + ([current] if current else [])
 
 
 def _joined(buffers: list[np.ndarray]) -> np.ndarray:
@@ -163,9 +178,12 @@ class OrtEngine(Engine):
             by_version.setdefault(feed.version, []).append(index)
         base = by_version.pop(BASE_MODEL, [])
         if not by_version:
-            return ([(BASE_MODEL, base)] if base else []) + apart
-        runs = [(version, members + (base if turn == 0 else [])) for turn, (version, members) in enumerate(by_version.items())]
-        return runs + apart
+            runs = [(BASE_MODEL, base)] if base else []
+        else:
+            runs = [(version, members + (base if turn == 0 else []))
+                    for turn, (version, members) in enumerate(by_version.items())]
+        tokens = {index: len(feed.tokens) for index, feed in feeds}
+        return [(version, part) for version, members in runs for part in _bounded(members, tokens)] + apart
 
     def _tensors(self, version: AdapterVersion) -> AdapterTensors:
         """The adapter's graph inputs (made once per version)."""
