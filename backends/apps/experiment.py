@@ -128,8 +128,9 @@ FACT_CHANGES = 5  # facts the "change a fact" demo changes
 # Questions the stress test asks per condition: its point is the shape of each arm's drop, and 3 arms x 4 asked
 # conditions x 90 questions was the grid's largest part (docs/quality.md).
 STRESS_QUESTIONS = 40
-SECONDS_PER_ROW = {"qa": 0.15, "raft": 0.7, "text": 0.4}
-ROWS_PER_CHUNK_WORDING, SECONDS_PER_ANSWER = 4.3, 0.35
+SECONDS_PER_ROW = {"qa": 0.18, "raft": 1.2, "text": 0.5}
+ROWS_PER_CHUNK_WORDING = 4.3
+SECONDS_PER_ANSWER = {"base": 0.7, "rag": 0.4, "ft": 0.4, "ft_par": 1.0, "rag_ft": 3.4, "raft": 2.5, "text": 1.0}
 LEAVE_OUT_FIRST = ("text", "raft", "ft_par", "rag_ft", "ft")  # what a budget drops first
 
 
@@ -147,8 +148,10 @@ def estimate_s(options: "ExperimentOptions", chunks: int, questions: int) -> flo
     """Seconds the grid should take: training every adapter it needs, then answering every arm and the stress test."""
     training = sum(chunks * ROWS_PER_CHUNK_WORDING * (k + 1) * train_config(options, form, k).epochs * SECONDS_PER_ROW[form]
                    for form, k in _adapters_needed(options.arms, options.paraphrases).values())
-    stressed = len(set(RETRIEVING) & set(options.arms)) * (len(STRESS) - 1) if options.stress else 0
-    return training + (questions * len(options.arms) + min(questions, STRESS_QUESTIONS) * stressed) * SECONDS_PER_ANSWER
+    answering = questions * sum(SECONDS_PER_ANSWER.get(arm, 1.0) for arm in options.arms)
+    stressed = sum(SECONDS_PER_ANSWER[arm] for arm in RETRIEVING if arm in options.arms) * (len(STRESS) - 1) \
+        * min(questions, STRESS_QUESTIONS) if options.stress else 0
+    return training + answering + stressed
 
 
 def within_budget(options: ExperimentOptions, minutes: float, chunks: int, questions: int) -> tuple[ExperimentOptions, list[str]]:
