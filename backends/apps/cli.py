@@ -280,12 +280,6 @@ def cmd_eval(args) -> int:
     if args.freshness:
         for system, c in run.freshness.systems.items():
             print(f"freshness {system}: {c.new} of {run.freshness.questions} new facts, {c.old} old facts")
-    fresh = experiment.freshness
-    if fresh.get("systems"):
-        print(f"change a fact ({fresh['questions']} facts, in a copy): " + ", ".join(
-            f"{system} new {c['new']} old {c['old']}" for system, c in fresh["systems"].items())
-            + f"; retraining {fresh['adapter']} would take about {fresh['retrain_minutes']} min")
-    print("wall time by part: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in experiment.parts.items()))
     print(f"wrote {out / 'metrics.json'}, {out / 'results.csv'}, {out / 'report.html'}")
     return 0
 
