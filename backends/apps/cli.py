@@ -123,7 +123,6 @@ def _progress_bar(p) -> None:
 def cmd_dataset(args) -> int:
     """Build train.jsonl, eval.jsonl and dataset.json from the indexed documents."""
     from backends.learning.datasets import DatasetOptions, build_dataset, plan_build, save_dataset, uses_model
-
     from backends.learning.exports import EXPORTS, export_dataset
 
     options = DatasetOptions(paraphrases=args.paraphrases, format=args.format, eval_share=args.eval_share,
@@ -131,7 +130,8 @@ def cmd_dataset(args) -> int:
     options.check()  # before any model loads
     exports = tuple(f.strip() for f in (args.export or "").split(",") if f.strip())
     if [f for f in exports if f not in EXPORTS] or (exports and args.format == "text"):
-        raise_bad(f"--export takes {' and/or '.join(EXPORTS)}, for a qa or raft dataset (for example --export alpaca,sharegpt)")
+        raise_bad(f"--export takes {' and/or '.join(EXPORTS)}, for a qa or raft dataset "
+                  "(for example --export alpaca,sharegpt)")
     duet = _duet(args)
     plan = plan_build(duet.index, options)
     _progress(f"building from {len(plan.documents)} documents, {len(plan.chunks)} chunks "
@@ -193,8 +193,8 @@ def cmd_experiment(args) -> int:
     if args.json:
         print(json.dumps({"out": str(out), "questions": experiment.questions, "seconds": experiment.seconds,
                           "parts": experiment.parts, "table": rows, "intervals": experiment.intervals,
-                          "stress": experiment.stress, "freshness": {k: v for k, v in experiment.freshness.items() if k != "rows"}},
-                         indent=2))
+                          "stress": experiment.stress,
+                          "freshness": {k: v for k, v in experiment.freshness.items() if k != "rows"}}, indent=2))
         return 0
     for row in rows:
         print(f"{row['arm']:7} contains {row['contains']:.3f} [{row['95% interval']}] vs RAG {row['vs RAG'] or '-':28} "
@@ -357,7 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_adapter)
 
     p = with_store(sub.add_parser("serve", help="an OpenAI-compatible endpoint over Duet's systems"))
-    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default loopback; others need DUET_API_KEY)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="interface to listen on (default loopback; another one needs DUET_API_KEY)")
     p.add_argument("--port", type=int, default=8000)
     p.set_defaults(func=cmd_serve)
 
