@@ -28,6 +28,13 @@ def builds() -> dict:
     return {"job": None}
 
 
+@st.cache_resource(show_spinner=False)
+def training_jobs() -> dict:
+    """The process-wide training job holder: {'job': TrainingJob | None} (here, not in the Fine-tune page's script,
+    so that tests reach the same holder the page uses)."""
+    return {"job": None}
+
+
 def build_form() -> None:
     index = duet().index
     documents = index.documents()

@@ -17,17 +17,11 @@ from backends.models.lora import adapter_gguf_bytes
 from backends.learning.adapters import import_adapter
 from backends.learning.examples import read_qa_file, read_training_file, store_dataset
 from backends.learning.training import TrainConfig, TrainingJob
-from pages.builder import build_form, build_view, saved_choice
+from pages.builder import build_form, build_view, saved_choice, training_jobs
 from pages.common import duet, key, may_change_data, page_errors, watch_job
 
 PAGE = "finetune"
 DEMO_DATASET = DATA_DIR / "qa" / "train.jsonl"
-
-
-@st.cache_resource(show_spinner=False)
-def jobs() -> dict:
-    """The process-wide training job holder: {'job': TrainingJob | None}."""
-    return {"job": None}
 
 
 def dataset_section():
@@ -94,7 +88,7 @@ def keep(name: str, value) -> None:
 
 
 def start_section() -> None:
-    holder = jobs()
+    holder = training_jobs()
     if holder["job"] is not None and holder["job"].running:
         return
     chosen = dataset_section()
@@ -125,7 +119,7 @@ def loss_chart(history: list[dict], title: str) -> go.Figure:
 
 
 def job_view() -> None:
-    job: TrainingJob | None = jobs()["job"]
+    job: TrainingJob | None = training_jobs()["job"]
     if job is None:
         return
 

@@ -145,7 +145,7 @@ def test_finetune_page_validates_an_uploaded_dataset():
 
 
 def test_finetune_page_keeps_the_users_values_after_a_training_run():
-    from pages.finetune import jobs
+    from pages.builder import training_jobs as jobs
 
     app = page("finetune")
     app.number_input(key="finetune.rank").set_value(4)
