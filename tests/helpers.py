@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -201,3 +202,31 @@ def supported_precision_recall(tracer, labelled_path: Path) -> tuple[float, floa
     precision = sum(supported) / len(supported) if supported else 0.0
     recall = sum(yes for truth, yes in said if truth) / sum(truth for truth, _ in said)
     return precision, recall, len(rows)
+
+
+@contextlib.contextmanager
+def streamlit_server(store: Path, log=subprocess.DEVNULL):
+    """A real `streamlit run app.py` on a loopback port over `store`; yields (url, process), stopped afterwards."""
+    import time
+    import urllib.request
+
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.address", "127.0.0.1",
+         "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+        cwd=REPO_ROOT, env={**os.environ, "DUET_STORE": str(store)}, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            raise RuntimeError("streamlit did not start within 120 s")
+        yield url, process
+    finally:
+        process.terminate()
+        process.wait(60)

@@ -6,15 +6,11 @@ saves a screenshot to test-artifacts/compare.png (the README's picture comes fro
 
 import os
 import shutil
-import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
 
 from backends.core.config import REPO_ROOT
-from tests.helpers import copy_demo_store, free_port
+from tests.helpers import copy_demo_store, streamlit_server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = REPO_ROOT / "test-artifacts"
@@ -25,28 +21,8 @@ QUESTION = "What is the per diem for a full day of business travel?"
 def served(tmp_path_factory):
     """(url, store) of a `streamlit run app.py` on a copy of the demo store."""
     store = copy_demo_store(tmp_path_factory.mktemp("browser") / "store")
-    port = free_port()
-    env = {**os.environ, "DUET_STORE": str(store)}
-    log = open(tmp_path_factory.mktemp("log") / "streamlit.log", "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.address", "127.0.0.1",
-         "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-        cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).status == 200:
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        process.kill()
-        pytest.fail(f"streamlit did not start: {open(log.name).read()[-2000:]}")
-    yield url, store
-    process.terminate()
-    process.wait(30)
+    with open(tmp_path_factory.mktemp("log") / "streamlit.log", "w") as log, streamlit_server(store, log) as (url, _):
+        yield url, store
 
 
 @pytest.fixture(scope="module")

@@ -12,15 +12,12 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
-import sys
 import time
-import urllib.request
 
 import pytest
 
-from backends.core.config import DATA_DIR, REPO_ROOT, load_settings
-from tests.helpers import copy_demo_store, free_port
+from backends.core.config import DATA_DIR, load_settings
+from tests.helpers import copy_demo_store, streamlit_server
 from tests.test_browser import CHROMIUM
 
 SESSIONS = [int(n) for n in os.environ.get("DUET_LOAD_SESSIONS", "1,8").split(",")]
@@ -110,20 +107,7 @@ def test_many_sessions_at_once_all_get_both_answers_while_documents_are_uploaded
     for n in range(UPLOADS):
         (uploads / f"harbour_notice_{n}.txt").write_text(f"Harbour notice {n}. Berth {n + 10} closes at {n + 7}:00 on "
                                                          f"Sundays for dredging; pilots use berth {n + 30} instead.")
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.address", "127.0.0.1",
-         "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-        cwd=REPO_ROOT, env={**os.environ, "DUET_STORE": str(store)}, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).status == 200:
-                    break
-            except OSError:
-                time.sleep(0.5)
+    with streamlit_server(store) as (url, server):
         memory: list[float] = []
         report = {}
         for sessions in SESSIONS:
@@ -142,9 +126,6 @@ def test_many_sessions_at_once_all_get_both_answers_while_documents_are_uploaded
         warm = memory[: max(1, len(memory) // 3)]
         print(f"server RSS: {min(memory):.0f}-{max(memory):.0f} MB during the {max(SESSIONS)}-session round")
         assert max(memory) <= MEMORY_GROWTH * max(warm), (warm, memory)
-    finally:
-        server.terminate()
-        server.wait(60)
     index = DocumentIndex(load_settings(store_dir=store))
     try:
         names = {d.name: d for d in index.documents()}
