@@ -1,7 +1,8 @@
 # Two commands for a fresh machine: `make run` (the app) and `make test` (the suite).
 # Both are idempotent: a second run only re-checks what is already there.
+# Python 3.11 to 3.13. `make test PYTHON=python3.12` installs into its own .venv-python3.12, beside the default .venv.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
-VENV := .venv
+VENV ?= $(if $(filter command line environment,$(origin PYTHON)),.venv-$(notdir $(PYTHON)),.venv)
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.duet-installed
 PORT ?= 8501

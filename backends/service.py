@@ -1,21 +1,26 @@
 """Assembles the parts (settings, base model, index, backends) once per store and process.
 
-The CLI and the pages ask this module for a `Duet`; heavy objects are created on first use
-and shared, so both backends answer from one copy of the base weights.
+The CLI and the pages ask this module for a `Duet`; heavy objects are created once and shared, so both
+backends answer from one copy of the base weights. Every entry point calls `Duet.warm` before work fans out
+to threads: the heavy imports and the parts are made there, on one thread (see core/warm.py).
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-from functools import cached_property
 from typing import Callable
 
 from backends.core.config import Settings
-from backends.core.errors import BadInput
-from backends.core.threads import IN_FLIGHT, run_concurrently
-from backends.core.types import Progress, quiet
+from backends.core.errors import BadInput, DuetError, LoadFailed
+from backends.core.logs import log, log_path, start_logging
+from backends.core.threads import IN_FLIGHT, built_once, run_concurrently
+from backends.core.types import FailedAnswer, Progress, quiet
 from backends.engines import load_llm
+
+PARTS = ("llm", "index", "registry", "rag", "ft", "tracer")  # what `warm` builds by default
+PART_NAMES = {"llm": "base model", "index": "document index and embedding model", "registry": "adapter registry",
+              "rag": "RAG backend", "ft": "fine-tuned backend", "tracer": "claim tracer"}
 
 
 class Duet:
@@ -25,39 +30,64 @@ class Duet:
         self.settings = settings
         self.progress = progress
 
-    @cached_property
+    @built_once
     def llm(self):
         return load_llm(self.settings, self.progress)
 
-    @cached_property
+    @built_once
     def index(self):
         from backends.knowledge.index import DocumentIndex
 
         return DocumentIndex(self.settings)
 
-    @cached_property
+    @built_once
     def registry(self):
         from backends.learning.adapters import AdapterRegistry
 
         return AdapterRegistry(self.settings)
 
-    @cached_property
+    @built_once
     def rag(self):
         from backends.answering.rag import RAGBackend
 
         return RAGBackend(self.index, self.llm, self.settings)
 
-    @cached_property
+    @built_once
     def ft(self):
         from backends.answering.finetuned import FineTunedBackend
 
         return FineTunedBackend(self.llm, self.registry, self.settings, self.index)
 
-    @cached_property
+    @built_once
     def tracer(self):
         from backends.answering.claims import ClaimTracer, training_examples_of
 
         return ClaimTracer(self.index, lambda adapter: training_examples_of(self.registry.get(adapter, check_base=False).path))
+
+    def warm(self, parts: tuple[str, ...] = PARTS) -> "Duet":
+        """Import the heavy libraries and build `parts`, here on the calling thread, before work fans out to threads.
+
+        A part that fails to build raises LoadFailed: one line naming the part, the traceback in the store's log.
+        """
+        from backends.core.warm import import_libraries
+
+        try:
+            import_libraries()
+        except Exception as error:
+            raise self._load_failed("libraries (transformers, chromadb...)", error) from error
+        for part in parts:
+            try:
+                getattr(self, part)
+            except DuetError:
+                raise
+            except Exception as error:
+                raise self._load_failed(PART_NAMES[part], error) from error
+        return self
+
+    def _load_failed(self, what: str, error: Exception) -> LoadFailed:
+        log.error("loading the %s failed", what, exc_info=error)
+        return LoadFailed(f"loading the {what} failed: {type(error).__name__}: {error} "
+                          f"(the traceback is in {log_path(self.settings.store_dir)})")
 
     def stream(self, backend: str, question: str, adapter: str | None = None, **retrieval):
         """A streaming answer from backend "rag", "ft" or "rag_ft" (`adapter` defaults to the active one);
@@ -86,8 +116,18 @@ class Duet:
 
     def ask_many(self, requests: list[tuple], on_done: Callable[[int, object], None] = lambda number, answer: None) -> list:
         """Final Answers of (backend, question, adapter[, retrieval dict]) requests, in their order, `in_flight`
-        at a time: the decoder runs them as rows of the same forward passes (evaluation's throughput)."""
-        calls = [lambda b=b, q=q, a=a, r=r: self.ask(b, q, a, **(r[0] if r else {})) for b, q, a, *r in requests]
+        at a time: the decoder runs them as rows of the same forward passes (evaluation's throughput).
+        A request that raised gives a FailedAnswer with its message (and the traceback in the log); the others go on."""
+        self.warm(parts_for(backend for backend, *_ in requests))
+
+        def asked(backend: str, question: str, adapter: str | None, retrieval: dict):
+            try:
+                return self.ask(backend, question, adapter, **retrieval)
+            except Exception as error:  # one failed row must not lose the others
+                log.error("answering %r with %s failed", question, backend, exc_info=error)
+                return FailedAnswer(backend, question, f"{type(error).__name__}: {error}")
+
+        calls = [lambda b=b, q=q, a=a, r=r: asked(b, q, a, r[0] if r else {}) for b, q, a, *r in requests]
         return run_concurrently(calls, IN_FLIGHT, on_done)
 
     def stream_both(self, question: str, adapter: str | None = None, backends=("rag", "ft")):
@@ -97,6 +137,7 @@ class Duet:
         retrieves first) joins the passes running by then.
         An error in one backend is yielded as (backend, exception) and does not stop the other.
         """
+        self.warm(parts_for(backends))
         events: queue.Queue = queue.Queue()
         done = object()
 
@@ -121,6 +162,14 @@ class Duet:
                 yield name, item
 
 
+_PARTS_OF = {"rag": ("llm", "index", "rag"), "ft": ("llm", "registry", "index", "ft"),
+             "rag_ft": ("llm", "index", "registry", "rag", "ft")}
+
+
+def parts_for(backends) -> tuple[str, ...]:
+    """The parts that answering with these backends ("rag", "ft", "rag_ft") builds."""
+    return tuple(dict.fromkeys(part for backend in backends for part in _PARTS_OF.get(backend, ())))
+
 _instances: dict[tuple, Duet] = {}
 _lock = threading.Lock()
 
@@ -129,6 +178,7 @@ def get_duet(settings: Settings, progress: Progress = quiet) -> Duet:
     """One Duet per (store, models) in this process."""
     key = (str(settings.store_dir), settings.llm, settings.embedding_model, settings.device, settings.engine,
            settings.onnx_accuracy, settings.llm_server, settings.llm_server_model)
+    start_logging(settings.store_dir)
     with _lock:
         if key not in _instances:
             _instances[key] = Duet(settings, progress)

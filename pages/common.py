@@ -34,11 +34,9 @@ def app_settings() -> Settings:
 
 @st.cache_resource(show_spinner="Preparing models (the first start converts the bundled model, about 30 s)…")
 def duet() -> Duet:
-    """The process-wide backends, with the base model and the index loaded."""
-    instance = get_duet(app_settings())
-    instance.llm  # noqa: B018 - load now, under the spinner
-    instance.index  # noqa: B018
-    return instance
+    """The process-wide backends, warm (libraries imported, every part built) before any page can start Compare
+    or a job: their threads must not import or build them at once."""
+    return get_duet(app_settings()).warm()
 
 
 def literal(text: str) -> str:

@@ -39,7 +39,7 @@ def copy_adapter(src: Path, dst: Path, edit_metadata=None) -> Path:
 def copy_demo_store(target: Path) -> Path:
     """A copy of the demo store prepared by `make test` (no models, runs, benchmark stores or locks)."""
     shutil.copytree(DATA_DIR / "store", target,
-                    ignore=shutil.ignore_patterns("models", "runs", "datasets", "bench", ".writer.lock", ".store.lock"))
+                    ignore=shutil.ignore_patterns("models", "runs", "datasets", "bench", "logs", ".writer.lock", ".store.lock"))
     return target
 
 

@@ -10,17 +10,19 @@ import json
 import sys
 
 from backends.core.config import DATA_DIR, load_settings
-from backends.core.errors import DuetError
+from backends.core.errors import DuetError, LoadFailed
 
 
 def _progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _duet(args):
+def _duet(args, warm: tuple[str, ...] | None = None):
+    """The store's Duet; with `warm`, those parts are built (and the libraries imported) on this thread first."""
     from backends.service import get_duet
 
-    return get_duet(load_settings(store_dir=getattr(args, "store", None)), _progress)
+    duet = get_duet(load_settings(store_dir=getattr(args, "store", None)), _progress)
+    return duet.warm(warm) if warm is not None else duet
 
 
 def cmd_ingest(args) -> int:
@@ -61,9 +63,11 @@ def cmd_docs(args) -> int:
 def cmd_ask(args) -> int:
     from backends.answering.prompts import check_question
 
+    from backends.service import parts_for
+
     check_question(args.question, load_settings())  # before any model loads
-    duet = _duet(args)
     names = ["rag", "ft"] if args.backend == "both" else [args.backend]
+    duet = _duet(args, warm=parts_for(names))
     answers = {}
     for name in names:
         stream = duet.stream(name, args.question, args.adapter)
@@ -172,6 +176,7 @@ def cmd_experiment(args) -> int:
     from pathlib import Path
 
     from backends.apps.experiment import ExperimentOptions, run_experiment, table, within_budget
+    from backends.service import PARTS
 
     try:
         paraphrases = tuple(int(k) for k in args.paraphrases.split(",") if k.strip())
@@ -182,7 +187,7 @@ def cmd_experiment(args) -> int:
     options.check()  # before any model loads
     if args.minutes is not None and args.minutes <= 0:
         raise_bad("--minutes must be more than 0")
-    duet = _duet(args)
+    duet = _duet(args, warm=PARTS)
     if args.minutes is not None:
         options, left_out = within_budget(options, args.minutes, duet.index.chunk_count(), args.limit or 90)
         _progress(f"within {args.minutes:g} minutes: arms {', '.join(options.arms)}, K {options.paraphrases}"
@@ -234,7 +239,9 @@ def cmd_serve(args) -> int:
         raise_bad(f"serving on {args.host} makes Duet reachable from other machines: set DUET_API_KEY, or use 127.0.0.1")
     _progress(f"serving Duet's systems on http://{args.host}:{args.port}/v1 (OpenAI-compatible)"
               + ("; API key required" if key else ""))
-    serve(_duet(args), args.host, args.port, key)
+    from backends.service import PARTS
+
+    serve(_duet(args, warm=PARTS), args.host, args.port, key)  # before the first request
     return 0
 
 
@@ -262,8 +269,10 @@ def cmd_eval(args) -> int:
         raise_bad(f"unknown system {', '.join(unknown) or '(none)'}: choose from {', '.join(SYSTEMS)}")
     if args.limit is not None and args.limit < 1:
         raise_bad("--limit must be at least 1")
+    from backends.service import parts_for
+
     items = load_qa(args.set)[: args.limit]  # validated before any model loads
-    duet = _duet(args)
+    duet = _duet(args, warm=parts_for(systems) + ("tracer",))
     if args.adapter:
         duet.registry.get(args.adapter)
     run = run_eval(duet, items, systems, args.adapter, on_progress=_eval_progress())
@@ -276,7 +285,8 @@ def cmd_eval(args) -> int:
         print(f"{system:7} EM {m.exact_match:.3f}  F1 {m.f1:.3f}  contains {m.contains:.3f}  "
               f"semantic {m.semantic:.3f}  grounded {m.groundedness:.3f}  "
               f"recall@k {m.recall_at_k if m.recall_at_k is not None else '-'}  "
-              f"p50 {m.latency['total'].p50:.2f}s  p95 {m.latency['total'].p95:.2f}s  {m.tokens_per_s:.1f} tok/s")
+              f"p50 {m.latency['total'].p50:.2f}s  p95 {m.latency['total'].p95:.2f}s  {m.tokens_per_s:.1f} tok/s"
+              + (f"  {m.failed} failed (their errors are in results.csv)" if m.failed else ""))
     if args.freshness:
         for system, c in run.freshness.systems.items():
             print(f"freshness {system}: {c.new} of {run.freshness.questions} new facts, {c.old} old facts")
@@ -288,7 +298,9 @@ def cmd_bench(args) -> int:
     """Measure speed (see backends/apps/bench.py); a table, or with --json one JSON object."""
     from backends.apps.bench import format_table, run_bench
 
-    result = run_bench(_duet(args), quick=args.quick, progress=_progress)
+    from backends.service import PARTS
+
+    result = run_bench(_duet(args, warm=PARTS), quick=args.quick, progress=_progress)
     print(json.dumps(result, indent=2) if args.json else format_table(result))
     return 0
 
@@ -432,9 +444,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
+    except LoadFailed as error:  # not the user's input: exit 1, the traceback in the log
+        print(f"duet: {error}", file=sys.stderr)
+        return 1
     except DuetError as error:
         print(f"duet: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("duet: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:  # a bug or a broken installation: one line here, the traceback in the log
+        from backends.core.logs import log, start_logging
+
+        try:
+            path = start_logging(load_settings(store_dir=getattr(args, "store", None)).store_dir)
+        except DuetError:  # settings that cannot be read: the log goes to the default store
+            path = start_logging(DATA_DIR / "store")
+        log.error("`%s` failed", args.command, exc_info=error)
+        print(f"duet: {args.command} failed: {type(error).__name__}: {error} (the traceback is in {path})",
+              file=sys.stderr)
+        return 1

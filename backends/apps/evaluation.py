@@ -110,8 +110,15 @@ def retrieval_hit(answer, source: str) -> float | None:
 
 
 def evaluate_answer(duet, item: QAItem, answer) -> EvalRow:
-    """One row of a run: the answer, its metrics, its claims' groundedness, its timings."""
+    """One row of a run: the answer, its metrics, its claims' groundedness, its timings (a failed answer: its
+    message, and no score)."""
     from backends.answering.claims import groundedness
+    from backends.core.types import FailedAnswer
+
+    if isinstance(answer, FailedAnswer):
+        return EvalRow(question=item.question, gold=item.answer, source=item.source, system=answer.backend,
+                       prediction="", exact_match=0.0, f1=0.0, contains=0.0, semantic=0.0, groundedness=0.0, claims=0,
+                       recall_at_k=None, tokens_out=0, tokens_per_s=0.0, error=answer.error)
 
     claims = duet.tracer.trace(answer)
     gold_vector, answer_vector = duet.tracer.embed([item.answer, answer.text or " "])
@@ -130,7 +137,12 @@ def aggregate(rows: list[EvalRow]) -> dict[str, SystemMetrics]:
     """Per-system means of the metrics and p50/p95 of every stage's latency."""
     summary = {}
     for system in dict.fromkeys(r.system for r in rows):
-        mine = [r for r in rows if r.system == system]
+        failed = sum(1 for r in rows if r.system == system and r.error)
+        mine = [r for r in rows if r.system == system and not r.error]
+        if not mine:
+            summary[system] = SystemMetrics(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, None, 0,
+                                            {stage: Spread(0.0, 0.0) for stage in STAGES}, failed=failed)
+            continue
         recall = [r.recall_at_k for r in mine if r.recall_at_k is not None]
         mean = lambda metric: round(sum(getattr(r, metric) for r in mine) / len(mine), 4)  # noqa: E731
         spread = lambda stage: Spread(round(percentile([r.seconds(stage) for r in mine], 50), 4),  # noqa: E731
@@ -139,7 +151,7 @@ def aggregate(rows: list[EvalRow]) -> dict[str, SystemMetrics]:
             exact_match=mean("exact_match"), f1=mean("f1"), contains=mean("contains"), semantic=mean("semantic"),
             groundedness=mean("groundedness"), tokens_per_s=mean("tokens_per_s"),
             recall_at_k=round(sum(recall) / len(recall), 4) if recall else None, questions=len(mine),
-            latency={stage: spread(stage) for stage in STAGES}, abstained=mean("abstained"))
+            latency={stage: spread(stage) for stage in STAGES}, abstained=mean("abstained"), failed=failed)
     return summary
 
 
@@ -149,7 +161,9 @@ def run_eval(duet, items: list[QAItem], systems=("rag", "ft"), adapter: str | No
     import hashlib
     from datetime import datetime, timezone
 
-    adapter = adapter or duet.registry.active_name()
+    uses_adapter = bool({"ft", "rag_ft"} & set(systems))  # a RAG-only run needs no adapter in the store
+    adapter = (adapter or duet.registry.active_name()) if uses_adapter else None
+    duet.warm()
     jobs = [(item, system) for item in items for system in systems]
     rows: list = [None] * len(jobs)
     done = 0
@@ -166,8 +180,8 @@ def run_eval(duet, items: list[QAItem], systems=("rag", "ft"), adapter: str | No
     created = datetime.now(timezone.utc)
     return EvalRun(
         id=created.strftime("%Y%m%d-%H%M%S-%f")[:-3], created_at=created.isoformat(timespec="seconds"), systems=list(systems),
-        model=duet.llm.name, adapter=adapter,
-        adapter_created_at=duet.registry.get(adapter, check_base=False).created_at,
+        model=duet.llm.name, adapter=adapter or "",
+        adapter_created_at=duet.registry.get(adapter, check_base=False).created_at if adapter else "",
         index=IndexInfo(documents=len(snapshot), chunks=duet.index.chunk_count(),
                         version=hashlib.sha256(json.dumps(snapshot, sort_keys=True).encode()).hexdigest()[:12]),
         config={k: str(v) for k, v in duet.settings.public().items()}, questions=len(items),
@@ -265,7 +279,7 @@ def store_copy(duet):
         copy_settings = duet.settings.with_store(Path(scratch) / "store")
         with duet.index.writing():  # no write may land halfway through the copy
             shutil.copytree(duet.settings.store_dir, copy_settings.store_dir,
-                            ignore=shutil.ignore_patterns("models", "runs", "datasets", "bench", ".writer.lock", ".store.lock"))
+                            ignore=shutil.ignore_patterns("models", "runs", "datasets", "bench", "logs", ".writer.lock", ".store.lock"))
         copy = Duet(copy_settings)  # same settings for the models: the same loaded model and adapter host
         try:
             yield copy
@@ -281,8 +295,10 @@ def ask_updated(duet, rows: list[dict], systems, adapter: str | None, ingested: 
                             on_done=lambda n, a: on_progress(next(counted), len(jobs) + 1,
                                                              f"{jobs[n][1]}: {jobs[n][0]['question']}"))
     results = [{"system": system, "question": row["question"], "new": row["answer"], "old": row["old_answer"],
-                "prediction": answer.text, "has_new": contains_gold(answer.text, row["answer"]),
-                "has_old": contains_gold(answer.text, row["old_answer"])} for (row, system), answer in zip(jobs, answers)]
+                "prediction": getattr(answer, "text", ""), "error": getattr(answer, "error", ""),
+                "has_new": contains_gold(getattr(answer, "text", ""), row["answer"]),
+                "has_old": contains_gold(getattr(answer, "text", ""), row["old_answer"])}
+               for (row, system), answer in zip(jobs, answers)]  # a failed row keeps its error and counts neither
     summary = {s: FreshCount(new=int(sum(r["has_new"] for r in results if r["system"] == s)),
                              old=int(sum(r["has_old"] for r in results if r["system"] == s))) for s in systems}
     return FreshnessResult(questions=len(rows), ingested=ingested, systems=summary, rows=results, adapter=adapter)

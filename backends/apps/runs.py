@@ -7,7 +7,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 STAGES = ("embed", "retrieve", "prompt", "first_token", "generate", "total")
-TEXT_COLUMNS = ("question", "gold", "source", "system", "prediction")
+TEXT_COLUMNS = ("question", "gold", "source", "system", "prediction", "error")
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,7 @@ class EvalRow:
     t_first_token: float = 0.0
     t_generate: float = 0.0
     t_total: float = 0.0
+    error: str = ""  # the request raised instead of answering: the row is reported, not scored
 
     def seconds(self, stage: str) -> float:
         return getattr(self, f"t_{stage}")
@@ -78,6 +79,7 @@ class SystemMetrics:
     questions: int
     latency: dict[str, Spread]
     abstained: float = 0.0  # the share of questions answered "The documents do not say."
+    failed: int = 0  # questions that raised instead of answering: left out of every mean above, and reported
 
     def get(self, metric: str) -> float | None:
         return getattr(self, metric, None)

@@ -78,7 +78,7 @@ def _pick(duet, adapter, wanted, candidates: list) -> str:
         answers = duet.ask_many([(system, item.question, adapter) for item in batch for system in SYSTEMS])
         for number, item in enumerate(batch):
             mine = answers[number * len(SYSTEMS):(number + 1) * len(SYSTEMS)]
-            if wanted({system: contains_gold(a.text, item.answer) for system, a in zip(SYSTEMS, mine)}):
+            if wanted({system: contains_gold(getattr(a, "text", ""), item.answer) for system, a in zip(SYSTEMS, mine)}):
                 return item.question
     return candidates[0].question if candidates else OUTSIDE_QUESTION
 

@@ -22,3 +22,7 @@ class StoreUnavailable(DuetError):
 
 class ModelUnavailable(DuetError):
     """A configured model cannot be found or loaded."""
+
+
+class LoadFailed(DuetError):
+    """A model, the index or a library could not be loaded; the message names it and where the traceback is."""

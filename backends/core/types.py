@@ -62,6 +62,15 @@ class Answer:
         return dataclasses.asdict(self)
 
 
+@dataclass(frozen=True)
+class FailedAnswer:
+    """A request of a batch (evaluation, experiment) that raised instead of answering: reported, never scored."""
+
+    backend: str
+    question: str
+    error: str  # "TypeName: message"
+
+
 # A streaming answer yields text pieces, then the final Answer.
 AnswerStream = Iterator[Union[str, Answer]]
 
