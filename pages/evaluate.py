@@ -146,6 +146,7 @@ def run_caption(run: EvalRun) -> str:
 
 
 def run_details(run: EvalRun) -> None:
+    st.caption(run.latency_note.capitalize() + ".")
     st.plotly_chart(metrics_chart(run), key=key(PAGE, f"metrics-{run.id}"))
     st.plotly_chart(latency_chart(run), key=key(PAGE, f"latency-{run.id}"))
     if len(run.metrics) > 1:

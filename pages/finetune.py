@@ -16,7 +16,7 @@ from backends.core.errors import DuetError
 from backends.models.lora import adapter_gguf_bytes
 from backends.learning.adapters import import_adapter
 from backends.learning.examples import read_qa_file, read_training_file, store_dataset
-from backends.learning.training import TrainConfig, TrainingJob
+from backends.learning.training import TrainConfig, TrainingJob, dataset_label
 from pages.builder import build_form, build_view, saved_choice, training_jobs
 from pages.common import duet, key, may_change_data, page_errors, watch_job
 
@@ -138,12 +138,6 @@ def job_view() -> None:
                             key=key(PAGE, "live-loss"))
 
     watch_job(job, PAGE, progress, finished)
-
-
-def dataset_label(record: dict) -> str:
-    """The file an adapter learnt from, and the built dataset's manifest hash when it came from one."""
-    sha = record.get("manifest_sha256")
-    return f"{record.get('file', '?')} · dataset {sha[:12]}" if sha else record.get("file", "")
 
 
 def import_section() -> None:

@@ -54,7 +54,8 @@ def show_sources(answer: Answer) -> None:
     st.markdown(f"**Sources** ({len(answer.sources)}) · highlighted: the part the answer used")
     for number, source in enumerate(answer.sources, 1):
         where = f"{source.file_name} · {source.location}" if source.location else source.file_name
-        with st.expander(f"[{number}] {literal(where)} · score {source.score:.2f}"):
+        beyond = "" if source.in_top_k else " · beyond the top k: the answer's evidence is in it"
+        with st.expander(f"[{number}] {literal(where)} · score {source.score:.2f}{beyond}"):
             st.markdown(highlighted(source.text, answer.text))
 
 
@@ -76,7 +77,7 @@ def answer_details(comparison: Comparison, columns) -> None:
         with columns[name]:
             st.caption(literal(answer.model) + (f" + adapter {literal(answer.adapter)}" if answer.adapter else ""))
             figures = {"First token": f"{answer.timings.first_token:.2f} s", "Total": f"{answer.timings.total:.2f} s",
-                       "Tokens/s": f"{answer.tokens_per_s:.1f}"}
+                       "Tokens/s": f"{answer.tokens_per_s:.1f}" if answer.tokens_out else "—"}
             if len(answers) > 2:  # three metrics side by side in a third of the page are cut off ("1.8…")
                 st.markdown(" · ".join(f"{label} **{value}**" for label, value in figures.items()))
             else:

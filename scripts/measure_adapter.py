@@ -16,7 +16,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from backends.core.config import load_settings  # noqa: E402
-from backends.apps.evaluation import load_qa, quick_eval  # noqa: E402
+from backends.answering.scoring import quick_eval  # noqa: E402
+from backends.apps.evaluation import load_qa  # noqa: E402
 from backends.answering.streaming import answer_from_stream  # noqa: E402
 from backends.service import get_duet  # noqa: E402
 from backends.learning.examples import chat_messages  # noqa: E402

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backends.apps.evaluation import contains_gold  # noqa: E402
+from backends.answering.scoring import contains_gold  # noqa: E402
 from backends.core.config import load_settings  # noqa: E402
 from backends.service import Duet  # noqa: E402
 

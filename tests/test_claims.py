@@ -4,6 +4,7 @@ import pytest
 
 from backends.answering import claims
 from backends.answering.claims import SUPPORTED, UNSUPPORTED, agreement, groundedness, split_claims
+from backends.core.text import numbers_in
 from backends.core.types import Answer, Claim
 
 
@@ -19,7 +20,7 @@ def test_split_claims_handles_abbreviations_numbers_lists_and_bullets():
 
 @pytest.mark.fast
 def test_numbers_and_names_are_normalised():
-    assert claims.numbers("It costs 1,290 euros, or 41.6 k") == {"1290", "416"}
+    assert numbers_in("It costs 1,290 euros, or 41.6 k, 2.50 or 3.2.1 in 2009.") == {"1290", "41.6", "2.5", "3.2.1", "2009"}
     assert "tw-410" in claims.names("The buoy is a TW-410 from Brackwater.")
 
 
@@ -36,6 +37,13 @@ def test_an_invented_sentence_with_a_wrong_number_is_unsupported(duet):
     assert claim.verdict == UNSUPPORTED and "85" in claim.reason
 
 
+def test_a_decimal_does_not_support_the_number_without_its_point(duet):
+    """"1.5" is not "15": a claim with a moved decimal point names a number the document does not hold."""
+    claim_text = "Revenue for the financial year 2025 was 416 million euros, up from 35.2 million euros in 2024."
+    [claim] = duet.tracer.trace(Answer(backend="rag", question="revenue in 2025?", text=claim_text))
+    assert claim.verdict == UNSUPPORTED and "416" in claim.reason
+
+
 def test_fine_tuned_claims_get_an_origin(duet, tiny_adapter):
     from backends.answering.claims import training_examples_of
 
@@ -47,6 +55,25 @@ def test_fine_tuned_claims_get_an_origin(duet, tiny_adapter):
     [invented] = duet.tracer.trace(Answer(backend="ft", question="q", text="Penguins sing opera on the moon every Tuesday.",
                                           adapter="tiny"), training=examples)
     assert invented.origin == claims.ORIGIN_NOWHERE and invented.verdict == UNSUPPORTED
+
+
+def test_an_adapter_trained_on_text_rows_is_traced_to_the_sentences_it_read(duet, tiny_adapter, tmp_path):
+    """Continued pretraining (`dataset build --format text`) keeps chunks, not QA pairs: each sentence is a fact learnt."""
+    import json
+    import shutil
+
+    from backends.answering.claims import TRAINING_DATA, training_examples_of
+
+    folder = shutil.copytree(tiny_adapter["path"], tmp_path / "text-adapter")
+    chunk = ("Brackwater Instruments was founded in 2009 by Ilse Marrow and Tobiah Quen. "
+             "The company employs 212 people.")
+    (folder / TRAINING_DATA).write_text(json.dumps({"text": chunk, "source": "company_overview.md"}) + "\n")
+    examples = training_examples_of(folder)
+    assert [e.answer for e in examples] == ["Brackwater Instruments was founded in 2009 by Ilse Marrow and Tobiah Quen.",
+                                            "The company employs 212 people."]
+    [claim] = duet.tracer.trace(Answer(backend="ft", question="q", text="The company employs 212 people.",
+                                       adapter="text"), training=examples)
+    assert claim.origin == claims.ORIGIN_TRAINING and claim.evidence.file_name == "company_overview.md"
 
 
 def test_agreement_finds_shared_claims_and_a_conflicting_number(duet):

@@ -156,11 +156,18 @@ def test_the_cli_builds_prints_the_counts_and_its_files_feed_train_and_eval(tmp_
     assert "ETA" in result.stderr and "chunks (about" in result.stderr
     manifest = json.loads((tmp_path / "ds" / "dataset.json").read_text())
     assert manifest["seed"] == 3 and manifest["id"] == summary["id"]
+    from backends.learning.training import dataset_label, dataset_record
+
+    trained_on = dataset_record(tmp_path / "ds" / "train.jsonl", summary["counts"]["train"])
+    assert f"dataset {summary['id']}" in dataset_label(trained_on), "the adapters table names the id the build printed"
+    no_adapters = tmp_path / "no-adapters"  # a RAG-only evaluation needs no adapter in the store
     result = run_cli("eval", "--set", str(tmp_path / "ds" / "eval.jsonl"), "--systems", "rag", "--limit", "3",
-                     "--store", str(store), "--out", str(tmp_path / "run"), settings=settings)
+                     "--store", str(store), "--out", str(tmp_path / "run"), settings=settings,
+                     env={"DUET_ADAPTERS_DIR": str(no_adapters)})
     assert result.returncode == 0, result.stderr
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["metrics"]["rag"]["recall_at_k"] is not None, "eval rows carry their source"
+    assert metrics["adapter"] == "" and metrics["config"]["active_adapter"] == ""
 
 
 def test_a_cancelled_build_leaves_nothing_behind(index, tmp_path):

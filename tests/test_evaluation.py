@@ -6,10 +6,8 @@ import json
 import pytest
 
 from backends.core.config import DATA_DIR
-from backends.apps.evaluation import (
-    Criteria, advise, aggregate, contains_gold, exact_match, freshness_experiment, load_run, normalize_answer,
-    percentile, run_eval, save_run, token_f1,
-)
+from backends.answering.scoring import contains_gold, exact_match, normalize_answer, percentile, token_f1
+from backends.apps.evaluation import Criteria, advise, aggregate, freshness_experiment, load_run, run_eval, save_run
 from backends.apps.runs import EvalRow, EvalRun, IndexInfo, Spread, SystemMetrics
 from backends.core.types import QAItem
 
@@ -24,6 +22,27 @@ def test_squad_normalisation_exact_match_and_f1():
     assert token_f1("nothing here", "55 euros") == 0.0
     assert contains_gold("The per diem is 55 euros.", "55 euros") == 1.0
     assert contains_gold("It is 155 euros.", "55 euros") == 0.0
+
+
+@pytest.mark.fast
+def test_a_number_keeps_its_decimal_point_in_every_metric():
+    assert normalize_answer("Revenue was 41.6 million, 1,260.50 in all.") == "revenue was 41.6 million 1260.5 in all"
+    for wrong in ("416", "4.16"):
+        assert exact_match(wrong, "41.6") == 0.0 and contains_gold(f"It was {wrong} million.", "41.6 million") == 0.0
+        assert token_f1(f"{wrong} million", "41.6 million") == 0.5
+    assert contains_gold("It was 41.60 million euros.", "41.6 million") == 1.0  # the same value, spelt longer
+
+
+@pytest.mark.fast
+def test_recall_at_k_counts_the_top_k_chunks_only():
+    from backends.apps.evaluation import retrieval_hit
+    from backends.core.types import Answer, Source
+
+    top = [Source(f"c{n}", "d", "glossary.html", "", "text", 0.9) for n in range(3)]
+    beyond = Source("c9", "d", "travel_policy.pdf", "page 2", "The per diem is 55 euros.", 0.5, in_top_k=False)
+    answer = Answer("rag", "per diem?", "The per diem is 55 euros.", sources=(*top, beyond))
+    assert retrieval_hit(answer, "travel_policy.pdf") == 0.0, "the evidence's chunk from beyond the top k is not a hit"
+    assert retrieval_hit(answer, "glossary.html") == 1.0 and retrieval_hit(answer, "") is None
 
 
 @pytest.mark.fast
@@ -56,6 +75,7 @@ def test_an_eval_run_on_three_questions_writes_the_three_files(duet, tiny_adapte
         assert set(metrics["metrics"][system]["latency"]["total"]) == {"p50", "p95"}
     assert metrics["metrics"]["ft"]["recall_at_k"] is None and metrics["metrics"]["rag"]["recall_at_k"] is not None
     assert {"model", "adapter", "index", "config"} <= set(metrics) and metrics["adapter"] == "tiny"
+    assert metrics["config"]["active_adapter"] == "tiny", "the adapter the run used, not the default one"
     with open(out / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 6 and {"question", "system", "prediction", "f1", "groundedness", "t_total"} <= set(rows[0])

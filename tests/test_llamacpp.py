@@ -18,7 +18,7 @@ import pytest
 
 from backends.core.config import DATA_DIR
 from backends.core.errors import BadInput, ModelUnavailable
-from backends.apps.evaluation import contains_gold
+from backends.answering.scoring import contains_gold
 from backends.engines.scheduler import stream_chat
 from backends.learning.examples import chat_messages
 from backends.models.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS

@@ -15,7 +15,7 @@ import pytest
 
 from backends.core.config import DATA_DIR
 from backends.core.errors import ModelUnavailable
-from backends.apps.evaluation import contains_gold
+from backends.answering.scoring import contains_gold
 from backends.engines.base import BASE_MODEL, Feed
 from backends.learning.examples import chat_messages
 from tests.helpers import (

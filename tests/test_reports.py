@@ -43,15 +43,16 @@ def test_used_span_finds_the_copied_stretch():
     assert used_span(chunk, "Something else entirely.") is None
 
 
-def test_the_stage_timeline_shows_overlap_and_its_last_bar_ends_at_the_total():
+def test_the_stage_bars_follow_each_other_and_add_up_to_the_total():
     from backends.apps.charts import stage_spans, timeline_chart
 
-    # Measured stages of a RAG answer: their sum (5.25 s) is more than the total, since generation holds the first token.
-    timings = Timings(embed=0.05, retrieve=0.02, prompt=0.4, first_token=1.1, generate=3.68, total=4.2)
+    # A RAG answer as answer_from_stream times it: first token and total from the question, generate after the first token.
+    timings = Timings(embed=0.05, retrieve=0.02, prompt=0.4, first_token=1.1, generate=3.1, total=4.2)
     spans = stage_spans(timings)
     assert [name for name, _, _ in spans] == ["embed", "retrieve", "prompt", "first_token", "generate"]
-    assert spans[-1][2] == pytest.approx(4.2) and spans[3][1] == spans[4][1] >= spans[2][2]
-    assert all(start <= end for _, start, end in spans)
+    assert spans[0][1] == 0 and all(spans[n][2] == pytest.approx(spans[n + 1][1]) for n in range(4)), "no overlap, no gap"
+    assert sum(end - start for _, start, end in spans) == pytest.approx(timings.total)
+    assert spans[3][2] == pytest.approx(timings.first_token), "the first-token bar ends where the tile says"
     bars = timeline_chart(timings, "#000", 5.0).data[0]
     assert bars.base[-1] + bars.x[-1] == pytest.approx(timings.total)
 

@@ -183,6 +183,7 @@ def test_eval_reports_a_question_it_could_not_answer_and_scores_the_others(setti
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())["metrics"]["rag"]
     assert metrics["failed"] == 1 and metrics["questions"] == 2
     assert "1 failed" in result.stdout
+    assert "8 questions in flight" in result.stdout, "latencies measured under load say so"
     import csv
 
     with open(tmp_path / "run" / "results.csv", newline="") as f:

@@ -26,10 +26,10 @@ from functools import lru_cache
 from pathlib import Path
 
 from backends.answering.relevance import answers_question
-from backends.core.text import content_words, looks_like_instruction, split_sentences
+from backends.core.text import content_words, looks_like_instruction, numbers_in, split_sentences
 from backends.core.types import Agreement, Answer, Claim, Evidence, QAItem
 from backends.knowledge.lexical import stem, terms
-from backends.learning.examples import read_qa_file
+from backends.learning.examples import read_training_file
 from backends.models.lora import TRAINING_DATA
 
 SUPPORTED, PARTLY, UNSUPPORTED = "supported", "partly supported", "unsupported"
@@ -44,7 +44,6 @@ SAME_CLAIM = 0.8  # ... and say the same thing above this one (when numbers and 
 SEARCH_K = 6
 ABSTENTIONS = ("i don't know", "i do not know", "not in the sources", "no information", "the documents do not say")
 
-_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 _NAME = re.compile(r"\b[A-Z][A-Za-z0-9]*(?:-[A-Za-z0-9]+)*\b|\b[A-Za-z]+-\d+[A-Za-z0-9-]*\b")
 _CODE = re.compile(r"(?<![\w/])(?:/[\w.*-]+)+|\b\w+\(\)|\b[a-z]+(?:[-_][a-z0-9]+)+\b")
 _LIST_MARKER = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s+", re.MULTILINE)
@@ -60,11 +59,6 @@ def split_claims(text: str) -> list[str]:
             continue
         claims.append(sentence)
     return claims
-
-
-def numbers(text: str) -> set[str]:
-    """Numbers in a text, with separators removed ('1,260' -> '1260', '41.6' -> '416')."""
-    return {re.sub(r"[.,]", "", n) for n in _NUMBER.findall(text)}
 
 
 def names(text: str) -> set[str]:
@@ -131,13 +125,13 @@ def support(claim: str, sentence: str, similarity: float, context: str = "", unk
     as a table row or a section body often leaves its subject to the heading. `unknown`: the
     claim's words that no document of the index holds.
     """
-    claim_numbers = numbers(claim)
+    claim_numbers = numbers_in(claim)
     surroundings = f"{sentence}\n{context}"
     words = {w.lower() for w in re.findall(r"[A-Za-z0-9-]+", surroundings)}
     missing_names = {n for n in names(claim) if n not in words and n not in surroundings.lower()}
     missing_names |= {c for c in codes(claim) if c.lower() not in surroundings.lower()}  # a path, command or field
     invented = frozenset(w for w in unknown if w not in terms(surroundings))
-    return Support(similarity, overlap(claim, surroundings), frozenset(claim_numbers - numbers(sentence)),
+    return Support(similarity, overlap(claim, surroundings), frozenset(claim_numbers - numbers_in(sentence)),
                    frozenset(missing_names), frozenset(claim_numbers), invented)
 
 
@@ -254,7 +248,7 @@ def groundedness(claims: list[Claim]) -> float:
 
 def difference(a: str, b: str) -> str:
     """What two claims about one subject disagree on ('' when nothing): numbers first, then names."""
-    numbers_a, numbers_b = numbers(a), numbers(b)
+    numbers_a, numbers_b = numbers_in(a), numbers_in(b)
     if numbers_a and numbers_b and numbers_a != numbers_b:
         # Each side's own numbers; where one side's are all in the other, its numbers whole ("4400, 55 vs 55").
         own_a, own_b = (numbers_a - numbers_b) or numbers_a, (numbers_b - numbers_a) or numbers_b
@@ -291,7 +285,14 @@ def agreement(claims_a: list[str], claims_b: list[str], embed) -> Agreement:
 
 @lru_cache(maxsize=16)
 def _read_training(path: str, mtime: float) -> tuple[QAItem, ...]:
-    return tuple(read_qa_file(path))
+    """QA and RAFT rows as pairs; a text row (continued pretraining) as its sentences, each a fact it taught."""
+    items = []
+    for example in read_training_file(path):
+        if example.text:
+            items.extend(QAItem("", sentence, example.source) for sentence in split_sentences(example.text))
+        else:
+            items.append(QAItem(example.question, example.answer, example.source))
+    return tuple(items)
 
 
 def training_examples_of(adapter_path: Path) -> list[QAItem]:

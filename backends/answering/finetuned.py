@@ -7,6 +7,8 @@ that adapter was trained (staleness).
 
 from __future__ import annotations
 
+import time
+
 from backends.answering.prompts import check_question
 from backends.answering.streaming import answer_from_stream
 from backends.core.config import Settings
@@ -33,10 +35,11 @@ class FineTunedBackend:
         return info
 
     def stream(self, question: str, adapter: str | None = None) -> AnswerStream:
+        asked_at = time.perf_counter()  # loading the adapter is part of this answer's prompt stage
         question = check_question(question, self.settings)
         info = self.use(adapter)
         yield from answer_from_stream(self.name, question, self.llm, chat_messages(question), self.settings,
-                                      adapter=info.name)
+                                      adapter=info.name, asked_at=asked_at)
 
     def staleness(self, adapter: str | None = None) -> Staleness:
         info = self.adapter_info(adapter)

@@ -83,11 +83,12 @@ def rank_evidence(question: str, sources: list[Source], embeddings, lexicon=None
 
 
 def shown_sources(top: list[Source], pool: list[Source], evidence: list[Source]) -> list[Source]:
-    """The top chunks, and the chunk each chosen sentence came from when it is not among them."""
+    """The top chunks, and the chunk each chosen sentence came from when it is not among them (marked: it does not
+    count toward recall@k)."""
     shown = list(top)
     for sentence in evidence:
         if all(s.chunk_id != sentence.chunk_id for s in shown):
-            shown += [s for s in pool if s.chunk_id == sentence.chunk_id]
+            shown += [replace(s, in_top_k=False) for s in pool if s.chunk_id == sentence.chunk_id]
     return shown
 
 
@@ -112,9 +113,9 @@ class RAGBackend:
         The combination writes freely from the retrieved chunks: the point of it is the adapter's
         wording on top of retrieval, which copy-constrained decoding would take away.
         """
+        started = time.perf_counter()  # the question arrives: every latency counts from here (docs/latency.md)
         question = check_question(question, self.settings)
         backend = COMBINED if combined_with else self.name
-        started = time.perf_counter()
         query = self.index.embeddings.embed_query(question)
         embed_s = time.perf_counter() - started
         k = k or self.settings.top_k
@@ -127,9 +128,10 @@ class RAGBackend:
         pre = Timings(embed=embed_s, retrieve=retrieve_s, prompt=time.perf_counter() - prompt_start)
         if confidence(question, ranked, lexicon) < ABSTAIN_BELOW:
             yield ABSTENTION
-            total = pre.embed + pre.retrieve + pre.prompt
+            total = time.perf_counter() - started  # its real time; the text appears at once, and no token is generated
             yield Answer(backend=backend, question=question, text=ABSTENTION, sources=tuple(sources),
-                         timings=replace(pre, total=total), model=self.llm.name, adapter=combined_with, abstained=True)
+                         timings=replace(pre, prompt=total - embed_s - retrieve_s, first_token=total, total=total),
+                         model=self.llm.name, adapter=combined_with, abstained=True)
             return
         copy_from = None
         extractive = self.settings.rag_mode == "extractive" and getattr(self.llm.engine, "uses_logits", True)
@@ -140,4 +142,4 @@ class RAGBackend:
         else:
             messages = build_messages(question, sources)
         yield from answer_from_stream(backend, question, self.llm, messages, self.settings, sources=sources, pre=pre,
-                                      copy_from=copy_from, adapter=combined_with)
+                                      copy_from=copy_from, adapter=combined_with, asked_at=started)

@@ -91,18 +91,19 @@ def stress_chart(stress: dict) -> go.Figure:
     return _layout(figure, "Retrieval stress test: gold contained", barmode="group", yaxis=dict(range=[0, 1]))
 
 
-STAGE_NAMES = {"embed": "embed", "retrieve": "retrieve", "prompt": "prompt", "first_token": "first token",
+STAGE_NAMES = {"embed": "embed", "retrieve": "retrieve", "prompt": "prompt", "first_token": "to first token",
                "generate": "generate"}
 
 
 def stage_spans(timings: Timings) -> list[tuple[str, float, float]]:
-    """(stage, start, end) in seconds from the question: the preparation stages one after the other, then the
-    generation, which ends at the total and holds the wait for the first token (so bars overlap, not add up)."""
-    prompt_end = timings.embed + timings.retrieve + timings.prompt
-    generation = max(prompt_end, timings.total - timings.generate)
-    return [("embed", 0.0, timings.embed), ("retrieve", timings.embed, timings.embed + timings.retrieve),
-            ("prompt", timings.embed + timings.retrieve, prompt_end),
-            ("first_token", generation, generation + timings.first_token), ("generate", generation, timings.total)]
+    """(stage, start, end) in seconds from the question, one after the other, the last ending at the total
+    (docs/latency.md): embed, retrieve, prompt, the wait for the first token (queue and prefill), generate."""
+    embed_end = timings.embed
+    retrieve_end = embed_end + timings.retrieve
+    prompt_end = min(retrieve_end + timings.prompt, timings.first_token or timings.total)
+    first = max(prompt_end, timings.first_token)
+    return [("embed", 0.0, embed_end), ("retrieve", embed_end, retrieve_end), ("prompt", retrieve_end, prompt_end),
+            ("first_token", prompt_end, first), ("generate", first, max(first, timings.total))]
 
 
 def timeline_chart(timings: Timings, colour: str, x_max: float) -> go.Figure:

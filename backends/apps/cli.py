@@ -88,9 +88,9 @@ def cmd_ask(args) -> int:
 
 
 def _print_answer_footer(answer) -> None:
-    t = answer.timings
-    print(f"\n[{answer.model}{' + ' + answer.adapter if answer.adapter else ''}] "
-          f"first token {t.first_token:.2f}s, total {t.total:.2f}s, {answer.tokens_per_s:.1f} tokens/s")
+    from backends.apps.labels import latency_line
+
+    print(f"\n[{answer.model}{' + ' + answer.adapter if answer.adapter else ''}] {latency_line(answer)}")
     for number, source in enumerate(answer.sources, 1):
         print(f"  [{number}] {source.file_name} {source.location} (score {source.score:.2f})")
 
@@ -287,6 +287,7 @@ def cmd_eval(args) -> int:
               f"recall@k {m.recall_at_k if m.recall_at_k is not None else '-'}  "
               f"p50 {m.latency['total'].p50:.2f}s  p95 {m.latency['total'].p95:.2f}s  {m.tokens_per_s:.1f} tok/s"
               + (f"  {m.failed} failed (their errors are in results.csv)" if m.failed else ""))
+    print(run.latency_note)
     if args.freshness:
         for system, c in run.freshness.systems.items():
             print(f"freshness {system}: {c.new} of {run.freshness.questions} new facts, {c.old} old facts")

@@ -1,9 +1,6 @@
 """Evaluation: answer metrics and runs of a QA set through the backends.
 
-Metrics follow SQuAD's normalisation (lower case, no punctuation, no articles, single
-spaces). Besides exact match and token F1, `contains` says whether the normalised gold
-answer appears inside the normalised answer: the bundled model answers in sentences,
-so "The per diem is 55 euros." is right although its exact match is 0.
+The answer metrics themselves live in answering/scoring.py.
 """
 
 from __future__ import annotations
@@ -11,102 +8,36 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import re
-import string
-from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 from backends.core.errors import BadInput
-from backends.apps.labels import SYSTEMS, title
+from backends.apps.labels import SYSTEMS, title  # noqa: F401 - SYSTEMS: the systems an evaluation can run
 from backends.apps.runs import (
     STAGES, EvalRow, EvalRun, FreshCount, FreshnessResult, IndexInfo, Spread, SystemMetrics,
 )
 from backends.learning.examples import read_qa_file
+from backends.core.threads import IN_FLIGHT
 from backends.core.types import QAItem
-
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCTUATION = set(string.punctuation)
-
-
-def normalize_answer(text: str) -> str:
-    text = text.lower()
-    # Keep decimal points and thousands separators inside numbers ("41.6", "1,260") as part of the number.
-    text = re.sub(r"(?<=\d)[.,](?=\d)", "", text)
-    text = "".join(" " if ch in _PUNCTUATION else ch for ch in text)
-    text = _ARTICLES.sub(" ", text)
-    return " ".join(text.split())
-
-
-def exact_match(prediction: str, gold: str) -> float:
-    return float(normalize_answer(prediction) == normalize_answer(gold))
-
-
-def token_f1(prediction: str, gold: str) -> float:
-    predicted, expected = normalize_answer(prediction).split(), normalize_answer(gold).split()
-    if not predicted or not expected:
-        return float(predicted == expected)
-    common = sum((Counter(predicted) & Counter(expected)).values())
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(predicted), common / len(expected)
-    return 2 * precision * recall / (precision + recall)
-
-
-def contains_gold(prediction: str, gold: str) -> float:
-    expected = normalize_answer(gold)
-    return float(bool(expected) and f" {expected} " in f" {normalize_answer(prediction)} ")
-
+from backends.answering.scoring import contains_gold, cosine, percentile, score_answer
 
 def load_qa(path: str | Path) -> list[QAItem]:
     """Read and validate a QA JSONL file (BadInput names the first bad line)."""
     return read_qa_file(path)
 
 
-def score_answer(prediction: str, gold: str) -> dict:
-    return {"exact_match": exact_match(prediction, gold), "f1": token_f1(prediction, gold), "contains": contains_gold(prediction, gold)}
-
-
-def mean_scores(rows: Iterable[dict]) -> dict:
-    rows = list(rows)
-    keys = ("exact_match", "f1", "contains")
-    return {k: round(sum(r[k] for r in rows) / len(rows), 4) if rows else 0.0 for k in keys}
-
-
-def quick_eval(items: list[QAItem], answer: Callable[[str], str]) -> tuple[dict, list[dict]]:
-    """Score `answer(question)` on every item: (means, per-question rows)."""
-    rows = []
-    for item in items:
-        prediction = answer(item.question)
-        rows.append({"question": item.question, "gold": item.answer, "prediction": prediction, **score_answer(prediction, item.answer)})
-    return mean_scores(rows), rows
-
-
 # ---- runs --------------------------------------------------------------------------------
 RUN_FILES = ("metrics.json", "results.csv", "report.html")
 
 
-def percentile(values: list[float], q: float) -> float:
-    """Linear-interpolated percentile (q in 0..100) of a non-empty list."""
-    ordered = sorted(values)
-    if not ordered:
-        return 0.0
-    position = (len(ordered) - 1) * q / 100
-    low, high = int(position), min(int(position) + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
-def cosine(a: list[float], b: list[float]) -> float:
-    return sum(x * y for x, y in zip(a, b))
-
-
 def retrieval_hit(answer, source: str) -> float | None:
-    """1.0 when the gold source document is among the retrieved chunks (None: not applicable)."""
+    """1.0 when the gold source document is among the top k retrieved chunks (None: not applicable); a chunk shown
+    only because the evidence came from it, from beyond the top k, does not count."""
     if not source or answer.backend == "ft":
         return None
-    return float(any(s.file_name == source for s in answer.sources))
+    return float(any(s.file_name == source for s in answer.sources if s.in_top_k))
 
 
 def evaluate_answer(duet, item: QAItem, answer) -> EvalRow:
@@ -149,10 +80,16 @@ def aggregate(rows: list[EvalRow]) -> dict[str, SystemMetrics]:
                                       round(percentile([r.seconds(stage) for r in mine], 95), 4))
         summary[system] = SystemMetrics(
             exact_match=mean("exact_match"), f1=mean("f1"), contains=mean("contains"), semantic=mean("semantic"),
-            groundedness=mean("groundedness"), tokens_per_s=mean("tokens_per_s"),
+            groundedness=mean("groundedness"), tokens_per_s=generating_speed(mine),
             recall_at_k=round(sum(recall) / len(recall), 4) if recall else None, questions=len(mine),
             latency={stage: spread(stage) for stage in STAGES}, abstained=mean("abstained"), failed=failed)
     return summary
+
+
+def generating_speed(rows: list[EvalRow]) -> float:
+    """Mean tokens/s of the answers that generated tokens: an abstention has no speed, not a speed of 0."""
+    speeds = [r.tokens_per_s for r in rows if r.tokens_out]
+    return round(sum(speeds) / len(speeds), 4) if speeds else 0.0
 
 
 def run_eval(duet, items: list[QAItem], systems=("rag", "ft"), adapter: str | None = None,
@@ -184,8 +121,9 @@ def run_eval(duet, items: list[QAItem], systems=("rag", "ft"), adapter: str | No
         adapter_created_at=duet.registry.get(adapter, check_base=False).created_at if adapter else "",
         index=IndexInfo(documents=len(snapshot), chunks=duet.index.chunk_count(),
                         version=hashlib.sha256(json.dumps(snapshot, sort_keys=True).encode()).hexdigest()[:12]),
-        config={k: str(v) for k, v in duet.settings.public().items()}, questions=len(items),
-        metrics=aggregate(rows), rows=rows,
+        config={**{k: str(v) for k, v in duet.settings.public().items()}, "active_adapter": adapter or ""},
+        questions=len(items),
+        metrics=aggregate(rows), rows=rows, latency_in_flight=IN_FLIGHT,
     )
 
 

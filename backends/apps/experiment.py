@@ -268,7 +268,7 @@ def run_experiment(duet, options: ExperimentOptions, out: Path,
 def _stress(duet, experiment: Experiment, questions_dir: Path, items: list[QAItem], options, progress, out) -> None:
     """The retrieving arms again, with the gold chunk or document left out of retrieval and at top-k 1/3/5, on the
     first STRESS_QUESTIONS questions; the top-k the arm itself used is its own answers, not asked again."""
-    from backends.apps.evaluation import contains_gold
+    from backends.answering.scoring import contains_gold
 
     items = items[:STRESS_QUESTIONS]
     asked_now = {item.question for item in items}

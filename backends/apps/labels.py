@@ -24,3 +24,11 @@ def title(system: str) -> str:
 def counted(number: int, noun: str) -> str:
     """'1 question', '3 questions' (nouns with a plain -s plural)."""
     return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def latency_line(answer) -> str:
+    """First token, total and speed as every page, report and the CLI show them (docs/latency.md); an answer that
+    generated no token (an abstention) has no speed."""
+    t = answer.timings
+    speed = f"{answer.tokens_per_s:.1f} tokens/s" if answer.tokens_out else "no tokens generated"
+    return f"first token {t.first_token:.2f} s · total {t.total:.2f} s · {speed}"

@@ -10,7 +10,7 @@ import html
 import json
 import re
 
-from backends.apps.labels import METRICS, VERDICT_COLOURS, title
+from backends.apps.labels import METRICS, VERDICT_COLOURS, latency_line, title
 from backends.apps.runs import EvalRun
 from backends.core.types import Comparison
 
@@ -33,10 +33,9 @@ def comparison_markdown(comparison: Comparison) -> str:
     if comparison.asked_at:
         lines += [f"Asked {comparison.asked_at}", ""]
     for name, answer in comparison.answers.items():
-        t = answer.timings
         lines += [f"## {title(name)}", "", f"Model: {_md_code(answer.model)}" + (f", adapter {_md_code(answer.adapter)}" if answer.adapter else ""),
                   "", "```text", answer.text.replace("```", "'''"), "```", "",
-                  f"First token {t.first_token:.2f} s · total {t.total:.2f} s · {answer.tokens_per_s:.1f} tokens/s", ""]
+                  latency_line(answer).capitalize(), ""]
         for claim in comparison.claims.get(name, ()):
             where = f" ({claim.evidence.file_name or claim.evidence.kind})" if claim.evidence else ""
             lines.append(f"- {claim.label}{where}: {_md_code(claim.text)}")
@@ -51,12 +50,10 @@ def comparison_html(comparison: Comparison) -> str:
     e = html.escape
     parts = [f"<h1>Duet comparison</h1><p><b>Question:</b> {e(comparison.question)}</p>"]
     for name, answer in comparison.answers.items():
-        t = answer.timings
         parts.append(f"<h2>{e(title(name))}</h2><p class='small'>{e(answer.model)}"
                      + (f" + adapter {e(answer.adapter)}" if answer.adapter else "") + "</p>")
         parts.append(f"<div class='answer'>{e(answer.text)}</div>")
-        parts.append(f"<p class='small'>First token {t.first_token:.2f} s · total {t.total:.2f} s · "
-                     f"{answer.tokens_per_s:.1f} tokens/s</p>")
+        parts.append(f"<p class='small'>{e(latency_line(answer).capitalize())}</p>")
         rows = [(f"<span style='color:{VERDICT_COLOURS.get(c.verdict, '#000')}'>{e(c.label)}</span>", e(c.text),
                  e(c.evidence.text if c.evidence else ""), e(c.evidence.file_name if c.evidence else ""))
                 for c in comparison.claims.get(name, ())]
@@ -102,7 +99,7 @@ def eval_report_html(run: EvalRun) -> str:
                      for s, m in run.metrics.items()])
     about = (f"<p class='small'>Run {e(run.id)} · {e(run.created_at)} · {run.questions} questions · model "
              f"{e(run.model)} · adapter {e(str(run.adapter))} · index {run.index.documents} documents, "
-             f"{run.index.chunks} chunks (version {e(run.index.version)})</p>")
+             f"{run.index.chunks} chunks (version {e(run.index.version)}) · {e(run.latency_note)}</p>")
     rows = table(("system", "question", "gold", "answer", "F1", "grounded"),
                  [(title(r.system), r.question, r.gold, r.prediction, _fmt(r.f1), _fmt(r.groundedness)) for r in run.rows])
     fresh = ""

@@ -131,7 +131,16 @@ class EvalRun:
     metrics: dict[str, SystemMetrics]
     rows: list[EvalRow] = field(default_factory=list)
     freshness: FreshnessResult | None = None
+    latency_in_flight: int = 8  # questions answered at once while latencies were measured (1: each alone)
     folder: str = ""  # where it was saved (not part of metrics.json)
+
+    @property
+    def latency_note(self) -> str:
+        """How to read the run's latencies: evaluation answers several questions at once (docs/latency.md)."""
+        if self.latency_in_flight <= 1:
+            return "latencies measured with each question alone"
+        return (f"latencies measured under load, with {self.latency_in_flight} questions in flight: each answer "
+                "shares the decoder with the others, so it takes longer than it would alone (Compare shows that)")
 
     def rows_of(self, system: str) -> list[EvalRow]:
         return [row for row in self.rows if row.system == system]

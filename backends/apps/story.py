@@ -66,7 +66,7 @@ def _scored_questions(duet) -> dict[str, dict[str, float]]:
 def _pick(duet, adapter, wanted, candidates: list) -> str:
     """A question whose gold contained per system satisfies `wanted`: from the latest run, else among `candidates`
     (QAItems) asked now; the first candidate when none does."""
-    from backends.apps.evaluation import contains_gold
+    from backends.answering.scoring import contains_gold
 
     asked = {item.question for item in candidates}
     scored = {q: s for q, s in _scored_questions(duet).items() if q in asked and set(SYSTEMS) <= s.keys()}

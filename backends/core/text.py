@@ -1,4 +1,4 @@
-"""Small text utilities shared by retrieval, claims and evaluation: sentences and content words."""
+"""Small text utilities shared by retrieval, claims and evaluation: sentences, content words and numbers."""
 
 from __future__ import annotations
 
@@ -13,6 +13,25 @@ STOP_WORDS = frozenset(
     "a an the of is are was were be been what which who whom how many much does do did in on at to for by with and or "
     "from it its this that there when where why per can i we you our your their as any all".split()
 )
+
+
+# A number: thousands groups ("1,260"), a decimal part ("41.6") or a version ("3.2.1"). A comma before anything but
+# three digits separates two numbers ("1,2"); a sentence's full stop is not a decimal point ("in 2009.").
+NUMBER = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)*|\d+(?:\.\d+)*")
+
+
+def canonical_number(number: str) -> str:
+    """One spelling per value: thousands commas dropped, a decimal's trailing zeros dropped ("1,260.50" -> "1260.5",
+    "2.0" -> "2"); "41.6", "4.16" and "416" stay three different numbers."""
+    plain = number.replace(",", "")
+    if plain.count(".") == 1:
+        plain = plain.rstrip("0").rstrip(".")
+    return plain
+
+
+def numbers_in(text: str) -> set[str]:
+    """The numbers of a text, canonical (see canonical_number)."""
+    return {canonical_number(n) for n in NUMBER.findall(text)}
 
 
 _WRAPPED_LINE = re.compile(r"(?<=[A-Za-z0-9,])\n(?=[a-z])")

@@ -28,6 +28,7 @@ class Source:
     text: str
     score: float  # cosine similarity, higher is closer
     start: int = 0  # character offset of the chunk in the document's text
+    in_top_k: bool = True  # False: shown because the answer's evidence came from it, though retrieval ranked it below k
 
 
 @dataclass(frozen=True)

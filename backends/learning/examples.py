@@ -35,6 +35,7 @@ class TrainExample:
     answer: str = ""
     context: tuple[Source, ...] | None = None
     text: str = ""
+    source: str = ""  # the document it came from, where the row names it
 MAX_FIELD_CHARS = 4000
 
 
@@ -107,15 +108,15 @@ def _training_example(row: dict, where: str) -> TrainExample:
     if "text" in row and "question" not in row:
         if not isinstance(row["text"], str) or not row["text"].strip() or len(row["text"]) > 4 * MAX_FIELD_CHARS:
             raise BadInput(f"{where}: \"text\" must be a non-empty string of at most {4 * MAX_FIELD_CHARS} characters")
-        return TrainExample(text=row["text"])
+        return TrainExample(text=row["text"], source=str(row.get("source", "")))
     item = _qa_item(row, where)
     context = row.get("context")
     if context is None:
-        return TrainExample(item.question, item.answer)
+        return TrainExample(item.question, item.answer, source=item.source)
     if not isinstance(context, list) or not all(isinstance(c, dict) and isinstance(c.get("text"), str) for c in context):
         raise BadInput(f'{where}: "context" must be a list of {{"file_name", "location", "text"}} objects')
     sources = tuple(Source("", "", str(c.get("file_name", "")), str(c.get("location", "")), c["text"], 0.0) for c in context)
-    return TrainExample(item.question, item.answer, sources)
+    return TrainExample(item.question, item.answer, sources, source=item.source)
 
 
 def chat_messages(question: str, answer: str | None = None) -> list[dict]:

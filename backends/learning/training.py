@@ -180,6 +180,12 @@ def dataset_record(data_path: Path, examples: int) -> dict:
     return record
 
 
+def dataset_label(record: dict) -> str:
+    """The file an adapter learnt from, and the id `dataset build` reported when it came from a built dataset."""
+    built = record.get("id") or (record.get("manifest_sha256") or "")[:12]
+    return f"{record.get('file', '?')} · dataset {built}" if built else record.get("file", "")
+
+
 def _trainable_model(settings: Settings, config: TrainConfig):
     """A private copy of the base model (the served one stays untouched) with fresh LoRA layers."""
     import torch
