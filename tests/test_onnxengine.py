@@ -230,3 +230,39 @@ def test_an_adapter_the_engine_cannot_apply_fails_its_answer_alone(duet, setting
     """A LoRA on the output layer: that answer says what to do; the RAG answer beside it goes on as alone."""
     error = failure_beside_rag(duet, int8_llm, settings, "odd-layers-ort", ModelUnavailable)
     assert "not on a projection this engine adapts; use DUET_ENGINE=transformers" in error
+
+
+def test_an_int8_row_gets_the_same_logits_alone_and_among_other_rows(int8_llm):
+    from backends.engines.scheduler import encode_chat
+
+    engine = int8_llm.engine
+    prompts = [encode_chat(int8_llm, chat_messages(q)) for q in QUESTIONS + ["Who founded Brackwater Instruments?",
+                                                                             "Where is the head office?"]]
+    crowd = engine.forward([Feed(engine.cache(256, BASE_MODEL), p, BASE_MODEL) for p in prompts])
+    for prompt, together in zip(prompts, crowd):
+        alone = engine.forward([Feed(engine.cache(256, BASE_MODEL), prompt, BASE_MODEL)])[0]
+        assert np.array_equal(alone, together), "the rows beside it changed its logits"
+
+
+def test_the_same_question_gets_the_same_answer_alone_and_with_seven_others_in_flight(duet, settings, tiny_adapter):
+    """The default engine (onnxruntime, int8): eight concurrent asks, each equal to the same ask alone."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from backends.service import Duet
+    from tests.helpers import PER_DIEM
+
+    default = Duet(dataclasses.replace(settings, engine="onnxruntime", onnx_accuracy="int8"))
+    try:
+        requests = [(backend, question, "tiny") for question in QUESTIONS + [PER_DIEM] for backend in ("rag", "ft")]
+        alone = [default.ask(*request).text for request in requests]
+        release = threading.Barrier(len(requests))
+
+        def together(request):
+            release.wait()
+            return default.ask(*request).text
+
+        with ThreadPoolExecutor(len(requests)) as pool:
+            assert list(pool.map(together, requests)) == alone
+    finally:
+        default.index.close()

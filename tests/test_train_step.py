@@ -114,26 +114,22 @@ def test_precision_auto_is_fp32_or_native_bf16():
 
 
 @pytest.mark.fast
-def test_batch_work_rows_share_int8_runs_and_single_answers_run_apart():
-    """Evaluation's rows (asked through run_concurrently) share a run per adapter; an answer asked alone (Ask,
-    Compare) keeps a run of its own, and so exactly the logits it gets alone."""
+def test_int8_rows_run_apart_however_many_wait_and_float_rows_share():
+    """An int8 row beside others gets other last bits (and at near-ties another answer): each int8 row keeps a run of
+    its own, however crowded the server; float rows share a run per adapter."""
     import types
 
     from backends.engines.base import BASE_MODEL, AdapterVersion, Feed
     from backends.engines.onnx.runtime import OrtEngine
-    from backends.engines.scheduler import Request
 
-    assert not Request([1], 1).batch_work
-    assert run_concurrently([lambda: Request([1], 1).batch_work] * 3, 2) == [True] * 3
     engine = object.__new__(OrtEngine)
     engine.passes = types.SimpleNamespace(shares_rows=False)
     tuned = AdapterVersion("tuned", "v1")
-    feeds = list(enumerate([Feed(None, [1], BASE_MODEL, batch_work=True), Feed(None, [1], tuned, batch_work=True),
-                            Feed(None, [1], tuned), Feed(None, [1], BASE_MODEL, batch_work=True)]))
-    assert engine._runs(feeds[:3]) == [(tuned, [1, 0]), (tuned, [2])]
-    assert engine._runs(feeds) == [(tuned, [1, 2, 0, 3])], "more rows than one Compare: every row shares"
+    feeds = list(enumerate([Feed(None, [1], BASE_MODEL), Feed(None, [1], tuned), Feed(None, [1], tuned),
+                            Feed(None, [1], BASE_MODEL), Feed(None, [1], tuned)]))
+    assert engine._runs(feeds) == [(f.version, [i]) for i, f in feeds], "eight users or one: int8 rows run apart"
     engine.passes.shares_rows = True  # float: every row shares
     assert engine._runs(feeds[:3]) == [(tuned, [1, 2, 0])]
-    prompts = list(enumerate([Feed(None, [1] * 200, tuned, batch_work=True), Feed(None, [1] * 200, tuned, batch_work=True),
-                              Feed(None, [1], tuned, batch_work=True), Feed(None, [1] * 300, BASE_MODEL, batch_work=True)]))
+    prompts = list(enumerate([Feed(None, [1] * 200, tuned), Feed(None, [1] * 200, tuned),
+                              Feed(None, [1], tuned), Feed(None, [1] * 300, BASE_MODEL)]))
     assert engine._runs(prompts) == [(tuned, [0]), (tuned, [1, 2]), (tuned, [3])], "long prefills do not pile up in one run"

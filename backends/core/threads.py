@@ -26,9 +26,6 @@ T = TypeVar("T")
 _DONE = object()
 M_ARENA_MAX = -8  # glibc's mallopt parameter
 IN_FLIGHT = 8  # questions evaluations and experiments ask at once: rows of the decoder's shared passes
-# True inside `run_concurrently`'s calls: their answers are batch work (evaluation, experiments), whose rows may share
-# an engine's runs even where that changes last bits (docs/performance.md); a single answer keeps False.
-BATCH_WORK: contextvars.ContextVar[bool] = contextvars.ContextVar("duet_batch_work", default=False)
 
 
 def limit_malloc_arenas() -> None:
@@ -143,16 +140,12 @@ def run_concurrently(calls: list[Callable[[], T]], in_flight: int, on_done: Call
     cancel = cancel or threading.Event()
     results: list = [None] * len(calls)
 
-    def batch(call: Callable[[], T]) -> T:
-        BATCH_WORK.set(True)  # each pool call runs in a context copied for it: no reset needed
-        return call()
-
     queued = iter(enumerate(calls))
     with ThreadPoolExecutor(max(1, in_flight), thread_name_prefix="duet-many") as pool:
         running: dict = {}
         while True:
             while len(running) < in_flight and not cancel.is_set() and (item := next(queued, None)):
-                running[pool.submit(contextvars.copy_context().run, batch, item[1])] = item[0]
+                running[pool.submit(contextvars.copy_context().run, item[1])] = item[0]
             if not running:
                 break
             finished, _ = wait(running, return_when=FIRST_COMPLETED)

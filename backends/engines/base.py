@@ -40,7 +40,6 @@ class Feed(NamedTuple):
     tokens: list[int]
     version: AdapterVersion
     reusable: int = 0  # leading prompt tokens (the system message) an engine may take from what it computed before
-    batch_work: bool = False  # may share a run with other batch rows even where that changes its last bits
 
     @property
     def adapter(self) -> str | None:

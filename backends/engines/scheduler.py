@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import Iterator, Union
 
 from backends.core.errors import BadInput
-from backends.core.threads import BATCH_WORK
 from backends.engines.adapters import AdapterHost
 from backends.engines.base import AdapterVersion, Engine, Feed, LoadedLLM
 
@@ -125,7 +124,6 @@ class Request:
     constraint: CopyFromSpans | None = None
     repetition_penalty: float = 1.0
     stop_at_eos: bool = True  # False: always max_new_tokens tokens (the benchmark's fixed-length decode)
-    batch_work: bool = field(default_factory=BATCH_WORK.get)  # asked by run_concurrently (core/threads.py)
     output: queue.Queue = field(default_factory=queue.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     generated: list[int] = field(default_factory=list)
@@ -319,8 +317,7 @@ class Decoder:
 
         A pass that raises fails as a whole (the rows' caches left as they were).
         """
-        return self.engine.forward([Feed(row.cache, row.feed, row.version, row.request.prefix_length,
-                                         row.request.batch_work) for row in rows])
+        return self.engine.forward([Feed(row.cache, row.feed, row.version, row.request.prefix_length) for row in rows])
 
     def _joining(self) -> list[Request]:
         """The requests that arrived since the last look: they join the running passes at the next round."""

@@ -48,7 +48,6 @@ class OrtRowCache:
 
 
 SHARED_RUN_TOKENS = 256  # fed tokens per shared run (`_bounded`)
-ONE_COMPARE = 3  # rows of one three-column Compare: up to this many int8 rows keep a run each (answers as alone)
 
 
 class OrtPass:
@@ -56,8 +55,8 @@ class OrtPass:
 
     def __init__(self, session, shape: Shape, accuracy: str):
         self.session, self.shape = session, shape
-        # With int8 inputs the rows beside a row change its last bits and so, at near-ties, its answer (Ask and
-        # Compare would differ): int8 rows run apart, exactly as alone, except batch work; float rows share runs.
+        # With int8 inputs the rows beside a row change its last bits and so, at near-ties, its answer: int8 rows
+        # always run apart, so a question gets the same answer whatever the load. Float rows share runs.
         self.shares_rows = accuracy == "float"
         self.outputs = [o.name for o in session.get_outputs()]
 
@@ -166,13 +165,11 @@ class OrtEngine(Engine):
         return logits
 
     def _runs(self, feeds: list[tuple]) -> list[tuple]:
-        """(adapter version, indices of its rows) per run of the graph: sharing rows (float; int8 batch work, or any
-        row when more rows wait than one Compare has) run per adapter with the base rows in the first; otherwise an
-        int8 row runs apart, exactly as alone."""
-        crowded = len(feeds) > ONE_COMPARE  # several users at once: throughput first
-        sharing = lambda feed: self.passes.shares_rows or feed.batch_work or crowded  # noqa: E731
-        shared = [(i, f) for i, f in feeds if sharing(f)]
-        apart = [(feed.version, [index]) for index, feed in feeds if not sharing(feed)]
+        """(adapter version, indices of its rows) per run of the graph: float rows share runs, per adapter with the
+        base rows in the first; an int8 row runs apart, exactly as alone, however many rows wait."""
+        sharing = self.passes.shares_rows
+        shared = [(i, f) for i, f in feeds if sharing]
+        apart = [(feed.version, [index]) for index, feed in feeds if not sharing]
         by_version: dict = {}
         for index, feed in shared:
             by_version.setdefault(feed.version, []).append(index)
