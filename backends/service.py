@@ -23,12 +23,35 @@ PART_NAMES = {"llm": "base model", "index": "document index and embedding model"
               "rag": "RAG backend", "ft": "fine-tuned backend", "tracer": "claim tracer"}
 
 
+class JobSlots:
+    """The store's long work that pages start (dataset build, training, evaluation, experiment): one job of each kind
+    at a time, the same for every page and browser session of the process."""
+
+    def __init__(self):
+        self._jobs: dict = {}
+        self._lock = threading.Lock()
+
+    def __getitem__(self, kind: str):
+        """The latest job of this kind (running or ended), or None."""
+        return self._jobs.get(kind)
+
+    def start(self, kind: str, job):
+        """Start `job` in this kind's slot; BadInput while the slot's job still runs."""
+        with self._lock:
+            current = self._jobs.get(kind)
+            if current is not None and current.running:
+                raise BadInput(f"a {kind} is already running: wait for it or cancel it first")
+            self._jobs[kind] = job
+        return job.start()
+
+
 class Duet:
     """The backends of one store, created lazily."""
 
     def __init__(self, settings: Settings, progress: Progress = quiet):
         self.settings = settings
         self.progress = progress
+        self.jobs = JobSlots()
 
     @built_once
     def llm(self):
@@ -114,21 +137,15 @@ class Duet:
 
         return final_answer(self.stream(backend, question, adapter, **retrieval))
 
-    def ask_many(self, requests: list[tuple], on_done: Callable[[int, object], None] = lambda number, answer: None) -> list:
+    def ask_many(self, requests: list[tuple], on_done: Callable[[int, object], None] = lambda number, answer: None,
+                 cancel: threading.Event | None = None) -> list:
         """Final Answers of (backend, question, adapter[, retrieval dict]) requests, in their order, `in_flight`
         at a time: the decoder runs them as rows of the same forward passes (evaluation's throughput).
         A request that raised gives a FailedAnswer with its message (and the traceback in the log); the others go on."""
         self.warm(parts_for(backend for backend, *_ in requests))
-
-        def asked(backend: str, question: str, adapter: str | None, retrieval: dict):
-            try:
-                return self.ask(backend, question, adapter, **retrieval)
-            except Exception as error:  # one failed row must not lose the others
-                log.error("answering %r with %s failed", question, backend, exc_info=error)
-                return FailedAnswer(backend, question, f"{type(error).__name__}: {error}")
-
-        calls = [lambda b=b, q=q, a=a, r=r: asked(b, q, a, r[0] if r else {}) for b, q, a, *r in requests]
-        return run_concurrently(calls, IN_FLIGHT, on_done)
+        calls = [lambda b=b, q=q, a=a, r=r: answer_or_failure(b, q, lambda: self.ask(b, q, a, **(r[0] if r else {})))
+                 for b, q, a, *r in requests]
+        return run_concurrently(calls, IN_FLIGHT, on_done, cancel)
 
     def stream_both(self, question: str, adapter: str | None = None, backends=("rag", "ft")):
         """Run the backends at the same time; yield (backend, text piece or final Answer) as they come.
@@ -164,6 +181,16 @@ class Duet:
 
 _PARTS_OF = {"rag": ("llm", "index", "rag"), "ft": ("llm", "registry", "index", "ft"),
              "rag_ft": ("llm", "index", "registry", "rag", "ft")}
+
+
+def answer_or_failure(backend: str, question: str, answer: Callable):
+    """`answer()`, or a FailedAnswer with its message when it raised (the traceback goes to the log): one failed row
+    of a batch must not lose the others."""
+    try:
+        return answer()
+    except Exception as error:
+        log.error("answering %r with %s failed", question, backend, exc_info=error)
+        return FailedAnswer(backend, question, f"{type(error).__name__}: {error}")
 
 
 def parts_for(backends) -> tuple[str, ...]:

@@ -22,19 +22,6 @@ PAGE = "finetune"
 COLUMNS = ["row", "question", "answer", "source"]
 
 
-@st.cache_resource(show_spinner=False)
-def builds() -> dict:
-    """The process-wide dataset build holder: {'job': DatasetJob | None}."""
-    return {"job": None}
-
-
-@st.cache_resource(show_spinner=False)
-def training_jobs() -> dict:
-    """The process-wide training job holder: {'job': TrainingJob | None} (here, not in the Fine-tune page's script,
-    so that tests reach the same holder the page uses)."""
-    return {"job": None}
-
-
 def build_form() -> None:
     index = duet().index
     documents = index.documents()
@@ -56,12 +43,12 @@ def build_form() -> None:
     plan = plan_build(index, options)
     st.caption(f"{len(plan.documents)} documents, {len(plan.chunks)} chunks: about {plan.estimate_s:.0f} s.")
     if st.button("Build a dataset from my documents", type="primary", key=key(PAGE, "build.start")):
-        builds()["job"] = DatasetJob(index, options, duet().llm if uses_model(duet().settings) else None).start()
+        duet().jobs.start("dataset build", DatasetJob(index, options, duet().llm if uses_model(duet().settings) else None))
         st.rerun()
 
 
 def build_view() -> None:
-    job: DatasetJob | None = builds()["job"]
+    job: DatasetJob | None = duet().jobs["dataset build"]
     if job is None:
         return
 

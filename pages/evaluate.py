@@ -6,14 +6,14 @@ import streamlit as st
 
 from backends.apps.charts import (curve_chart, experiment_chart, freshness_chart, latency_chart, metrics_chart,
                                   scatter_chart, stress_chart)
-from backends.apps.evaluation import SYSTEMS, freshness_experiment, list_runs, load_qa, load_run, run_eval, save_run
+from backends.apps.evaluation import SYSTEMS, EvalJob, list_runs, load_qa, load_run
 from backends.apps.experiment import (ARMS, DEFAULT_ARMS, ExperimentJob, ExperimentOptions, best_per_column,
-                                      fresh_result, load_experiment, paraphrase_curve, table)
+                                      experiment_folders, fresh_result, load_experiment, new_experiment_folder,
+                                      paraphrase_curve, table)
 from backends.apps.labels import METRICS, counted, title
 from backends.apps.runs import EvalRun
 from backends.core.config import DATA_DIR
 from backends.core.errors import DuetError
-from backends.core.jobs import Eta
 from backends.learning.datasets import saved_datasets
 from backends.learning.examples import read_qa_bytes
 from pages.common import duet, key, literal, may_change_data, page_errors, watch_job
@@ -21,12 +21,6 @@ from pages.common import duet, key, literal, may_change_data, page_errors, watch
 PAGE = "evaluate"
 BEST_CELL = "font-weight: bold; background-color: #e6f2e6"
 EVAL_SET = DATA_DIR / "qa" / "eval.jsonl"
-
-
-def progress_callback(bar):
-    eta = Eta()
-    return lambda done, total, label: bar.progress(done / max(total, 1),
-                                                   text=f"{done} of {total} · {eta.text(done, total)} · {label[:80]}")
 
 
 def question_set() -> tuple[str, list] | None:
@@ -63,27 +57,40 @@ def new_run_section() -> None:
                               help=f"The first N of the {len(items)} questions in {label}")
     systems = right.multiselect("Systems", list(SYSTEMS), default=["rag", "ft"], format_func=title, key=key(PAGE, "systems"))
     freshness = st.checkbox("Also run the freshness experiment (on a copy of the index)", key=key(PAGE, "fresh"))
-    if not st.button("Run evaluation", type="primary", disabled=not systems, key=key(PAGE, "run")):
+    running = (job := duet().jobs["evaluation"]) is not None and job.running
+    if st.button("Run evaluation", type="primary", disabled=not systems or running, key=key(PAGE, "run")):
+        try:
+            duet().jobs.start("evaluation", EvalJob(duet(), items[: int(limit)], tuple(systems), freshness))
+            st.session_state[key(PAGE, "set-label")] = label
+        except DuetError as error:
+            st.error(str(error))
+
+
+def eval_job_view() -> None:
+    """The running (or just ended) evaluation: progress with ETA and cancel; the new run opens below when it is done."""
+    job = duet().jobs["evaluation"]
+    if job is None:
         return
-    bar = st.progress(0.0, text="Starting…")
-    run = run_eval(duet(), items[: int(limit)], tuple(systems), on_progress=progress_callback(bar))
-    if freshness:
-        run.freshness = freshness_experiment(duet(), DATA_DIR / "corpus_updates", DATA_DIR / "qa" / "updates.jsonl",
-                                             tuple(systems), on_progress=progress_callback(bar))
-    save_run(run, duet().settings.runs_dir / run.id)
-    bar.progress(1.0, text=f"Done: {counted(len(run.rows), 'answer')} scored.")
-    st.session_state[key(PAGE, "run-a")] = run.id  # the runs below open on the new run
-    st.success(f"Run {run.id} saved ({counted(run.questions, 'question')} from {label}).")
 
+    def progress(latest):
+        if latest is None:
+            return 0.0, "Evaluation: starting…"
+        left = "ETA --" if latest.eta_s is None else f"about {latest.eta_s:.0f} s left"
+        return latest.done / max(latest.total, 1), f"{latest.done} of {latest.total} · {left} · {latest.label[:80]}"
 
-@st.cache_resource(show_spinner=False)
-def experiments() -> dict:
-    """The process-wide experiment job holder: {'job': ExperimentJob | None}."""
-    return {"job": None}
+    def finished() -> None:
+        run = job.result
+        if job.state == "done" and st.session_state.get(key(PAGE, "opened")) != run.id:
+            st.session_state[key(PAGE, "opened")] = run.id
+            st.session_state[key(PAGE, "run-a")] = run.id  # the runs below open on the new run
+        if job.state == "done":
+            failed = sum(m.failed for m in run.metrics.values())
+            st.success(f"Run {run.id} saved ({counted(run.questions, 'question')} from "
+                       f"{st.session_state.get(key(PAGE, 'set-label'), 'the set')}, "
+                       f"{counted(len(run.rows) - failed, 'answer')} scored"
+                       + (f", {failed} failed: see results.csv" if failed else "") + ").")
 
-
-def experiment_folder():
-    return duet().settings.runs_dir / "experiments" / "latest"
+    watch_job(job, f"{PAGE}.eval", progress, finished)
 
 
 def experiment_section(allowed: bool) -> None:
@@ -94,23 +101,37 @@ def experiment_section(allowed: bool) -> None:
         left, right = st.columns([3, 1])
         arms = left.multiselect("Arms", ARMS, default=list(DEFAULT_ARMS), key=key(PAGE, "exp.arms"))
         limit = int(right.number_input("Questions", 1, 1000, 30, key=key(PAGE, "exp.limit")))
-        holder = experiments()
-        running = holder["job"] is not None and holder["job"].running
+        job = duet().jobs["experiment"]
+        running = job is not None and job.running
+        options = ExperimentOptions(arms=tuple(arms), limit=limit)
         if st.button("Run the experiment", disabled=running or not arms, key=key(PAGE, "exp.run")):
-            holder["job"] = ExperimentJob(duet(), ExperimentOptions(arms=tuple(arms), limit=limit), experiment_folder()).start()
+            folder = new_experiment_folder(duet().settings)  # its own folder: an earlier result is kept
+            duet().jobs.start("experiment", ExperimentJob(duet(), options, folder))
             st.rerun()
-        if holder["job"] is not None:
-            watch_job(holder["job"], f"{PAGE}.exp", lambda p: (0.0, "Starting…") if p is None else
+        if not running and job is not None and job.state == "cancelled" and \
+                st.button("Resume the cancelled experiment", key=key(PAGE, "exp.resume")):
+            duet().jobs.start("experiment", ExperimentJob(duet(), job.options, job.out))  # checked: same options
+            st.rerun()
+        if job is not None:
+            watch_job(job, f"{PAGE}.exp", lambda p: (0.0, "Starting…") if p is None else
                       (0.0, f"{p.arm}: {p.step} · about {p.eta_s:.0f} s left"))
-    experiment = load_experiment(experiment_folder())
-    if experiment is None or not experiment.metrics:
+    folders = experiment_folders(duet().settings)
+    if not folders:
         st.caption("No experiment yet.")
+        return
+    chosen = st.selectbox("Experiment", folders, format_func=lambda f: f.name, key=key(PAGE, "exp.chosen"))
+    experiment = load_experiment(chosen)
+    if experiment is None or not experiment.metrics:
+        st.caption("This experiment has no finished arm yet.")
         return
     rows = table(experiment, duet().index.snapshot())
     best = max(rows, key=lambda r: r["contains"])
     st.dataframe(marked_best(rows), hide_index=True, width="stretch")
     st.caption(f"{experiment.questions} questions · {experiment.seconds:.0f} s · most gold answers: "
-               f"{literal(best['what'])}")
+               f"{literal(best['what'])} · latencies measured with {experiment.latency_in_flight} questions in flight")
+    for arm, questions in experiment.unanswered.items():
+        st.warning(f"{literal(arm)}: {counted(len(questions), 'question')} could not be answered; they are left out "
+                   "of every interval (their errors are in results.csv).")
     st.plotly_chart(experiment_chart(rows, experiment.intervals), key=key(PAGE, "exp.chart"))
     points = paraphrase_curve(experiment)
     if len(points) > 1:
@@ -194,5 +215,6 @@ with page_errors():
     if allowed:
         with st.expander("New run", expanded=not list_runs(duet().settings)):
             new_run_section()
+        eval_job_view()
     runs_section()
     experiment_section(allowed)

@@ -17,7 +17,7 @@ from backends.models.lora import adapter_gguf_bytes
 from backends.learning.adapters import import_adapter
 from backends.learning.examples import read_qa_file, read_training_file, store_dataset
 from backends.learning.training import TrainConfig, TrainingJob, dataset_label
-from pages.builder import build_form, build_view, saved_choice, training_jobs
+from pages.builder import build_form, build_view, saved_choice
 from pages.common import duet, key, may_change_data, page_errors, watch_job
 
 PAGE = "finetune"
@@ -88,8 +88,8 @@ def keep(name: str, value) -> None:
 
 
 def start_section() -> None:
-    holder = training_jobs()
-    if holder["job"] is not None and holder["job"].running:
+    current = duet().jobs["training"]
+    if current is not None and current.running:
         return
     chosen = dataset_section()
     with st.expander("Hyperparameters", expanded=False):
@@ -105,7 +105,7 @@ def start_section() -> None:
         config.check()
         duet().registry.path_for_new(name, overwrite)
         path, _ = chosen
-        holder["job"] = TrainingJob(duet().settings, path, name, config, duet().index.snapshot(), overwrite).start()
+        duet().jobs.start("training", TrainingJob(duet().settings, path, name, config, duet().index.snapshot(), overwrite))
         st.rerun()
     except DuetError as error:
         st.error(str(error))
@@ -119,7 +119,7 @@ def loss_chart(history: list[dict], title: str) -> go.Figure:
 
 
 def job_view() -> None:
-    job: TrainingJob | None = training_jobs()["job"]
+    job: TrainingJob | None = duet().jobs["training"]
     if job is None:
         return
 

@@ -6,7 +6,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from backends.apps.evaluation import Criteria, advise, list_runs, load_run
-from backends.apps.experiment import advisor_arms, advisor_intervals, advisor_metrics, load_experiment
+from backends.apps.experiment import advisor_arms, advisor_intervals, advisor_metrics, latest_experiment
 from backends.apps.labels import SYSTEM_COLOURS, title
 from pages.common import duet, key, page_errors
 
@@ -44,7 +44,7 @@ with page_errors():
     criteria = criteria_form()
     runs = list_runs(duet().settings)
     run = load_run(runs[0]) if runs else None
-    experiment = load_experiment(duet().settings.runs_dir / "experiments" / "latest")
+    experiment = latest_experiment(duet().settings)
     measured = advisor_metrics(experiment) if experiment and experiment.metrics else None
     if measured:
         used = ", ".join(f"{title(system)} = arm {arm}" for system, arm in advisor_arms(experiment).items())

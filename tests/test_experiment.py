@@ -95,6 +95,39 @@ def test_a_tiny_grid_writes_the_three_files_reuses_adapters_and_resumes_after_a_
     assert again.adapters["ft"]["reused"] and again.adapters["ft"]["name"] == experiment.adapters["ft"]["name"]
 
 
+def test_a_resume_with_other_options_starts_fresh_and_says_so(lab, grid):
+    import shutil
+
+    duet, root = lab
+    options, out, _, experiment = grid
+    changed = shutil.copytree(out, root / "changed")
+    said = []
+    fewer = dataclasses.replace(options, limit=2, stress=False, fact_change=False)
+    again = run_experiment(duet, fewer, changed, lambda p: said.append(p.step))
+    assert any(step.startswith("starting fresh") and "options" in step for step in said), said
+    assert again.questions == 2 and again.id != experiment.id
+    assert len([r for r in again.rows if r.system == "rag"]) == 2, "no row of the 3-question run is mixed in"
+    resumed = []
+    run_experiment(duet, fewer, changed, lambda p: resumed.append(p.step))
+    assert not any(step.startswith("starting fresh") for step in resumed), "the same options resume"
+
+
+@pytest.mark.fast
+def test_a_question_an_arm_could_not_answer_is_left_out_and_reported_not_scored_zero():
+    from backends.apps.experiment import Experiment, _scores, _unanswered
+    from backends.apps.runs import EvalRow
+    from backends.core.types import QAItem
+
+    items = [QAItem(f"q{n}", "a") for n in range(3)]
+    row = lambda q, system, contains, error="": EvalRow(q, "a", "", system, "", 0.0, 0.0, contains, 0.0, 0.0, 0,  # noqa: E731
+                                                       None, 1, 1.0, error=error)
+    experiment = Experiment("x", "now", {}, 3, rows=[row("q0", "rag", 1.0), row("q1", "rag", 1.0), row("q2", "rag", 0.0),
+                                                      row("q0", "ft", 1.0), row("q1", "ft", 0.0, "ValueError: boom"),
+                                                      row("q2", "ft", 0.0)])
+    assert _scores(experiment, items) == {"rag": [1.0, 0.0], "ft": [1.0, 0.0]}, "q1 left out for every arm"
+    assert _unanswered(experiment, items) == {"rag": [], "ft": ["q1"]}
+
+
 def test_the_evaluate_page_shows_the_latest_experiment_and_the_advisor_uses_it(grid, tmp_path, monkeypatch):
     import shutil
 

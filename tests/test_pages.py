@@ -145,7 +145,9 @@ def test_finetune_page_validates_an_uploaded_dataset():
 
 
 def test_finetune_page_keeps_the_users_values_after_a_training_run():
-    from pages.builder import training_jobs as jobs
+    from pages.common import duet
+
+    jobs = lambda: {"job": duet().jobs["training"]}  # noqa: E731
 
     app = page("finetune")
     app.number_input(key="finetune.rank").set_value(4)
@@ -162,7 +164,9 @@ def test_finetune_page_keeps_the_users_values_after_a_training_run():
 
 
 def test_finetune_page_builds_a_dataset_shows_its_evidence_and_saves_it_for_training():
-    from pages.builder import builds
+    from pages.common import duet
+
+    builds = lambda: {"job": duet().jobs["dataset build"]}  # noqa: E731
 
     app = page("finetune")
     app.multiselect(key="finetune.build.docs").set_value(["company-overview-md"])
@@ -185,15 +189,38 @@ def test_finetune_page_builds_a_dataset_shows_its_evidence_and_saves_it_for_trai
     assert not app.button(key="finetune.start").disabled
 
 
-def test_evaluate_page_runs_an_evaluation_and_shows_it():
+def evaluated(app: AppTest) -> AppTest:
+    """Click "Run evaluation", wait for the background job, and render the page again."""
+    from pages.common import duet
+
+    app.button(key="evaluate.run").click().run()
+    job = duet().jobs["evaluation"]
+    job.wait(240)
+    assert job.state == "done", job.error
+    return app.run()
+
+
+def test_evaluate_page_runs_an_evaluation_as_a_job_and_shows_it():
+    from pages.common import duet
+
     app = page("evaluate")
     app.number_input(key="evaluate.limit").set_value(1)
     app.multiselect(key="evaluate.systems").set_value(["rag"])
-    app.button(key="evaluate.run").click().run()
+    evaluated(app)
     assert not app.exception and not app.error
     first = next(s.value for s in app.success if s.value.startswith("Run ")).split()[1]
     assert app.selectbox(key="evaluate.run-a").value == first and app.dataframe
+    assert any("8 questions in flight" in c.value for c in app.caption), "its latencies say they were measured under load"
     assert [d.label for d in app.get("download_button")] == ["report.html", "results.csv", "metrics.json"]
+    # A run can be cancelled: nothing is saved, and the page says so.
+    runs_before = set(os.listdir(duet().settings.runs_dir))
+    app.number_input(key="evaluate.limit").set_value(10)
+    app.button(key="evaluate.run").click().run()
+    app.button(key="evaluate.eval.cancel").click().run()
+    duet().jobs["evaluation"].wait(240)
+    app.run()
+    assert duet().jobs["evaluation"].state == "cancelled" and set(os.listdir(duet().settings.runs_dir)) == runs_before
+    assert any("cancelled" in w.value for w in app.warning), [w.value for w in app.warning]
     # An uploaded question set, validated; the new run is the one shown, and two runs compare in one table.
     app.radio(key="evaluate.set").set_value("Upload a JSONL file").run()
     good = json.dumps({"question": "What is the per diem for meals?", "answer": "55 euros"})
@@ -204,7 +231,7 @@ def test_evaluate_page_runs_an_evaluation_and_shows_it():
     app.file_uploader(key="evaluate.upload").set_value(("mine.jsonl", f"{good}\n".encode(), "application/json"))
     app.run()
     app.multiselect(key="evaluate.systems").set_value(["rag"])
-    app.button(key="evaluate.run").click().run()
+    evaluated(app)
     assert not app.exception and not app.error
     second = next(s.value for s in app.success if s.value.startswith("Run ")).split()[1]
     assert second != first and app.selectbox(key="evaluate.run-a").value == second

@@ -204,6 +204,8 @@ def cmd_experiment(args) -> int:
     for row in rows:
         print(f"{row['arm']:7} contains {row['contains']:.3f} [{row['95% interval']}] vs RAG {row['vs RAG'] or '-':28} "
               f"p50 {row['p50 s']:.2f}s  training {row['training min'] or 0} min")
+    for arm, questions in experiment.unanswered.items():
+        print(f"{arm}: {len(questions)} questions failed and are left out of every interval (errors in results.csv)")
     fresh = experiment.freshness
     if fresh.get("systems"):
         print(f"change a fact ({fresh['questions']} facts, in a copy): " + ", ".join(

@@ -8,12 +8,15 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from backends.core.config import DATA_DIR
 from backends.core.errors import BadInput
+from backends.core.jobs import BackgroundJob, Eta
 from backends.apps.labels import SYSTEMS, title  # noqa: F401 - SYSTEMS: the systems an evaluation can run
 from backends.apps.runs import (
     STAGES, EvalRow, EvalRun, FreshCount, FreshnessResult, IndexInfo, Spread, SystemMetrics,
@@ -93,7 +96,8 @@ def generating_speed(rows: list[EvalRow]) -> float:
 
 
 def run_eval(duet, items: list[QAItem], systems=("rag", "ft"), adapter: str | None = None,
-             on_progress: Callable[[int, int, str], None] = lambda done, total, label: None) -> EvalRun:
+             on_progress: Callable[[int, int, str], None] = lambda done, total, label: None,
+             cancel: threading.Event | None = None) -> EvalRun:
     """Every item through every system; returns the run (metadata, per-system metrics, rows)."""
     import hashlib
     from datetime import datetime, timezone
@@ -112,7 +116,7 @@ def run_eval(duet, items: list[QAItem], systems=("rag", "ft"), adapter: str | No
         on_progress(done, len(jobs), f"{system}: {item.question}")
 
     on_progress(0, len(jobs), "starting")
-    duet.ask_many([(system, item.question, adapter) for item, system in jobs], on_done=finished)
+    duet.ask_many([(system, item.question, adapter) for item, system in jobs], on_done=finished, cancel=cancel)
     snapshot = duet.index.snapshot()
     created = datetime.now(timezone.utc)
     return EvalRun(
@@ -184,6 +188,35 @@ def list_runs(settings) -> list[Path]:
     """Saved runs of the store, newest first."""
     root = settings.runs_dir
     return sorted((p for p in root.glob("*") if (p / "metrics.json").is_file()), reverse=True) if root.is_dir() else []
+
+
+@dataclass(frozen=True)
+class EvalProgress:
+    done: int
+    total: int
+    label: str
+    eta_s: float | None
+
+
+class EvalJob(BackgroundJob):
+    """An evaluation (and, if asked, the freshness experiment) in a background thread, saved as a run when it ends;
+    the Evaluate page watches it, and a click elsewhere does not lose it. `result` is the saved EvalRun."""
+
+    what = "the evaluation"
+
+    def __init__(self, duet, items: list[QAItem], systems: tuple[str, ...], freshness: bool = False):
+        super().__init__("evaluation")
+        self.duet, self.items, self.systems, self.freshness = duet, items, systems, freshness
+
+    def work(self, on_progress, cancel: threading.Event) -> EvalRun:
+        eta = Eta()
+        report = lambda done, total, label: on_progress(EvalProgress(done, total, label, eta.seconds_left(done, total)))  # noqa: E731
+        run = run_eval(self.duet, self.items, self.systems, on_progress=report, cancel=cancel)
+        if self.freshness:
+            run.freshness = freshness_experiment(self.duet, DATA_DIR / "corpus_updates", DATA_DIR / "qa" / "updates.jsonl",
+                                                 self.systems, on_progress=report)
+        save_run(run, self.duet.settings.runs_dir / run.id)
+        return run
 
 
 # ---- freshness ---------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from backends.apps.runs import EvalRow
 from backends.core.errors import BadInput
 from backends.core.jobs import BackgroundJob, Cancelled
 from backends.core.threads import IN_FLIGHT, run_concurrently
-from backends.core.types import QAItem, final_answer
+from backends.core.types import FailedAnswer, QAItem, final_answer
 
 ARMS = ("base", "rag", "ft", "ft_par", "rag_ft", "raft", "text")
 DEFAULT_ARMS = ("base", "rag", "ft", "ft_par", "rag_ft", "raft")
@@ -115,6 +115,9 @@ class Experiment:
     freshness: dict = field(default_factory=dict)  # "change a fact" on a copy: a FreshnessResult as a dict, and more
     seconds: float = 0.0
     parts: dict = field(default_factory=dict)  # "building ft", "training ft", "answering rag", "stress rag" -> seconds
+    fingerprint: dict = field(default_factory=dict)  # options, question-set hash, index version: what a resume must match
+    unanswered: dict = field(default_factory=dict)  # arm -> questions that failed (left out of every interval)
+    latency_in_flight: int = IN_FLIGHT  # questions answered at once while latencies were measured
     rows: list[EvalRow] = field(default_factory=list)
 
 
@@ -208,11 +211,17 @@ def run_experiment(duet, options: ExperimentOptions, out: Path,
             questions_dir = save_dataset(build_dataset(duet.index, DatasetOptions(paraphrases=k0)), out / "datasets" / f"qa-k{k0}")
     items = read_qa_file(questions_dir / "eval.jsonl")[: options.limit]
     asked = [item.question for item in items]
-    experiment = _resumed(out) or Experiment(
+    wanted = fingerprint(options, items, duet.index.snapshot())
+    experiment = _resumed(out)
+    if experiment is not None and experiment.fingerprint != wanted:
+        changed = ", ".join(k for k in wanted if experiment.fingerprint.get(k) != wanted[k])
+        progress("resume", f"starting fresh: the run saved in {out} had other {changed or 'settings'}")
+        experiment = None
+    experiment = experiment or Experiment(
         id=datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S"),
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         options={"arms": list(options.arms), "paraphrases": list(options.paraphrases), "limit": options.limit,
-                 "dataset": str(questions_dir)}, questions=len(items))
+                 "dataset": str(questions_dir)}, questions=len(items), fingerprint=wanted)
     experiment.index = {"documents": duet.index.snapshot(), "chunks": duet.index.chunk_count()}
     experiment.parts = {**parts, **experiment.parts}
     for role, (form, k) in _adapters_needed(options.arms, options.paraphrases).items():
@@ -238,18 +247,20 @@ def run_experiment(duet, options: ExperimentOptions, out: Path,
         def scored(number: int, answer) -> None:  # traced here while the next answers decode
             nonlocal context
             rows[number] = dataclasses.replace(evaluate_answer(duet, items[number], answer), system=arm)
-            context += sum(len(duet.llm.tokenizer(s.text)["input_ids"]) for s in answer.sources)
+            context += sum(len(duet.llm.tokenizer(s.text)["input_ids"]) for s in getattr(answer, "sources", ()))
             progress(arm, f"{sum(r is not None for r in rows)} of {len(items)} questions answered")
 
         progress(arm, f"answering {len(items)} questions")
         with _timed(experiment.parts, f"answering {arm}"):
-            run_concurrently([lambda q=item.question: _answer(duet, arm, q, experiment.adapters) for item in items],
-                             IN_FLIGHT, scored)
+            run_concurrently([lambda q=item.question: _answer_or_failure(duet, arm, q, experiment.adapters)
+                              for item in items], IN_FLIGHT, scored)
         experiment.rows = [r for r in experiment.rows if r.system != arm] + rows
         metrics = aggregate(rows)[arm]
         experiment.metrics[arm] = {**dataclasses.asdict(metrics), "context_tokens": round(context / max(1, len(items)), 1)}
-        experiment.intervals = paired_bootstrap(_scores(experiment, items), reference="rag") \
-            if len(experiment.metrics) > 1 or "rag" in experiment.metrics else {}
+        experiment.unanswered = {a: q for a, q in _unanswered(experiment, items).items() if q}
+        scores = _scores(experiment, items)
+        experiment.intervals = paired_bootstrap(scores, reference="rag") \
+            if (len(experiment.metrics) > 1 or "rag" in experiment.metrics) and all(scores.values()) else {}
         experiment.seconds = round(experiment.seconds + time.perf_counter() - started, 1)
         started = time.perf_counter()
         _save(experiment, out)
@@ -289,12 +300,13 @@ def _stress(duet, experiment: Experiment, questions_dir: Path, items: list[QAIte
                 chunk_id, doc_id = gold.get(item.question, ("", ""))
                 left_out = {chunk_id} if leave == "chunk" else (
                     {c.chunk_id for c in duet.index.chunks_of(doc_id)} if leave == "document" and doc_id else set())
-                return lambda: _answer(duet, arm, item.question, experiment.adapters, k=k,
-                                       leave_out=frozenset(left_out - {""}))
+                return lambda: _answer_or_failure(duet, arm, item.question, experiment.adapters, k=k,
+                                                  leave_out=frozenset(left_out - {""}))
 
             answers = run_concurrently([asked(item) for item in items], IN_FLIGHT,
                                        lambda n, a, c=condition: progress(arm, f"stress test, {c}: {items[n].question[:50]}"))
-            scores = [contains_gold(answer.text, item.answer) for answer, item in zip(answers, items)]
+            scores = [contains_gold(answer.text, item.answer) for answer, item in zip(answers, items)
+                      if not isinstance(answer, FailedAnswer)]  # a failed answer is not a wrong one
             results[condition] = round(sum(scores) / max(1, len(scores)), 4)
         experiment.stress[arm] = results
         experiment.parts[f"stress {arm}"] = round(time.perf_counter() - arm_started, 1)
@@ -383,6 +395,13 @@ def _adapter_for(duet, folder: Path, manifest: dict, options, progress, role: st
     return {"name": name, "reused": False, "training_minutes": round(seconds / 60, 1)}
 
 
+def _answer_or_failure(duet, arm: str, question: str, adapters: dict, **retrieval):
+    """The arm's answer, or a FailedAnswer: a question that could not be answered is reported, not scored 0."""
+    from backends.service import answer_or_failure
+
+    return answer_or_failure(arm, question, lambda: _answer(duet, arm, question, adapters, **retrieval))
+
+
 def _answer(duet, arm: str, question: str, adapters: dict, **retrieval):
     from backends.answering.streaming import answer_from_stream
     from backends.learning.examples import chat_messages
@@ -401,11 +420,39 @@ def _role(arm: str) -> str | None:
     return None if arm in ("base", "rag") else {"rag_ft": "ft_par"}.get(arm, arm)
 
 
-def _scores(experiment: Experiment, items: list[QAItem]) -> dict[str, list[float]]:
+def _answered(experiment: Experiment) -> dict[str, dict[str, float]]:
+    """arm -> question -> gold contained, for the questions the arm answered (a failed row is not an answer)."""
     by_arm: dict[str, dict[str, float]] = {}
     for row in experiment.rows:
-        by_arm.setdefault(row.system, {})[row.question] = row.contains
-    return {arm: [scores.get(item.question, 0.0) for item in items] for arm, scores in by_arm.items()}
+        if not row.error:
+            by_arm.setdefault(row.system, {})[row.question] = row.contains
+        else:
+            by_arm.setdefault(row.system, {})
+    return by_arm
+
+
+def _unanswered(experiment: Experiment, items: list[QAItem]) -> dict[str, list[str]]:
+    """arm -> the held-out questions it has no score for (its answer failed)."""
+    return {arm: [i.question for i in items if i.question not in scores] for arm, scores in _answered(experiment).items()}
+
+
+def _scores(experiment: Experiment, items: list[QAItem]) -> dict[str, list[float]]:
+    """Every arm's gold contained on the questions every arm answered: the paired bootstrap compares like with like,
+    and a question one arm could not answer is left out (and reported in `unanswered`), never scored 0."""
+    by_arm = _answered(experiment)
+    common = [i.question for i in items if all(i.question in scores for scores in by_arm.values())]
+    return {arm: [scores[q] for q in common] for arm, scores in by_arm.items()}
+
+
+def fingerprint(options: ExperimentOptions, items: list[QAItem], documents: dict[str, str]) -> dict:
+    """What a saved run must share with this one to be resumed: its options, its questions and the index."""
+    import hashlib
+
+    digest = lambda value: hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]  # noqa: E731
+    chosen = {**dataclasses.asdict(options), "dataset": str(options.dataset) if options.dataset else None,
+              "train": dataclasses.asdict(options.train) if options.train is not None else None}
+    return {"options": digest(chosen), "questions": digest([[i.question, i.answer, i.source] for i in items]),
+            "index": digest(documents)}
 
 
 # ---- saving and resuming ------------------------------------------------------------------
@@ -495,6 +542,24 @@ def paraphrase_curve(experiment: Experiment) -> list[tuple[int, float]]:
     points = [(d["paraphrases"], experiment.metrics[role]["contains"]) for role, d in experiment.datasets.items()
               if d["format"] == "qa" and role in experiment.metrics and (role == "ft" or role.startswith("ft_"))]
     return sorted(set(points))
+
+
+def experiment_folders(settings) -> list[Path]:
+    """The store's saved experiments (folders under runs/experiments with a metrics.json), newest first."""
+    root = settings.runs_dir / "experiments"
+    found = [p for p in root.glob("*") if (p / "metrics.json").is_file()] if root.is_dir() else []
+    return sorted(found, key=lambda p: (p / "metrics.json").stat().st_mtime, reverse=True)
+
+
+def latest_experiment(settings) -> Experiment | None:
+    """The experiment saved last (the CLI's `latest` folder or one the Evaluate page started), or None."""
+    folders = experiment_folders(settings)
+    return load_experiment(folders[0]) if folders else None
+
+
+def new_experiment_folder(settings) -> Path:
+    """A folder of its own for a new experiment, named by the time it starts."""
+    return settings.runs_dir / "experiments" / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-%f")[:-3]
 
 
 def load_experiment(folder: str | Path) -> Experiment | None:

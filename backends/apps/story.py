@@ -141,9 +141,9 @@ def _outside(duet, adapter, number) -> StoryStep:
 
 def _summary(duet, adapter, number) -> StoryStep:
     from backends.apps.evaluation import list_runs, load_run
-    from backends.apps.experiment import load_experiment, table
+    from backends.apps.experiment import latest_experiment, table
 
-    experiment = load_experiment(duet.settings.runs_dir / "experiments" / "latest")
+    experiment = latest_experiment(duet.settings)
     if experiment and experiment.metrics:
         rows = [{"system": r["what"], "gold answer contained": r["contains"], "95% interval": r["95% interval"],
                  "vs RAG": r["vs RAG"], "p50 s": r["p50 s"]} for r in table(experiment)]
@@ -161,9 +161,9 @@ def _summary(duet, adapter, number) -> StoryStep:
 
 def _recommendation(duet, adapter, number) -> StoryStep:
     from backends.apps.evaluation import Criteria, advise, list_runs, load_run
-    from backends.apps.experiment import advisor_intervals, advisor_metrics, load_experiment
+    from backends.apps.experiment import advisor_intervals, advisor_metrics, latest_experiment
 
-    experiment = load_experiment(duet.settings.runs_dir / "experiments" / "latest")
+    experiment = latest_experiment(duet.settings)
     runs = list_runs(duet.settings)
     run = load_run(runs[0]) if runs else None
     measured = advisor_metrics(experiment) if experiment and experiment.metrics else None
