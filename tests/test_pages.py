@@ -214,13 +214,15 @@ def test_evaluate_page_runs_an_evaluation_as_a_job_and_shows_it():
     assert [d.label for d in app.get("download_button")] == ["report.html", "results.csv", "metrics.json"]
     # A run can be cancelled: nothing is saved, and the page says so.
     runs_before = set(os.listdir(duet().settings.runs_dir))
-    app.number_input(key="evaluate.limit").set_value(10)
+    app.number_input(key="evaluate.limit").set_value(85)  # 170 answers: the cancel comes long before the end
+    app.multiselect(key="evaluate.systems").set_value(["rag", "ft"])
     app.button(key="evaluate.run").click().run()
     app.button(key="evaluate.eval.cancel").click().run()
     duet().jobs["evaluation"].wait(240)
     app.run()
     assert duet().jobs["evaluation"].state == "cancelled" and set(os.listdir(duet().settings.runs_dir)) == runs_before
     assert any("cancelled" in w.value for w in app.warning), [w.value for w in app.warning]
+    app.multiselect(key="evaluate.systems").set_value(["rag"])
     # An uploaded question set, validated; the new run is the one shown, and two runs compare in one table.
     app.radio(key="evaluate.set").set_value("Upload a JSONL file").run()
     good = json.dumps({"question": "What is the per diem for meals?", "answer": "55 euros"})
