@@ -34,7 +34,7 @@ def measure(duet, rows: list[dict], backend: str) -> tuple[dict, list[dict]]:
         answers.append({"question": row["question"], "gold": row.get("answer", ""), "answer": answer.text,
                         "abstained": bool(getattr(answer, "abstained", False)),
                         "contains": contains_gold(answer.text, row["answer"]) if row.get("answer") else None,
-                        "hit": any(s.file_name == row.get("source") for s in answer.sources) if row.get("source") else None,
+                        "hit": any(s.file_name == row.get("source") for s in answer.sources if s.in_top_k) if row.get("source") else None,
                         "total_s": answer.timings.total, "sources": [s.file_name for s in answer.sources]})
     answerable = [a for a in answers if a["gold"]]
     unanswerable = [a for a in answers if not a["gold"]]

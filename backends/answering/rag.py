@@ -15,7 +15,7 @@ still shown) instead of a copy of whatever was nearest.
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from backends.answering.prompts import build_messages, check_question
 from backends.answering.relevance import answer_type_fit
@@ -30,12 +30,12 @@ COMBINED = "rag_ft"  # the backend name of retrieval + fine-tuned model
 ABSTENTION = "The documents do not say."
 # Evidence score = cosine + LEXICAL_WEIGHT * coverage of the question's rare words + TYPE_WEIGHT * answer type fit;
 # the answer's confidence is its best evidence's score less UNKNOWN_PENALTY * the share of the question's rarity in
-# words no document holds. Weights and threshold chosen on data/qa/eval.jsonl with data/qa/unanswerable.jsonl
-# (scripts/calibrate_abstention.py; docs/quality.md).
-LEXICAL_WEIGHT = 0.7
-TYPE_WEIGHT = 0.3
+# words no document holds. Chosen on the calibration half of the demo questions only (data/qa/split/calibrate_*,
+# scripts/calibrate_rag.py); docs/quality.md reports them on the other half.
+LEXICAL_WEIGHT = 2.0
+TYPE_WEIGHT = 0.0
 UNKNOWN_PENALTY = 0.8
-ABSTAIN_BELOW = 0.79
+ABSTAIN_BELOW = 1.23
 EVIDENCE_POOL = 2  # sentences are chosen from this many times top_k chunks; top_k are shown, and the evidence's own
 
 def says_something_new(question: str, sentence: str) -> bool:
@@ -59,27 +59,62 @@ def candidates(sources: list[Source]) -> list[tuple[str, str, Source]]:
     return found
 
 
-def rank_evidence(question: str, sources: list[Source], embeddings, lexicon=None,
-                  query: list[float] | None = None) -> list[Source]:
-    """Whole sentences of the sources as Sources of their own, best evidence for the question first.
+@dataclass(frozen=True)
+class Weights:
+    """How evidence is scored and when RAG abstains (scripts/calibrate_rag.py chooses them on a calibration split)."""
 
-    Score: meaning (cosine), the share of the question's rare words the sentence and its label hold
-    (`lexicon.coverage`), and whether it holds the kind of answer asked for. `query`: the question's
-    embedding when the caller has it already.
-    """
+    lexical: float = LEXICAL_WEIGHT
+    answer_type: float = TYPE_WEIGHT
+    unknown_penalty: float = UNKNOWN_PENALTY
+    abstain_below: float = ABSTAIN_BELOW
+
+
+DEFAULT_WEIGHTS = Weights()
+
+
+@dataclass(frozen=True)
+class Features:
+    """What a candidate sentence is scored on: meaning, the question's rare words it holds, the answer kind it holds."""
+
+    sentence: str
+    source: Source
+    cosine: float
+    coverage: float  # 0 without a lexicon
+    fit: float
+
+    def score(self, weights: Weights) -> float:
+        return self.cosine + weights.answer_type * self.fit + weights.lexical * self.coverage
+
+
+def evidence_features(question: str, sources: list[Source], embeddings, lexicon=None,
+                      query: list[float] | None = None) -> list[Features]:
+    """The features of every whole sentence of the sources that says something new; `query`: the question's
+    embedding when the caller has it already."""
     found = [c for c in candidates(sources) if says_something_new(question, c[0])]
     if not found:
         return []
     query = query if query is not None else embeddings.embed_query(question)
     vectors = embeddings.embed_documents([sentence for sentence, _, _ in found])
-    ranked = []
-    for (sentence, context, source), vector in zip(found, vectors):
-        score = sum(q * v for q, v in zip(query, vector)) + TYPE_WEIGHT * answer_type_fit(question, sentence)
-        if lexicon is not None:
-            score += LEXICAL_WEIGHT * lexicon.coverage(question, f"{context} {sentence}")
-        ranked.append((score, sentence, source))
-    ranked.sort(key=lambda item: -item[0])
-    return [replace(source, text=sentence, score=round(score, 4)) for score, sentence, source in ranked]
+    return [Features(sentence, source, sum(q * v for q, v in zip(query, vector)),
+                     lexicon.coverage(question, f"{context} {sentence}") if lexicon is not None else 0.0,
+                     answer_type_fit(question, sentence))
+            for (sentence, context, source), vector in zip(found, vectors)]
+
+
+def ranked_by(features: list[Features], weights: Weights = DEFAULT_WEIGHTS) -> list[Source]:
+    """The candidates as Sources of their own (text: the sentence, score: its evidence score), best first."""
+    scored = sorted(((f.score(weights), f) for f in features), key=lambda pair: -pair[0])
+    return [replace(f.source, text=f.sentence, score=round(score, 4)) for score, f in scored]
+
+
+def rank_evidence(question: str, sources: list[Source], embeddings, lexicon=None,
+                  query: list[float] | None = None) -> list[Source]:
+    """Whole sentences of the sources as Sources of their own, best evidence for the question first.
+
+    Score: meaning (cosine), the share of the question's rare words the sentence and its label hold
+    (`lexicon.coverage`), and whether it holds the kind of answer asked for.
+    """
+    return ranked_by(evidence_features(question, sources, embeddings, lexicon, query))
 
 
 def shown_sources(top: list[Source], pool: list[Source], evidence: list[Source]) -> list[Source]:
@@ -92,9 +127,9 @@ def shown_sources(top: list[Source], pool: list[Source], evidence: list[Source])
     return shown
 
 
-def confidence(question: str, ranked: list[Source], lexicon) -> float:
+def confidence(question: str, ranked: list[Source], lexicon, weights: Weights = DEFAULT_WEIGHTS) -> float:
     """How sure the documents answer the question: the best evidence's score, less what no document mentions."""
-    return (ranked[0].score if ranked else 0.0) - UNKNOWN_PENALTY * lexicon.unknown_share(question)
+    return (ranked[0].score if ranked else 0.0) - weights.unknown_penalty * lexicon.unknown_share(question)
 
 
 class RAGBackend:
