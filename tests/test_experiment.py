@@ -112,6 +112,24 @@ def test_a_resume_with_other_options_starts_fresh_and_says_so(lab, grid):
     assert not any(step.startswith("starting fresh") for step in resumed), "the same options resume"
 
 
+def test_each_experiment_keeps_its_folder_and_the_newest_is_the_latest(lab, grid, tmp_path):
+    import os
+    import shutil
+
+    from backends.apps.experiment import experiment_folders, latest_experiment, new_experiment_folder
+
+    duet, _ = lab
+    _, out, _, experiment = grid
+    settings = duet.settings.with_store(tmp_path / "store")
+    first, second = new_experiment_folder(settings), new_experiment_folder(settings)
+    assert first != second, "a new run never lands in an earlier run's folder"
+    for number, folder in enumerate((first, second)):
+        shutil.copytree(out, folder, ignore=shutil.ignore_patterns("datasets"))
+        os.utime(folder / "metrics.json", (1_000_000 + number, 1_000_000 + number))
+    assert experiment_folders(settings) == [second, first]
+    assert latest_experiment(settings).id == experiment.id
+
+
 @pytest.mark.fast
 def test_a_question_an_arm_could_not_answer_is_left_out_and_reported_not_scored_zero():
     from backends.apps.experiment import Experiment, _scores, _unanswered
