@@ -124,7 +124,7 @@ def test_each_experiment_keeps_its_folder_and_the_newest_is_the_latest(lab, grid
     first, second = new_experiment_folder(settings), new_experiment_folder(settings)
     assert first != second, "a new run never lands in an earlier run's folder"
     for number, folder in enumerate((first, second)):
-        shutil.copytree(out, folder, ignore=shutil.ignore_patterns("datasets"))
+        shutil.copytree(out, folder, ignore=shutil.ignore_patterns("datasets"), dirs_exist_ok=True)
         os.utime(folder / "metrics.json", (1_000_000 + number, 1_000_000 + number))
     assert experiment_folders(settings) == [second, first]
     assert latest_experiment(settings).id == experiment.id

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import html
+import itertools
 import json
 import re
 import threading
@@ -558,8 +559,18 @@ def latest_experiment(settings) -> Experiment | None:
 
 
 def new_experiment_folder(settings) -> Path:
-    """A folder of its own for a new experiment, named by the time it starts."""
-    return settings.runs_dir / "experiments" / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-%f")[:-3]
+    """A new, empty folder of its own for an experiment, named by the time it starts (made here, so two starts in
+    the same millisecond still get two folders)."""
+    root = settings.runs_dir / "experiments"
+    root.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-%f")[:-3]
+    for number in itertools.count(1):
+        folder = root / (stamp if number == 1 else f"{stamp}-{number}")
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
 
 
 def load_experiment(folder: str | Path) -> Experiment | None:
