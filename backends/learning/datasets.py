@@ -33,6 +33,7 @@ from backends.core.text import looks_like_instruction
 from backends.core.types import Source
 from backends.knowledge.index import DocumentIndex
 from backends.learning.facts import Fact, facts_of
+from backends.learning.naturalness import passes_floor
 
 FORMATS = ("qa", "raft", "text")
 DEFAULT_PARAPHRASES = 0  # measured best for the 2-core training budget (docs/quality.md)
@@ -140,7 +141,8 @@ def build_dataset(index: DocumentIndex, options: DatasetOptions,
         per_document[chunk.doc_id] += len(found)
         work.step("facts")
     written = _model_wordings(llm, facts, work) if llm is not None else 0
-    removed = {"instruction": 0, "empty_or_overlong": 0, "near_duplicate": 0, "unanswerable": 0}
+    removed = {"instruction": 0, "empty_or_overlong": 0, "below_naturalness_floor": 0, "near_duplicate": 0,
+               "unanswerable": 0}
     candidates = _candidates(facts, options.paraphrases + 2, removed)
     kept = _drop_near_duplicates(index, candidates, removed, work)
     kept = _round_trip(index, kept, removed, work)
@@ -256,6 +258,8 @@ def _candidates(facts: list[Fact], per_fact: int, removed: dict) -> list[tuple[F
                 removed["instruction"] += 1
             elif len(question.split()) < MIN_QUESTION_WORDS or len(question) > MAX_QUESTION_CHARS:
                 removed["empty_or_overlong"] += 1
+            elif not passes_floor(question, fact.answer):  # fewer, better questions: learning/naturalness.py
+                removed["below_naturalness_floor"] += 1
             else:
                 usable.append(question)
             if len(usable) == per_fact:
