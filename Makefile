@@ -2,7 +2,7 @@
 # Both are idempotent: a second run only re-checks what is already there.
 # Python 3.11 to 3.13. `make test PYTHON=python3.12` installs into its own .venv-python3.12, beside the default .venv.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
-VENV ?= $(if $(filter command line environment,$(origin PYTHON)),.venv-$(notdir $(PYTHON)),.venv)
+VENV ?= $(if $(filter command line,$(origin PYTHON)),.venv-$(notdir $(PYTHON)),.venv)
 # pyenv's shims run only the versions pyenv has selected: then the interpreter is found in pyenv's own folders.
 PYTHON_EXE := $(shell $(PYTHON) -c 'import sys; print(sys.executable)' 2>/dev/null || \
 	ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/$(patsubst python%,%,$(notdir $(PYTHON)))*/bin/$(notdir $(PYTHON)) 2>/dev/null | tail -1)

@@ -18,7 +18,8 @@ from backends.core.threads import IN_FLIGHT, built_once, run_concurrently
 from backends.core.types import FailedAnswer, Progress, quiet
 from backends.engines import load_llm
 
-PARTS = ("llm", "index", "registry", "rag", "ft", "tracer")  # what `warm` builds by default
+PARTS = ("index", "llm", "registry", "rag", "ft", "tracer")  # what `warm` builds by default: the store first, so a
+# store in use by another process is reported before the model loads
 PART_NAMES = {"llm": "base model", "index": "document index and embedding model", "registry": "adapter registry",
               "rag": "RAG backend", "ft": "fine-tuned backend", "tracer": "claim tracer"}
 
@@ -40,7 +41,7 @@ class JobSlots:
         with self._lock:
             current = self._jobs.get(kind)
             if current is not None and current.running:
-                raise BadInput(f"a {kind} is already running: wait for it or cancel it first")
+                raise BadInput(f"the {kind} started earlier is still running: wait for it or cancel it first")
             self._jobs[kind] = job
         return job.start()
 
@@ -179,8 +180,8 @@ class Duet:
                 yield name, item
 
 
-_PARTS_OF = {"rag": ("llm", "index", "rag"), "ft": ("llm", "registry", "index", "ft"),
-             "rag_ft": ("llm", "index", "registry", "rag", "ft")}
+_PARTS_OF = {"rag": ("index", "llm", "rag"), "ft": ("index", "llm", "registry", "ft"),
+             "rag_ft": ("index", "llm", "registry", "rag", "ft")}
 
 
 def answer_or_failure(backend: str, question: str, answer: Callable):

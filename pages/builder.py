@@ -43,8 +43,11 @@ def build_form() -> None:
     plan = plan_build(index, options)
     st.caption(f"{len(plan.documents)} documents, {len(plan.chunks)} chunks: about {plan.estimate_s:.0f} s.")
     if st.button("Build a dataset from my documents", type="primary", key=key(PAGE, "build.start")):
-        duet().jobs.start("dataset build", DatasetJob(index, options, duet().llm if uses_model(duet().settings) else None))
-        st.rerun()
+        try:
+            duet().jobs.start("dataset build", DatasetJob(index, options, duet().llm if uses_model(duet().settings) else None))
+            st.rerun()
+        except DuetError as error:
+            st.error(str(error))
 
 
 def build_view() -> None:

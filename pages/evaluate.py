@@ -96,7 +96,8 @@ def eval_job_view() -> None:
 def experiment_section(allowed: bool) -> None:
     st.subheader("Knowledge-injection experiment")
     st.caption("Every arm answers the same held-out questions built from your documents; intervals are paired "
-               "bootstrap 95%. A re-run re-uses trained adapters and resumes a cancelled grid.")
+               "bootstrap 95%. Each run keeps its own folder and re-uses adapters trained on the same data; a "
+               "cancelled run can be resumed with the same options, questions and index.")
     if allowed:
         left, right = st.columns([3, 1])
         arms = left.multiselect("Arms", ARMS, default=list(DEFAULT_ARMS), key=key(PAGE, "exp.arms"))

@@ -44,3 +44,14 @@ def test_bad_input_exits_2_with_one_line(settings, tmp_path):
         result = run_cli(*args, "--store", str(tmp_path / "s"), settings=settings)
         assert result.returncode == 2, args
         assert result.stderr.startswith("duet: ") and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_eval_of_the_fine_tuned_side_without_its_adapter_exits_2_before_answering(settings, tmp_path):
+    """A missing adapter is the run's bad input (one line, exit 2), not a run of failed rows."""
+    from tests.helpers import copy_demo_store
+
+    store = copy_demo_store(tmp_path / "store")
+    result = run_cli("eval", "--set", "data/qa/eval.jsonl", "--systems", "rag,ft", "--store", str(store),
+                     "--out", str(tmp_path / "run"), settings=settings, env={"DUET_ADAPTERS_DIR": str(tmp_path / "none")})
+    assert result.returncode == 2 and "no adapter named 'demo'" in result.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "run").exists() and "[1/" not in result.stderr, "nothing was answered"

@@ -26,11 +26,11 @@ def test_squad_normalisation_exact_match_and_f1():
 
 @pytest.mark.fast
 def test_a_number_keeps_its_decimal_point_in_every_metric():
-    assert normalize_answer("Revenue was 41.6 million, 1,260.50 in all.") == "revenue was 41.6 million 1260.5 in all"
+    assert normalize_answer("Revenue was 41.6 million, 1,260.50 in all.") == "revenue was 41.6 million 1260.50 in all"
     for wrong in ("416", "4.16"):
         assert exact_match(wrong, "41.6") == 0.0 and contains_gold(f"It was {wrong} million.", "41.6 million") == 0.0
         assert token_f1(f"{wrong} million", "41.6 million") == 0.5
-    assert contains_gold("It was 41.60 million euros.", "41.6 million") == 1.0  # the same value, spelt longer
+    assert contains_gold("Python 3.10 is required.", "3.1") == 0.0, "versions differ by their digits"
 
 
 @pytest.mark.fast

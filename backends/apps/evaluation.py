@@ -105,6 +105,8 @@ def run_eval(duet, items: list[QAItem], systems=("rag", "ft"), adapter: str | No
     uses_adapter = bool({"ft", "rag_ft"} & set(systems))  # a RAG-only run needs no adapter in the store
     adapter = (adapter or duet.registry.active_name()) if uses_adapter else None
     duet.warm()
+    if adapter:
+        duet.registry.get(adapter)  # a missing or foreign adapter is the run's bad input (exit 2), not N failed rows
     jobs = [(item, system) for item in items for system in systems]
     rows: list = [None] * len(jobs)
     done = 0
@@ -209,12 +211,14 @@ class EvalJob(BackgroundJob):
         self.duet, self.items, self.systems, self.freshness = duet, items, systems, freshness
 
     def work(self, on_progress, cancel: threading.Event) -> EvalRun:
-        eta = Eta()
-        report = lambda done, total, label: on_progress(EvalProgress(done, total, label, eta.seconds_left(done, total)))  # noqa: E731
-        run = run_eval(self.duet, self.items, self.systems, on_progress=report, cancel=cancel)
+        def reporter():  # an ETA per phase: the freshness experiment has its own rate
+            eta = Eta()
+            return lambda done, total, label: on_progress(EvalProgress(done, total, label, eta.seconds_left(done, total)))
+
+        run = run_eval(self.duet, self.items, self.systems, on_progress=reporter(), cancel=cancel)
         if self.freshness:
             run.freshness = freshness_experiment(self.duet, DATA_DIR / "corpus_updates", DATA_DIR / "qa" / "updates.jsonl",
-                                                 self.systems, on_progress=report)
+                                                 self.systems, on_progress=reporter())
         save_run(run, self.duet.settings.runs_dir / run.id)
         return run
 

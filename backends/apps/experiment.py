@@ -257,11 +257,13 @@ def run_experiment(duet, options: ExperimentOptions, out: Path,
                               for item in items], IN_FLIGHT, scored)
         experiment.rows = [r for r in experiment.rows if r.system != arm] + rows
         metrics = aggregate(rows)[arm]
-        experiment.metrics[arm] = {**dataclasses.asdict(metrics), "context_tokens": round(context / max(1, len(items)), 1)}
+        if metrics.questions:  # an arm none of whose questions could be answered is not done: a re-run tries it again
+            experiment.metrics[arm] = {**dataclasses.asdict(metrics),
+                                       "context_tokens": round(context / max(1, len(items)), 1)}
         experiment.unanswered = {a: q for a, q in _unanswered(experiment, items).items() if q}
         scores = _scores(experiment, items)
         experiment.intervals = paired_bootstrap(scores, reference="rag") \
-            if (len(experiment.metrics) > 1 or "rag" in experiment.metrics) and all(scores.values()) else {}
+            if (len(experiment.metrics) > 1 or "rag" in experiment.metrics) and scores and all(scores.values()) else {}
         experiment.seconds = round(experiment.seconds + time.perf_counter() - started, 1)
         started = time.perf_counter()
         _save(experiment, out)
@@ -308,7 +310,7 @@ def _stress(duet, experiment: Experiment, questions_dir: Path, items: list[QAIte
                                        lambda n, a, c=condition: progress(arm, f"stress test, {c}: {items[n].question[:50]}"))
             scores = [contains_gold(answer.text, item.answer) for answer, item in zip(answers, items)
                       if not isinstance(answer, FailedAnswer)]  # a failed answer is not a wrong one
-            results[condition] = round(sum(scores) / max(1, len(scores)), 4)
+            results[condition] = round(sum(scores) / len(scores), 4) if scores else None  # None: nothing answered
         experiment.stress[arm] = results
         experiment.parts[f"stress {arm}"] = round(time.perf_counter() - arm_started, 1)
         _save(experiment, out)
@@ -432,6 +434,11 @@ def _answered(experiment: Experiment) -> dict[str, dict[str, float]]:
     return by_arm
 
 
+def _finished(experiment: Experiment) -> dict[str, dict[str, float]]:
+    """`_answered` for the finished arms (those in metrics): an arm that answered nothing is left out, not scored 0."""
+    return {arm: scores for arm, scores in _answered(experiment).items() if arm in experiment.metrics}
+
+
 def _unanswered(experiment: Experiment, items: list[QAItem]) -> dict[str, list[str]]:
     """arm -> the held-out questions it has no score for (its answer failed)."""
     return {arm: [i.question for i in items if i.question not in scores] for arm, scores in _answered(experiment).items()}
@@ -440,7 +447,7 @@ def _unanswered(experiment: Experiment, items: list[QAItem]) -> dict[str, list[s
 def _scores(experiment: Experiment, items: list[QAItem]) -> dict[str, list[float]]:
     """Every arm's gold contained on the questions every arm answered: the paired bootstrap compares like with like,
     and a question one arm could not answer is left out (and reported in `unanswered`), never scored 0."""
-    by_arm = _answered(experiment)
+    by_arm = _finished(experiment)
     common = [i.question for i in items if all(i.question in scores for scores in by_arm.values())]
     return {arm: [scores[q] for q in common] for arm, scores in by_arm.items()}
 

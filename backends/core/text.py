@@ -21,12 +21,9 @@ NUMBER = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)*|\d+(?:\.\d+)*")
 
 
 def canonical_number(number: str) -> str:
-    """One spelling per value: thousands commas dropped, a decimal's trailing zeros dropped ("1,260.50" -> "1260.5",
-    "2.0" -> "2"); "41.6", "4.16" and "416" stay three different numbers."""
-    plain = number.replace(",", "")
-    if plain.count(".") == 1:
-        plain = plain.rstrip("0").rstrip(".")
-    return plain
+    """Thousands commas dropped ("1,260" -> "1260"); every digit and point kept, so "41.6", "4.16" and "416" stay
+    three numbers, and so do versions such as "3.10" and "3.1"."""
+    return number.replace(",", "")
 
 
 def numbers_in(text: str) -> set[str]:

@@ -13,8 +13,9 @@ import re
 from backends.core.text import NUMBER, canonical_number
 
 QUESTION_WORDS = frozenset("what which who whom whose when where why how".split())
+_NEGATED = "isn't aren't wasn't weren't can't couldn't won't wouldn't shouldn't doesn't don't didn't"
 INVERTED = frozenset("is are was were am be can could will would shall should may might must has have had do does did "
-                     "isn't aren't wasn't weren't can't couldn't won't wouldn't shouldn't doesn't don't didn't".split())
+                     f"{_NEGATED} {_NEGATED.replace(chr(39), '’')}".split())
 # A question does not end on these: "Who should packages be written so that they?"
 DANGLING = frozenset("the a an and or nor but that which who whom whose this these those its their his her our your my "
                      "is are was were be been being as than if so such then also not no they he she we i".split())
@@ -23,7 +24,8 @@ STRANDED = frozenset("of to in on at by for with from into onto upon about over 
                      "like through after before".split())
 _WORD = re.compile(r"[A-Za-z0-9][\w'’.-]*")
 # Residue of markup or code; an option (--maxdepth), a function (inflate()) or a path is a fair thing to ask about.
-_MARKUP = re.compile(r"[{}\[\]<>|\\`*#=;$^~]|->|::|/\*|\*/|https?:|www\.|\(\s*\)\s*\?|\(\s*$")
+# A price ("$40") and a language ("C#") are words a person writes.
+_MARKUP = re.compile(r"[{}\[\]<>|\\`*=;^~]|\$(?!\d)|(?<![A-Za-z])#|->|::|/\*|\*/|https?:|www\.|\(\s*\)\s*\?|\(\s*$")
 # "In which year …?", "For how long …?", "To whom …?": a preposition may stand before the question word.
 _LEADING_PREPOSITION = re.compile(r"^(?:in|on|at|for|to|from|by|with|since|until|under|after|before|during|of|into|"
                                   r"through|within|over|against|among|about)\s+(?=(?:what|which|who|whom|whose|when|"
@@ -42,14 +44,15 @@ def floor_problems(question: str, answer: str = "") -> list[str]:
     if not text.endswith("?"):
         problems.append("no question mark")
     found = words(text)
-    opening = _LEADING_PREPOSITION.sub("", re.sub(r"^According to [^,]{1,80},\s*", "", text))
-    first = (words(opening) or [""])[0].lower()
+    after_source = re.sub(r"^According to [^,]{1,80},\s*", "", text)
+    opening = _LEADING_PREPOSITION.sub("", after_source)
+    first = re.sub(r"['’]s$", "", (words(opening) or [""])[0].lower())  # "What's", "Who's"
     if first not in QUESTION_WORDS and first not in INVERTED:
         problems.append("no question word or inversion up front")
     if not MIN_WORDS <= len(found) <= MAX_WORDS:
         problems.append(f"{len(found)} words (4 to 30)")
     last = found[-1].lower().rstrip(".") if found else ""
-    if last in DANGLING or (last in STRANDED and (first not in QUESTION_WORDS or opening != text)):
+    if last in DANGLING or (last in STRANDED and (first not in QUESTION_WORDS or opening != after_source)):
         problems.append(f'dangling "{last}" before "?"')
     if last in QUESTION_WORDS:
         problems.append(f'question word "{last}" left at the end')
