@@ -141,9 +141,10 @@ def test_a_question_an_arm_could_not_answer_is_left_out_and_reported_not_scored_
                                                        None, 1, 1.0, error=error)
     experiment = Experiment("x", "now", {}, 3, rows=[row("q0", "rag", 1.0), row("q1", "rag", 1.0), row("q2", "rag", 0.0),
                                                       row("q0", "ft", 1.0), row("q1", "ft", 0.0, "ValueError: boom"),
-                                                      row("q2", "ft", 0.0)])
+                                                      row("q2", "ft", 0.0), row("q0", "base", 0.0, "OSError: x")],
+                            metrics={"rag": {}, "ft": {}})  # base answered nothing: not finished, not scored
     assert _scores(experiment, items) == {"rag": [1.0, 0.0], "ft": [1.0, 0.0]}, "q1 left out for every arm"
-    assert _unanswered(experiment, items) == {"rag": [], "ft": ["q1"]}
+    assert _unanswered(experiment, items) == {"rag": [], "ft": ["q1"], "base": ["q0", "q1", "q2"]}
 
 
 def test_the_evaluate_page_shows_the_latest_experiment_and_the_advisor_uses_it(grid, tmp_path, monkeypatch):
