@@ -10,7 +10,6 @@ pool ends with its thread (progress messages come back to the caller's thread, w
 
 from __future__ import annotations
 
-import contextvars
 import ctypes
 import ctypes.util
 import os
@@ -145,7 +144,7 @@ def run_concurrently(calls: list[Callable[[], T]], in_flight: int, on_done: Call
         running: dict = {}
         while True:
             while len(running) < in_flight and not cancel.is_set() and (item := next(queued, None)):
-                running[pool.submit(contextvars.copy_context().run, item[1])] = item[0]
+                running[pool.submit(item[1])] = item[0]
             if not running:
                 break
             finished, _ = wait(running, return_when=FIRST_COMPLETED)

@@ -23,9 +23,16 @@ LIBRARIES: dict[str, tuple[str, ...]] = {
 }
 
 
+_imported = False  # once done, every later warm start (each Compare question, each batch) skips the loop
+
+
 def import_libraries() -> None:
-    """Import every library of LIBRARIES and resolve its names, on the calling thread (idempotent, fast when done)."""
+    """Import every library of LIBRARIES and resolve its names, on the calling thread (once per process)."""
+    global _imported
+    if _imported:
+        return
     for module_name, names in LIBRARIES.items():
         module = importlib.import_module(module_name)
         for name in names:
             getattr(module, name)
+    _imported = True
