@@ -26,6 +26,7 @@ from backends.core.threads import IN_FLIGHT
 from backends.core.types import QAItem
 from backends.answering.scoring import contains_gold, cosine, percentile, score_answer
 
+
 def load_qa(path: str | Path) -> list[QAItem]:
     """Read and validate a QA JSONL file (BadInput names the first bad line)."""
     return read_qa_file(path)
