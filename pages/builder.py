@@ -19,7 +19,7 @@ from pages.common import duet, key, literal, watch_job
 from pages.panels import marked
 
 PAGE = "finetune"
-COLUMNS = ["row", "question", "answer", "source"]
+COLUMNS = ["row", "question", "answer", "quality", "source"]
 
 
 def build_form() -> None:
@@ -83,9 +83,11 @@ def review(job: DatasetJob) -> None:
     if manifest["documents_without_facts"]:
         st.info("No facts found in: " + ", ".join(manifest["documents_without_facts"]))
     st.plotly_chart(filter_chart(manifest), key=key(PAGE, "build.filters"))
-    st.markdown("**Review the training rows**: fix a question or an answer in place, or select rows and delete them.")
+    st.markdown("**Review the training rows**: fix a question or an answer in place, or select rows and delete them. "
+                "*Quality* (0 to 1) scores the generated question: its subject named, its question word fitting the "
+                "answer, its length; rows below 0.6 were left out.")
     table = [{"row": number, **{c: r.get(c, "") for c in COLUMNS[1:]}} for number, r in enumerate(dataset.train)]
-    rows = st.data_editor(table, num_rows="dynamic", disabled=["row", "source"], hide_index=True, width="stretch",
+    rows = st.data_editor(table, num_rows="dynamic", disabled=["row", "quality", "source"], hide_index=True, width="stretch",
                           key=key(PAGE, "build.rows"))
     evidence_view(dataset.train)
     name = st.text_input("Dataset name", value="my-documents", max_chars=64, key=key(PAGE, "build.name"))
@@ -129,6 +131,9 @@ def evidence_view(rows: list[dict]) -> None:
 
 def saved_choice() -> tuple | None:
     """A saved dataset to train on: (train.jsonl path, manifest) or None when there is none."""
+    job = duet().jobs["dataset build"]
+    if job is not None and job.state == "done" and "id" not in job.result.manifest:
+        st.info("The dataset built above is not saved yet: save it first (Save dataset, above), then choose it here.")
     found = saved_datasets(duet().settings.store_dir)
     if not found:
         st.caption("No dataset built yet: build one above.")

@@ -16,7 +16,7 @@ from backends.core.errors import DuetError
 from backends.models.lora import adapter_gguf_bytes
 from backends.learning.adapters import import_adapter
 from backends.learning.examples import read_qa_file, read_training_file, store_dataset
-from backends.learning.training import TrainConfig, TrainingJob, dataset_label
+from backends.learning.training import TrainConfig, TrainingJob, dataset_label, training_estimate
 from pages.builder import build_form, build_view, saved_choice
 from pages.common import duet, key, may_change_data, page_errors, watch_job
 
@@ -98,6 +98,10 @@ def start_section() -> None:
     overwrite = st.checkbox("Replace an adapter of the same name", value=kept("overwrite", False), key=key(PAGE, "overwrite"))
     keep("name", name)
     keep("overwrite", overwrite)
+    if chosen is not None and config.batch_size > 0 and config.epochs > 0:
+        steps, seconds = training_estimate(duet().llm.tokenizer, chosen[1], config)
+        st.caption(f"{len(chosen[1])} rows × {config.epochs} epochs = {steps} steps: about {seconds / 60:.0f} min on "
+                   "2 CPU cores (less on a GPU). Fewer epochs train faster and learn less.")
     if not st.button("Start training", type="primary", disabled=chosen is None or not config.target_modules,
                      key=key(PAGE, "start")):
         return

@@ -1,8 +1,8 @@
 """A fine-tuning dataset built from the index: facts, question wordings, filters, a held-out split, atomic save.
 
-    plan -> facts (facts.facts_of) -> wordings (K+1 per fact for training, one more held out)
-         -> filters (instructions, empty or overlong, near-duplicates, round-trip retrieval)
-         -> split (eval questions ask for trained facts in wordings training never saw)
+    plan -> facts (facts.facts_of) -> wordings (K+1 per fact for training, one of up to three more held out)
+         -> filters (instructions, empty or overlong, low quality, below the floor, near-duplicates)
+         -> split (eval questions ask for trained facts in wordings training never saw, and retrieval finds them)
          -> rows (qa | raft | text) -> save (train.jsonl, eval.jsonl, dataset.json, all or nothing)
 
 The eval rows carry the short answer and the source file, so `eval --set` scores them as it
@@ -34,6 +34,7 @@ from backends.core.types import Source
 from backends.knowledge.index import DocumentIndex
 from backends.learning.facts import Fact, facts_of
 from backends.learning.naturalness import passes_floor
+from backends.learning.questions import MIN_QUALITY, named_subject
 
 FORMATS = ("qa", "raft", "text")
 DEFAULT_PARAPHRASES = 0  # measured best for the 2-core training budget (docs/quality.md)
@@ -42,6 +43,8 @@ MAX_PARAPHRASES = 10
 # training, and an eval question this close to any training question is never used (the leakage guard).
 NEAR_DUPLICATE = 0.95
 SAME_WORDS = 0.99  # two wordings of one fact this close differ in punctuation or a filler word only
+# Wordings beyond the K+1 trained that a held-out question may be chosen from (the first one unlike the trained)
+HELD_OUT_CHOICES = 3
 MIN_QUESTION_WORDS, MAX_QUESTION_CHARS, MAX_ANSWER_CHARS = 3, 300, 600
 # RAFT's P (Zhang et al. 2024); two distractors beside the gold: the three sources RAG's default top-k gives at answering
 RAFT_GOLD_SHARE, RAFT_DISTRACTORS = 0.8, 2
@@ -135,20 +138,24 @@ def build_dataset(index: DocumentIndex, options: DatasetOptions,
 
     facts: list[Fact] = []
     per_document: dict[str, int] = {doc_id: 0 for doc_id in plan.documents}
+    named: dict[str, str] = {}
     for chunk in plan.chunks:
-        found = facts_of(chunk)
+        if chunk.doc_id not in named:  # what the document is about, from its opening chunks
+            named[chunk.doc_id] = named_subject([c.text for c in plan.chunks if c.doc_id == chunk.doc_id][:3])
+        found = facts_of(chunk, named[chunk.doc_id])
         facts.extend(found)
         per_document[chunk.doc_id] += len(found)
         work.step("facts")
     written = _model_wordings(llm, facts, work) if llm is not None else 0
-    removed = {"instruction": 0, "empty_or_overlong": 0, "below_naturalness_floor": 0, "near_duplicate": 0,
-               "unanswerable": 0}
-    candidates = _candidates(facts, options.paraphrases + 2, removed)
+    removed = {"instruction": 0, "empty_or_overlong": 0, "low_quality": 0, "below_naturalness_floor": 0,
+               "near_duplicate": 0, "unanswerable": 0}
+    candidates = _candidates(facts, options.paraphrases + 1 + HELD_OUT_CHOICES, removed)
     kept = _drop_near_duplicates(index, candidates, removed, work)
-    kept = _round_trip(index, kept, removed, work)
+    kept = _holding(kept, removed)
     if exclude:
         kept, removed["held_out_elsewhere"] = _without(index, kept, exclude)
     train, held_out, leaks = _split(kept, options, rng)
+    held_out = [(fact, question) for fact, (question, _) in _round_trip(index, held_out, removed, work)]
     rows = _rows(index, train, options, rng)
     eval_rows = [_eval_row(fact, question) for fact, question in held_out]
     work.step("rows")
@@ -252,13 +259,16 @@ def _candidates(facts: list[Fact], per_fact: int, removed: dict) -> list[tuple[F
         if len(fact.sentence) > MAX_ANSWER_CHARS:
             removed["empty_or_overlong"] += 1
             continue
+        if fact.score < MIN_QUALITY:  # fewer, better questions: learning/questions.py
+            removed["low_quality"] += 1
+            continue
         usable = []
         for question in fact.questions:
             if looks_like_instruction(question):
                 removed["instruction"] += 1
             elif len(question.split()) < MIN_QUESTION_WORDS or len(question) > MAX_QUESTION_CHARS:
                 removed["empty_or_overlong"] += 1
-            elif not passes_floor(question, fact.answer):  # fewer, better questions: learning/naturalness.py
+            elif not passes_floor(question, fact.answer):  # learning/naturalness.py
                 removed["below_naturalness_floor"] += 1
             else:
                 usable.append(question)
@@ -282,7 +292,7 @@ def _drop_near_duplicates(index, candidates, removed: dict, work: _Work) -> list
     import numpy as np
 
     texts = [q for _, questions in candidates for q in questions]
-    work.grow(2 * len(texts))
+    work.grow(len(texts))
     vectors = _unit_vectors(index, texts)
     work.step("embedding questions", len(texts))
     kept_vectors = np.zeros((len(texts), vectors.shape[1] if len(texts) else 1), dtype=np.float32)
@@ -304,21 +314,29 @@ def _drop_near_duplicates(index, candidates, removed: dict, work: _Work) -> list
     return kept
 
 
-def _round_trip(index, kept, removed: dict, work: _Work):
-    """Keep a question only when retrieval finds its fact's chunk and the chunk holds the answer where it says."""
-    top_k, survivors = index.settings.top_k, []
+def _holding(kept, removed: dict):
+    """The facts whose chunk holds the answer where the fact says (a chunk re-split since would not)."""
+    survivors = []
     for fact, questions in kept:
-        holds = fact.chunk.text[fact.start:fact.end] == fact.answer and fact.answer.strip()
-        mine = []
-        for question, vector in questions:
-            found, _ = index.hybrid(question, vector.tolist(), top_k) if holds else ([], 0.0)
-            if any(s.chunk_id == fact.chunk.chunk_id for s in found):
-                mine.append((question, vector))
-            else:
-                removed["unanswerable"] += 1
-            work.step("round-trip retrieval")
-        if mine:
-            survivors.append((fact, mine))
+        if fact.chunk.text[fact.start:fact.end] == fact.answer and fact.answer.strip():
+            survivors.append((fact, questions))
+        else:
+            removed["unanswerable"] += len(questions)
+    return survivors
+
+
+def _round_trip(index, held_out, removed: dict, work: _Work):
+    """Keep a held-out question only when retrieval finds its fact's chunk: RAG is asked only what it can find.
+    Training keeps every wording: fine-tuning needs no retrieval."""
+    top_k, survivors = index.settings.top_k, []
+    work.grow(len(held_out))
+    for fact, (question, vector) in held_out:
+        found, _ = index.hybrid(question, vector.tolist(), top_k)
+        if any(s.chunk_id == fact.chunk.chunk_id for s in found):
+            survivors.append((fact, (question, vector)))
+        else:
+            removed["unanswerable"] += 1
+        work.step("round-trip retrieval")
     return survivors
 
 
@@ -338,28 +356,31 @@ def _without(index, kept, exclude: list[str]):
 def _split(kept, options: DatasetOptions, rng: random.Random):
     """(train facts with their wordings, held-out (fact, question) pairs, eval candidates refused as leaks).
 
-    An eval fact keeps its other wordings in training; its held-out wording is the one least like them.
+    An eval fact keeps K+1 of its other wordings in training; its held-out wording is the best one (first) that no
+    training wording of it comes within NEAR_DUPLICATE of.
     """
     import numpy as np
 
-    eligible = [i for i, (_, questions) in enumerate(kept) if len(questions) >= 2]
+    trained_count = options.paraphrases + 1
+    eligible = [i for i, (_, questions) in enumerate(kept) if len(questions) >= trained_count + 1]
     wanted = round(options.eval_share * len(kept))
     held = set(rng.sample(eligible, min(wanted, len(eligible))))
     train, held_out = [], []
     for i, (fact, questions) in enumerate(kept):
         if i in held:
-            # The held-out wording: least like the fact's other wordings.
-            scores = [max(float(v @ w) for q2, w in questions if q2 != q) for q, v in questions]
-            pick = int(np.argmin(scores))
+            for pick, (question, vector) in enumerate(questions):
+                others = [q for j, q in enumerate(questions) if j != pick][:trained_count]
+                if max(float(vector @ w) for _, w in others) < NEAR_DUPLICATE:
+                    break
             held_out.append((fact, questions[pick]))
-            train.append((fact, [q for j, q in enumerate(questions) if j != pick][: options.paraphrases + 1]))
+            train.append((fact, [q for j, q in enumerate(questions) if j != pick][:trained_count]))
         else:
-            train.append((fact, questions[: options.paraphrases + 1]))
+            train.append((fact, questions[:trained_count]))
     # The guard: no eval question is a training question or a near-duplicate of one, whatever the steps above did.
     trained = [(q.lower(), v) for _, questions in train for q, v in questions]
     matrix = np.stack([v for _, v in trained]) if trained else None
     texts = {q for q, _ in trained}
-    safe = [(fact, q) for fact, (q, v) in held_out
+    safe = [(fact, (q, v)) for fact, (q, v) in held_out
             if q.lower() not in texts and (matrix is None or float((matrix @ v).max()) < NEAR_DUPLICATE)]
     return [(fact, [q for q, _ in questions]) for fact, questions in train], safe, len(held_out) - len(safe)
 
@@ -372,7 +393,7 @@ def _provenance(fact: Fact) -> dict:
 
 
 def _eval_row(fact: Fact, question: str) -> dict:
-    return {"question": question, "answer": " ".join(fact.answer.split()), **_provenance(fact)}
+    return {"question": question, "answer": " ".join(fact.answer.split()), "quality": fact.score, **_provenance(fact)}
 
 
 def _rows(index: DocumentIndex, train, options: DatasetOptions, rng: random.Random) -> list[dict]:
@@ -382,7 +403,7 @@ def _rows(index: DocumentIndex, train, options: DatasetOptions, rng: random.Rand
     for fact, questions in train:
         for number, question in enumerate(questions):
             answer = fact.answers[number % len(fact.answers)] if options.paraphrases else fact.answers[0]
-            row = {"question": question, "answer": answer, **_provenance(fact)}
+            row = {"question": question, "answer": answer, "quality": fact.score, **_provenance(fact)}
             if options.format == "raft":
                 row.update(_raft(index, fact, question, rng))
             rows.append(row)

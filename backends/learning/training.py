@@ -169,6 +169,19 @@ def peak_matmul_flops(precision: str, device) -> float:
     return 2 * 2048 ** 3 / best
 
 
+# Trained tokens a second at the defaults on 2 CPU cores with the bundled model (the demo build's training,
+# 2026-12-06: 235 to 275); a GPU or more cores is faster, so there the estimate is an upper bound.
+CPU_TOKENS_PER_S = 240.0
+
+
+def training_estimate(tokenizer, items: list, config: TrainConfig) -> tuple[int, float]:
+    """(optimiser steps, seconds on 2 CPU cores) before training starts, every example tokenized as training will."""
+    lengths = [len(tokenize_example(tokenizer, item, config.max_length)[0]) for item in items]
+    per_epoch = math.ceil(len(lengths) / config.batch_size)
+    steps = per_epoch * config.epochs if not config.max_steps else min(per_epoch * config.epochs, config.max_steps)
+    return steps, (sum(lengths) * steps / per_epoch / CPU_TOKENS_PER_S) if per_epoch else 0.0
+
+
 def dataset_record(data_path: Path, examples: int) -> dict:
     """What an adapter records of its data: the file, and the built dataset's manifest hash when it has one."""
     record = {"file": data_path.name, "sha256": file_sha256(data_path), "examples": examples}
@@ -221,6 +234,8 @@ def _train_loop(model, tokenizer, items, config: TrainConfig, precision: str, on
     total = steps_per_epoch * config.epochs
     if config.max_steps:
         total = min(total, config.max_steps)
+    # The ETA counts tokens, not steps: a batch of long rows takes longer, and the step count would not know it.
+    all_tokens = sum(len(ids) for ids, _ in examples) * total / max(1, steps_per_epoch)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1 - step / total))
     rng, history, step, started, tokens = random.Random(config.seed), [], 0, time.perf_counter(), 0
@@ -240,7 +255,8 @@ def _train_loop(model, tokenizer, items, config: TrainConfig, precision: str, on
             elapsed = time.perf_counter() - started
             value = round(loss.item(), 4) if loss is not None else (history[-1]["loss"] if history else 0.0)
             record = TrainProgress(step, total, round(epoch + (step - epoch * steps_per_epoch) / steps_per_epoch, 3),
-                                   value, tokens / elapsed, elapsed / step * (total - step), tokens, elapsed)
+                                   value, tokens / elapsed, max(0.0, all_tokens - tokens) * elapsed / tokens, tokens,
+                                   elapsed)
             if loss is not None:
                 history.append({"step": step, "epoch": record.epoch, "loss": record.loss})
             on_progress(record)
