@@ -50,7 +50,8 @@ def main() -> int:
              "eval": run("eval", "--set", str(SET / "questions.jsonl"), "--systems", "rag,ft", "--adapter",
                          "written-first", "--out", str(store / "eval"), *where)}
     metrics = json.loads((store / "eval" / "metrics.json").read_text())
-    print(json.dumps({"seconds": times, "metrics": metrics.get("systems", metrics)}, indent=1)[:4000])
+    built = json.loads((store / "datasets" / "written-first" / "dataset.json").read_text())
+    print(json.dumps({"seconds": times, "dataset": built["counts"], "metrics": {s: {k: metrics["metrics"][s][k] for k in ("contains", "f1", "count") if k in metrics["metrics"][s]} for s in metrics["systems"]}}, indent=1))
     return 0
 
 

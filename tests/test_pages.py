@@ -142,6 +142,8 @@ def test_finetune_page_validates_an_uploaded_dataset():
     app.run()
     assert not app.error and any("2 valid question/answer pairs" in s.value for s in app.success)
     assert not app.button(key="finetune.start").disabled
+    # The time it will take is said before the button: 2 rows in batches of 8, 5 epochs.
+    assert any("2 rows × 5 epochs = 5 steps: about" in c.value for c in app.caption), [c.value for c in app.caption]
 
 
 def test_finetune_page_keeps_the_users_values_after_a_training_run():
@@ -180,6 +182,8 @@ def test_finetune_page_builds_a_dataset_shows_its_evidence_and_saves_it_for_trai
     assert builds()["job"].state == "done", builds()["job"].error
     assert any("training rows" in s.value and "held-out" in s.value for s in app.success), [s.value for s in app.success]
     assert any(":orange-background[" in m.value for m in app.markdown), "the chosen row's evidence is highlighted"
+    app.radio(key="finetune.dataset").set_value("Built from my documents").run()
+    assert any("save it first" in i.value for i in app.info), "an unsaved build cannot be chosen yet, and says so"
     app.text_input(key="finetune.build.name").set_value("overview")
     app.checkbox(key="finetune.build.export").check()
     app.button(key="finetune.build.save").click().run()

@@ -133,7 +133,7 @@ FACT_CHANGES = 5  # facts the "change a fact" demo changes
 # conditions x 90 questions was the grid's largest part (docs/quality.md).
 STRESS_QUESTIONS = 40
 SECONDS_PER_ROW = {"qa": 0.18, "raft": 1.2, "text": 0.5}
-ROWS_PER_CHUNK_WORDING = 4.3
+ROWS_PER_CHUNK_WORDING = 2.1
 SECONDS_PER_ANSWER = {"base": 0.7, "rag": 0.4, "ft": 0.4, "ft_par": 1.0, "rag_ft": 3.4, "raft": 2.5, "text": 1.0}
 LEAVE_OUT_FIRST = ("text", "raft", "ft_par", "rag_ft", "ft")  # what a budget drops first
 

@@ -262,6 +262,9 @@ def _candidates(facts: list[Fact], per_fact: int, removed: dict) -> list[tuple[F
         if fact.score < MIN_QUALITY:  # fewer, better questions: learning/questions.py
             removed["low_quality"] += 1
             continue
+        if not passes_floor(fact.questions[0], fact.answer):  # the other wordings are made from the first
+            removed["below_naturalness_floor"] += len(fact.questions)
+            continue
         usable = []
         for question in fact.questions:
             if looks_like_instruction(question):

@@ -53,7 +53,7 @@ _REWORDINGS = dict(pair.split("=") for pair in (
     "employees=staff, employee=staff member, manager=supervisor, report=notify, reported=notified, within=inside, "
     "bought=purchased, booked=reserved, trips=journeys, trip=journey, warranty=guarantee, "
     "replaced=swapped, repair=fix, repaired=fixed, opened=launched, launched=released, released=published, "
-    "uses=relies on, use=rely on, provides=offers, offers=provides, covers=includes, includes=covers, "
+    "provides=offers, offers=provides, covers=includes, includes=covers, "
     "reviewed=assessed, checked=inspected, tested=checked, rated=certified, reaches=gets to, lasts=runs for, "
     "chief executive officer=CEO, chief technology officer=CTO, chief financial officer=CFO, office=site, "
     "company=firm, people=persons, largest=biggest, first=initial, annual=yearly, every year=each year, "
@@ -111,7 +111,8 @@ def is_junk(sentence: str) -> bool:
 _SUBJECT = ("nsubj", "nsubjpass")
 _PERSONAL = {"it", "they", "this", "these", "those", "that", "he", "she", "them", "its", "their", "his", "her",
              "him", "such"}
-_SPEAKERS = {"i", "we", "you", "me", "us", "one", "something", "anything", "someone", "there"}
+# "You" stays: "Which file do you edit to activate the modules?" is how a person asks a how-to.
+_SPEAKERS = {"i", "we", "me", "us", "one", "something", "anything", "someone", "there"}
 # "The program ..." in a README means the document's subject.
 _STAND_INS = {"program", "package", "project", "library", "tool", "software", "module", "company", "application",
               "product", "firm", "utility", "plugin"}
@@ -131,6 +132,7 @@ _WHEN_PREPS = {"in", "on", "at", "during"}
 _ORDER_PREPS = {"since", "until", "before", "after", "by"}
 _WHERE_PREPS = {"in", "at", "on", "near", "inside"}
 _MARKUP_TOKEN = re.compile(r"^[`*_\[\]{}<>|#~^=\\]+$")
+_CONTRACTED = {"'s": "is", "’s": "is", "'re": "are", "’re": "are", "'m": "am", "'ve": "have", "'ll": "will"}
 _IRREGULAR_3RD = {"be": "is", "have": "has", "do": "does", "go": "goes"}
 _AGREE = {"are": "is", "were": "was", "have": "has", "do": "does", "'re": "is", "'ve": "has"}
 
@@ -213,7 +215,9 @@ def _clause(sent, antecedent: str, named: str) -> _Clause | None:
     head = subject.lower_
     if head in _SPEAKERS or not text or not tokens[0].text[:1].isalnum():
         return None
-    if _is_pronoun(subject) and len(tokens) == 1:
+    if head == "you" and len(tokens) == 1:
+        text = "you"
+    elif _is_pronoun(subject) and len(tokens) == 1:
         if head not in ("it", "they", "this", "these") or not antecedent:
             return None  # depends on an unresolved "it"
         text = antecedent
@@ -259,7 +263,8 @@ def _inverted(clause: _Clause, tail: str) -> tuple[str, str]:
         statement = f"{subject} {first}{neg} {rest} {verb.text}".replace("  ", " ")
         return f"{first} {middle} {tail}".strip(), f"{statement} {tail}".strip()
     if verb.lemma_ == "be":
-        return f"{verb.text.lower()}{neg} {subject} {tail}".strip(), f"{subject} {verb.text.lower()}{neg} {tail}".strip()
+        be = _CONTRACTED.get(verb.lower_, verb.lower_)
+        return f"{be}{neg} {subject} {tail}".strip(), f"{subject} {be}{neg} {tail}".strip()
     do = {"VBD": "did", "VBN": "did", "VBZ": "does"}.get(verb.tag_, "do")
     return f"{do}{neg} {subject} {verb.lemma_} {tail}".strip(), f"{subject} {verb.text} {tail}".strip()
 
@@ -276,8 +281,10 @@ def _wh_for(tokens, prep: str = "") -> str | None:
         return "at what time" if prep in ("at", "") else None
     if kind in ("GPE", "LOC", "FAC") and prep in _WHERE_PREPS:
         return "where"
-    if kind in ("PERSON", "NORP") or head.lemma_.lower() in _PEOPLE or head.lower_ in _PEOPLE:
-        return "who" if not prep else f"{prep} whom" if prep in ("by", "to", "with", "from", "for") else None
+    if _people([head]) or kind == "PERSON" and sum(t.pos_ == "PROPN" for t in tokens) >= 2:
+        return "who" if not prep else "to whom" if prep == "to" else None
+    if kind in ("PERSON", "NORP"):  # one capitalised word the tagger calls a person ("LZMA2") is a what
+        return None if prep else "what"
     if prep:
         return None
     return "what"
@@ -333,11 +340,13 @@ def _ask(sent, clause: _Clause, answer_tokens, kind: str, wh: str, title: str) -
         inverted, statement = _inverted(clause, _tail(clause, without))
         question, statement = f"{wh} {inverted}", f"{wh} {statement}"
     question = re.sub(r"\s+", " ", question).strip(" ,")
+    if re.search(r"\b(?:of|on|in|at|by|than|the|a|an)$", question) or not _specific(answer_tokens):
+        return None  # "... the confidentiality of?", or an answer that names nothing ("person", "values")
     question = question[:1].upper() + question[1:] + "?"
     embedded = re.sub(r"\s+", " ", statement).strip(" ,")
     start, end = answer_tokens[0].idx - sent.start_char, answer_tokens[-1].idx + len(answer_tokens[-1]) - sent.start_char
-    while start < end and sent.text[start] in "`*_\"“(" or sent.text[start:start + 4].lower() in ("the ", "a ", "an "):
-        start += 1 if sent.text[start] in "`*_\"“(" else sent.text.index(" ", start) + 1 - start
+    lead = re.match(r"(?:[`*_\"“(]|(?:the|a|an)\s+)*", sent.text[start:end], re.IGNORECASE)
+    start += lead.end()
     while end > start and sent.text[end - 1] in "`*_\"”).,;:":
         end -= 1
     asked = Asked(start, end, kind, [question])
@@ -375,7 +384,8 @@ def _passive(clause: _Clause, tail: str) -> str:
     from lemminflect import getInflection
 
     verb = clause.root
-    if clause.neg or verb.lemma_ == "be" or any(a.tag_ != "MD" and a.lemma_ != "do" for a in clause.aux):
+    if clause.neg or verb.lemma_ == "be" or clause.subject_text == "you" or \
+            any(a.tag_ != "MD" and a.lemma_ != "do" for a in clause.aux):
         return ""
     participle = (getInflection(verb.lemma_, "VBN") or ("",))[0]
     modal = next((a.text.lower() for a in clause.aux if a.tag_ == "MD"), "")
@@ -415,9 +425,12 @@ def _candidates(sent, clause: _Clause, title: str) -> list[Asked]:
             if objects and (objects[0].ent_type_ in ("PERSON", "ORG", "NORP") or _people([objects[0]])):
                 asked = _ask(sent, clause, [child, *_subtree(objects[0])], "agent", "who", title)
                 found.append(_answer_is(asked, sent, _subtree(objects[0]), kind="person"))
-    # The object or the complement: "What do collaborators review?", "What is nss-mdns?"
-    for child in clause.right:
-        if child.dep_ in ("dobj", "attr") and not _is_pronoun(child):
+    # The object or the complement: "What do collaborators review?", "What is nss-mdns?", and the object of a verb
+    # the main one governs: "What do you have to edit?"
+    objects = [c for c in clause.right if c.dep_ in ("dobj", "attr")] or [
+        o for c in clause.right if c.dep_ == "xcomp" and c.pos_ == "VERB" for o in c.children if o.dep_ == "dobj"]
+    for child in objects:
+        if not _is_pronoun(child):
             phrase = _subtree(child)
             if any(t.dep_ in _CLAUSES for t in phrase):
                 break  # "arguments we have to collect": the answer would take half the sentence with it
@@ -430,7 +443,8 @@ def _candidates(sent, clause: _Clause, title: str) -> list[Asked]:
             break
     # The subject, when the rest of the clause says enough: "Who can nominate someone to become a Collaborator?"
     tokens = clause.subject
-    if tokens and not _is_pronoun(tokens[-1]) and _words(tokens) == clause.subject_text and len(tokens) <= MAX_ANSWER_WORDS:
+    if tokens and not _is_pronoun(tokens[-1]) and _words(tokens).lower() == clause.subject_text.lower() \
+            and len(tokens) <= MAX_ANSWER_WORDS:
         numbers, counted = _numbers(tokens)
         if numbers and counted is not None:
             found.append(_ask_counted(sent, clause, numbers, counted, tokens, title, subject=True))
@@ -489,17 +503,24 @@ def ask_sentences(sentences: list[str], title: str, named: str = "") -> list[lis
 
 
 def named_subject(texts: list[str]) -> str:
-    """The name a document is about: its most frequent organisation or product, else proper noun phrase."""
-    counts: dict[str, int] = {}
+    """The name a document is about: of its organisations, products and proper noun phrases, the one whose first
+    word the text repeats most ('Brackwater' of 'Brackwater Instruments', not the founder named once)."""
+    candidates: set[str] = set()
     for doc in parser().pipe(texts):
-        for ent in doc.ents:
-            if ent.label_ in ("ORG", "PRODUCT"):
-                counts[_words(ent)] = counts.get(_words(ent), 0) + 2
+        candidates |= {_words(e) for e in doc.ents if e.label_ in ("ORG", "PRODUCT")}
         for chunk in doc.noun_chunks:
             if chunk.root.pos_ == "PROPN" and len(chunk) <= 3 and chunk.root.ent_type_ not in ("PERSON", "GPE", "DATE"):
-                key = _words([t for t in chunk if t.pos_ == "PROPN" or t.dep_ == "compound"])
-                counts[key] = counts.get(key, 0) + 1
-    return max(counts, key=counts.get) if counts else ""
+                candidates.add(_words([t for t in chunk if t.pos_ == "PROPN" or t.dep_ == "compound"]))
+    text = "\n".join(texts)
+    scored = [(len(re.findall(rf"\b{re.escape(c.split()[0])}\b", text)), len(c), c) for c in candidates if c]
+    return max(scored)[2] if scored else ""
+
+
+def _specific(tokens) -> bool:
+    """An answer that names something: a name, a number, a code, or a noun with what qualifies it."""
+    content = [t for t in tokens if t.pos_ in ("PROPN", "NUM", "NOUN", "ADJ", "X", "SYM") or any(c.isdigit() for c in t.text)]
+    return any(t.pos_ in ("PROPN", "NUM", "X") or not t.text.islower() or any(c in t.text for c in "0123456789_/.-")
+               for t in content) or len(content) >= 2
 
 
 def _people(tokens) -> bool:
