@@ -197,8 +197,8 @@ class _Clause:
     left: list  # modifiers before the subject/verb that move to the end (prepositional phrases, conditions)
 
 
-def _clause(sent, antecedent: str, named: str) -> _Clause | None:
-    root = sent.root
+def _clause(sent, antecedent: str, named: str, root=None) -> _Clause | None:
+    root = root if root is not None else sent.root
     if root.pos_ not in ("VERB", "AUX") or root.tag_ in ("VB", "VBG") and not any(
             c.dep_ in ("aux", "auxpass") for c in root.children):
         return None  # an imperative ("Run make.") or a fragment ("Helping users")
@@ -496,6 +496,10 @@ def ask_sentences(sentences: list[str], title: str, named: str = "") -> list[lis
         sent = doc[:]
         clause = _clause(sent, antecedent, named)
         asked = _candidates(sent, clause, title) if clause else []
+        # "Collaborators review patches, and the TSC decides disputes": the second clause has its own subject.
+        for verb in [c for c in sent.root.children if c.dep_ == "conj" and c.pos_ in ("VERB", "AUX")]:
+            second = _clause(sent, antecedent, named, verb)
+            asked += _candidates(sent, second, title) if second else []
         if clause and not _is_pronoun(clause.subject[-1]) and len(clause.subject) <= 6:
             antecedent = clause.subject_text
         results.append(sorted((a for a in asked if a.start < a.end), key=lambda a: -a.score))
