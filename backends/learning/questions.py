@@ -257,8 +257,8 @@ def _inverted(clause: _Clause, tail: str) -> tuple[str, str]:
     neg = " not" if clause.neg else ""
     if clause.aux:
         first, rest = clause.aux[0].text.lower(), " ".join(a.text for a in clause.aux[1:])
-        if first in ("ca", "wo"):  # "can't" is split "ca" + "n't"
-            first = {"ca": "can", "wo": "will"}[first]
+        # "can't" is split "ca" + "n't"; "you'll" is "you" + "'ll"
+        first = {"ca": "can", "wo": "will", **_CONTRACTED}.get(first, first)
         middle = f"{subject}{neg} {rest} {verb.text}".replace("  ", " ")
         statement = f"{subject} {first}{neg} {rest} {verb.text}".replace("  ", " ")
         return f"{first} {middle} {tail}".strip(), f"{statement} {tail}".strip()
