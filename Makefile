@@ -9,6 +9,8 @@ PYTHON_EXE := $(shell $(PYTHON) -c 'import sys; print(sys.executable)' 2>/dev/nu
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.duet-installed
 PORT ?= 8501
+# 127.0.0.1: this computer only. Another address needs admin_password, [auth] or DUET_READ_ONLY=1 (README).
+ADDRESS ?= 127.0.0.1
 
 .PHONY: install setup run test browser bench engine
 
@@ -25,7 +27,7 @@ setup: install
 	$(BIN)/python -m backends setup
 
 run: setup
-	$(BIN)/streamlit run app.py --server.port $(PORT)
+	$(BIN)/streamlit run app.py --server.port $(PORT) --server.address $(ADDRESS)
 
 # Debian's Chromium for the end-to-end browser test.
 browser:

@@ -6,11 +6,12 @@ nothing that changes data (for stakeholder demos).
 
 import streamlit as st
 
-from pages.common import PRESENTATION_STYLE, presenting
+from pages.common import PRESENTATION_STYLE, presenting, refuse_an_unsafe_start
 
 st.set_page_config(page_title="Duet: RAG vs fine-tuning", page_icon="⚖️", layout="wide",
                    initial_sidebar_state="collapsed" if presenting() else "auto")
 
+refuse_an_unsafe_start()
 compare = st.Page("pages/compare.py", title="Compare", icon="⚖️", default=True)
 if presenting():
     st.html(PRESENTATION_STYLE)

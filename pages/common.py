@@ -49,11 +49,37 @@ def presenting() -> bool:
     return st.query_params.get("present") == "1"
 
 
+class SecretsUnreadable(DuetError):
+    """.streamlit/secrets.toml exists and cannot be read: never taken as "nothing configured"."""
+
+
 def _secrets() -> dict:
     try:
         return {name: st.secrets[name] for name in st.secrets}
-    except Exception:  # no secrets.toml: nothing configured
-        return {}
+    except Exception as error:
+        if getattr(error, "error_id", "") == "no-secrets-found":
+            return {}  # no secrets.toml: nothing configured
+        raise SecretsUnreadable(f"the secrets file cannot be read ({error}): fix .streamlit/secrets.toml or remove "
+                                "it, then restart Duet") from error
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def refuse_an_unsafe_start() -> None:
+    """Stop before any page when the secrets are broken, or when Duet is reachable from other computers and nothing
+    guards uploading, deleting and training (`make run ADDRESS=0.0.0.0` needs a password, a login or read_only)."""
+    try:
+        mode = access_mode()
+    except SecretsUnreadable as error:
+        st.error(f"Duet did not start: {error}.")
+        st.stop()
+    address = st.get_option("server.address") or "every interface"
+    if address not in LOOPBACK and mode == "open":
+        st.error(f"Duet did not start: it is served on {address}, so other computers can reach it, and nothing guards "
+                 "uploading, deleting and training. Set admin_password (or [auth] with admins) in "
+                 ".streamlit/secrets.toml, or start it read-only (DUET_READ_ONLY=1), or serve on 127.0.0.1 only.")
+        st.stop()
 
 
 def access_mode() -> str:
@@ -93,7 +119,10 @@ def _signed_in_admin(action: str) -> bool:
         return False
     admins = _secrets()["auth"].get("admins", [])
     email = str(st.user.get("email", ""))
-    if admins and email not in admins:
+    if not admins:  # anyone the login provider accepts is not an admin by default
+        st.warning(f"{action} are not allowed: no admins are listed ([auth] admins in .streamlit/secrets.toml).")
+        return False
+    if email not in admins:
         st.warning(f"Signed in as {literal(email)}, who is not among the admins: {action.lower()} are not allowed.")
         return False
     st.caption(f"Signed in as {literal(email)}")

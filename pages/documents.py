@@ -22,7 +22,8 @@ def upload_section() -> None:
     for number, upload in enumerate(files, 1):
         progress.progress((number - 1) / len(files), text=f"Indexing {upload.name} ({number} of {len(files)})…")
         result = index.ingest_bytes(upload.name, upload.getvalue())
-        st.text(f"{ICONS[result.status]} {result.name}: {result.describe()}")
+        same = f": the same file is already indexed as {result.doc_id}" if result.status == "duplicate" else ""
+        st.text(f"{ICONS[result.status]} {result.name}: {result.describe()}{same}")
     progress.progress(1.0, text=f"Done: {len(files)} files processed.")
 
 

@@ -36,6 +36,20 @@ def test_ingest_twice_adds_nothing(index):
     assert len(index.documents()) == 1
 
 
+def test_two_documents_whose_names_look_alike_never_become_one(index):
+    found = [index.ingest_bytes(name, text.encode()) for name, text in [
+        ("Travel Policy.txt", "Trains are booked in second class."), ("travel_policy.txt", "Flights need approval."),
+        ("报告.txt", "The report is due on Friday."), ("数据.txt", "The data is kept for two years.")]]
+    assert [r.status for r in found] == ["added"] * 4 and len({r.doc_id for r in found}) == 4
+    assert {d.name for d in index.documents()} == {"Travel Policy.txt", "travel_policy.txt", "报告.txt", "数据.txt"}
+    assert found[0].doc_id == "travel-policy-txt" and found[2].doc_id == "报告-txt"  # readable, Unicode kept
+    # The same name with new content is a new version of that document; the same content is a duplicate of it.
+    again = index.ingest_bytes("travel_policy.txt", b"Flights need approval from a director.")
+    assert (again.status, again.doc_id) == ("updated", found[1].doc_id)
+    copy = index.ingest_bytes("copy.txt", "The data is kept for two years.".encode())
+    assert (copy.status, copy.doc_id) == ("duplicate", found[3].doc_id) and len(index.documents()) == 4
+
+
 def test_changed_file_replaces_its_old_chunks(index):
     index.ingest_bytes("fees.md", b"# Fees\nThe fee is 10 euros.")
     result = index.ingest_bytes("fees.md", b"# Fees\nThe fee is 12 euros.")
@@ -133,3 +147,23 @@ def test_an_unreachable_server_is_a_clear_error(fresh_store, duet):
 
     with pytest.raises(StoreUnavailable, match="cannot reach the Chroma server at 127.0.0.1:9"):
         DocumentIndex(dataclasses.replace(fresh_store, chroma_server="127.0.0.1:9"), embeddings=duet.index.embeddings)
+
+
+def test_a_store_made_before_unique_ids_keeps_every_document_and_chunk(tmp_path, duet):
+    """The demo store was written by the slug-only ids: opened now, nothing moves, and a new version of one of its
+    files still replaces that document (found by its name), not a new one beside it."""
+    from backends.core.config import load_settings
+    from tests.helpers import copy_demo_store
+
+    index = DocumentIndex(load_settings(store_dir=copy_demo_store(tmp_path / "old")), embeddings=duet.index.embeddings)
+    try:
+        before = {d.doc_id: d.chunks for d in index.documents()}
+        count = index.chunk_count()
+        assert before and sum(before.values()) == count
+        result = index.ingest_bytes("company_overview.md", b"# Overview\nBrackwater employs 300 people.")
+        assert (result.status, result.doc_id) == ("updated", "company-overview-md")
+        after = {d.doc_id: d.chunks for d in index.documents()}
+        assert set(after) == set(before) and after["company-overview-md"] == 1
+        assert index.chunk_count() == count - before["company-overview-md"] + 1
+    finally:
+        index.close()

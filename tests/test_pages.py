@@ -318,6 +318,57 @@ def test_a_configured_login_guards_uploading_and_training():
     assert all(b.key != "finetune.start" for b in train.button) and train.button(key="finetune.delete").disabled
 
 
+def test_served_beyond_this_computer_with_nothing_guarding_changes_duet_does_not_start():
+    from streamlit import config
+
+    before = config.get_option("server.address")
+    config.set_option("server.address", "0.0.0.0")
+    try:
+        app = AppTest.from_file(str(REPO_ROOT / "app.py"), default_timeout=240)
+        app.run()
+        assert not app.exception and any("did not start" in e.value and "0.0.0.0" in e.value for e in app.error)
+        assert not app.text_area, "no page was drawn"
+        guarded = AppTest.from_file(str(REPO_ROOT / "app.py"), default_timeout=240)
+        guarded.secrets["admin_password"] = "s3cret-word"
+        guarded.run()
+        assert not guarded.exception and not any("did not start" in e.value for e in guarded.error)
+    finally:
+        config.set_option("server.address", before)
+
+
+def test_a_broken_secrets_file_is_an_error_not_an_open_app(tmp_path):
+    import streamlit as st
+    from streamlit import config
+
+    from pages.common import SecretsUnreadable, access_mode
+
+    broken = tmp_path / "secrets.toml"
+    broken.write_text('admin_password = "no closing quote\n')
+    before = config.get_option("secrets.files")
+    config.set_option("secrets.files", [str(broken)])
+    st.secrets._secrets = None
+    try:
+        with pytest.raises(SecretsUnreadable, match="secrets.toml"):
+            access_mode()
+    finally:
+        config.set_option("secrets.files", before)
+        st.secrets._secrets = None
+
+
+def test_a_login_without_an_admins_list_lets_nobody_change_data(monkeypatch):
+    from pages import common
+
+    auth = {"redirect_uri": "http://localhost:8501/oauth2callback", "cookie_secret": "c" * 32, "client_id": "duet",
+            "client_secret": "secret", "server_metadata_url": "https://login.example/.well-known/openid-configuration"}
+    # Signing in at a real provider cannot happen here: the provider's answer is stood in for.
+    monkeypatch.setattr(common, "_secrets", lambda: {"auth": auth})
+    monkeypatch.setattr(common, "presenting", lambda: False)
+    monkeypatch.setattr(common.st, "user", {"is_logged_in": True, "email": "anyone@example.org"})
+    warnings = []
+    monkeypatch.setattr(common.st, "warning", warnings.append)
+    assert not common.may_change_data("Uploading") and "no admins are listed" in warnings[0]
+
+
 def test_read_only_demo_mode_hides_changes_but_compare_stays_open():
     from pages import common
 

@@ -45,11 +45,21 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def make_doc_id(name: str) -> str:
-    """A readable, path-free id from a file name: 'Travel Policy.pdf' -> 'travel-policy-pdf'."""
+def make_doc_id(name: str, manifest: dict | None = None) -> str:
+    """A readable, path-free id from a file name: 'Travel Policy.pdf' -> 'travel-policy-pdf', '报告.txt' -> '报告-txt'.
+
+    With the store's manifest: the id a document of exactly this name already has (a new version updates it), and
+    for another name whose slug is taken ('travel_policy.pdf') the slug and a short hash of the name, so two
+    documents never become one.
+    """
     base = PurePath(name.replace("\\", "/")).name
-    slug = re.sub(r"[^a-z0-9]+", "-", base.lower()).strip("-")
-    return slug[:80] or "document"
+    slug = re.sub(r"[\W_]+", "-", base.lower()).strip("-")[:80] or "document"
+    if not manifest:
+        return slug
+    same = next((doc_id for doc_id, record in manifest.items() if record.get("name") == name), "")
+    if same:
+        return same
+    return slug if slug not in manifest else f"{slug}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
 
 
 def safe_display_name(name: str) -> str:
@@ -175,7 +185,6 @@ class DocumentIndex:
             chunks, sha = self._prepare(name, data)
         except BadInput as error:
             return IngestResult(name=name, status="rejected", reason=str(error))
-        doc_id = make_doc_id(name)
         duplicate_of = self._duplicate_of(sha)
         if duplicate_of:  # checked before the costly embedding, and again under the lock
             return IngestResult(name=name, status="duplicate", doc_id=duplicate_of)
@@ -185,6 +194,7 @@ class DocumentIndex:
             duplicate_of = self._duplicate_of(sha, manifest)
             if duplicate_of:
                 return IngestResult(name=name, status="duplicate", doc_id=duplicate_of)
+            doc_id = make_doc_id(name, manifest)  # under the lock: two uploads of one name get one id
             status = "updated" if doc_id in manifest else "added"
             self._commit(doc_id, name, sha, data, chunks, vectors, manifest)
         return IngestResult(name=name, status=status, chunks=len(chunks), doc_id=doc_id)
