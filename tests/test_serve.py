@@ -86,6 +86,46 @@ def test_a_plain_completion_and_bad_requests(server, tiny_adapter):
         assert refused.value.code == 400 and reason in json.load(refused.value)["error"]["message"]
 
 
+def test_a_foreign_host_an_oversized_body_and_too_many_at_once_are_refused(duet, tiny_adapter):
+    """In process (Starlette's test client over the real app): the checks come before any answer is generated."""
+    from starlette.testclient import TestClient
+
+    from backends.apps.serve import MAX_BODY_BYTES, create_app
+
+    ask = {"model": "duet-rag", "messages": [{"role": "user", "content": PER_DIEM}]}
+    local = TestClient(create_app(duet), base_url="http://localhost:8000")
+    rebound = local.post("/v1/chat/completions", json=ask, headers={"Host": "attacker.example"})
+    assert rebound.status_code == 403 and "localhost only" in rebound.json()["error"]["message"]
+    assert local.get("/v1/models", headers={"Host": "attacker.example"}).status_code == 403
+    assert local.get("/v1/models", headers={"Host": "[::1]:8000"}).status_code == 200
+    huge = local.post("/v1/chat/completions", content=b"{" + b" " * (MAX_BODY_BYTES + 10) + b"}",
+                      headers={"Content-Type": "application/json"})
+    assert huge.status_code == 413
+    streamed = local.post("/v1/chat/completions", content=(b" " * (MAX_BODY_BYTES + 10) for _ in range(1)),
+                          headers={"Content-Type": "application/json"})  # no Content-Length: counted while read
+    assert streamed.status_code == 413
+    full = TestClient(create_app(duet, max_in_flight=0), base_url="http://127.0.0.1:8000")
+    busy = full.post("/v1/chat/completions", json=ask)
+    assert busy.status_code == 429 and busy.json()["error"]["type"] == "rate_limit_error"
+    opened = TestClient(create_app(duet, any_host=True), base_url="http://duet.example:8000")
+    assert opened.get("/v1/models").status_code == 200
+
+
+def test_an_adapter_named_like_a_built_in_model_never_takes_its_place(duet, tiny_adapter, settings):
+    import shutil
+
+    from backends.apps.serve import model_ids, system_of
+
+    impostor = settings.adapters_dir / "duet-rag"
+    shutil.copytree(settings.adapters_dir / "tiny", impostor)
+    try:
+        assert "duet-rag" in duet.registry.names()
+        assert system_of("duet-rag", duet) == ("rag", None)
+        assert model_ids(duet).count("duet-rag") == 1 and "duet-ft:duet-rag" not in model_ids(duet)
+    finally:
+        shutil.rmtree(impostor)
+
+
 @pytest.mark.fast
 def test_serving_beyond_loopback_needs_an_api_key(settings, tmp_path):
     done = run_cli("serve", "--host", "0.0.0.0", "--store", str(tmp_path / "store"), settings=settings,

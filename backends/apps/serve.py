@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hmac
 import json
+import threading
 import time
 import uuid
 
@@ -24,10 +25,19 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 SYSTEMS = {"duet-rag": "rag", "duet-ft": "ft", "duet-rag-ft": "rag_ft"}
 BARE_MODEL = "duet-llm"
 MAX_PROMPT_CHARS, MAX_TOKENS = 32_000, 512  # a bare completion's limits (RAG prompts with sources are long)
+# A request body is read no further than this (a bare prompt's 32,000 characters fit with room to spare).
+MAX_BODY_BYTES = 256 * 1024
+# Generations at once: the decoder batches them; more would only queue behind them, so they are told to come back.
+MAX_IN_FLIGHT = 16
+
+
+def _adapters(duet) -> list[str]:
+    """The adapters a model id may name: never one called like a built-in model ("duet-rag" stays RAG)."""
+    return [n for n in duet.registry.names() if n != BARE_MODEL and n not in SYSTEMS]
 
 
 def model_ids(duet) -> list[str]:
-    names = duet.registry.names()
+    names = _adapters(duet)
     # The bare model first, as vLLM lists its base model: a client that takes the first model gets it.
     return ([BARE_MODEL] + names + ["duet-rag"]
             + [f"{prefix}:{name}" for prefix in ("duet-ft", "duet-rag-ft") for name in names])
@@ -35,12 +45,12 @@ def model_ids(duet) -> list[str]:
 
 def system_of(model: str, duet) -> tuple[str, str | None]:
     """(backend, adapter) of a model id, backend "llm" for a bare completion; BadInput names the models there are."""
-    if model == BARE_MODEL or (model in duet.registry.names() and ":" not in model):
+    if model == BARE_MODEL or (model in _adapters(duet) and ":" not in model):
         return "llm", None if model == BARE_MODEL else model
     prefix, _, adapter = str(model).partition(":")
     if prefix not in SYSTEMS or (prefix == "duet-rag") == bool(adapter):
         raise BadInput(f"unknown model {model!r}: choose from {', '.join(model_ids(duet))}")
-    if adapter and adapter not in duet.registry.names():
+    if adapter and adapter not in _adapters(duet):
         raise BadInput(f"unknown adapter {adapter!r} in model {model!r}: choose from {', '.join(model_ids(duet))}")
     return SYSTEMS[prefix], adapter or None
 
@@ -101,34 +111,87 @@ def chunk(model: str, reply_id: str, delta: dict, finish: str | None = None, **m
     return f"data: {json.dumps(body)}\n\n"
 
 
-def create_app(duet, api_key: str | None = None):
+def host_name(header: str) -> str:
+    """'localhost:8000' -> 'localhost', '[::1]:8000' -> '::1'."""
+    if header.startswith("["):
+        return header[1:].partition("]")[0]
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+class _InFlight:
+    """Generations running now, capped: a request past the cap is answered 429 at once."""
+
+    def __init__(self, limit: int):
+        self.limit, self.count, self.lock = limit, 0, threading.Lock()
+
+    def enter(self) -> bool:
+        with self.lock:
+            if self.count >= self.limit:
+                return False
+            self.count += 1
+            return True
+
+    def leave(self) -> None:
+        with self.lock:
+            self.count -= 1
+
+
+def create_app(duet, api_key: str | None = None, any_host: bool = False, max_in_flight: int = MAX_IN_FLIGHT):
+    """`any_host`: accept any Host header (served beyond loopback, behind an API key); otherwise only loopback names,
+    so a web page that rebinds its own name to 127.0.0.1 cannot read the documents through the browser."""
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
     from starlette.responses import JSONResponse, StreamingResponse
     from starlette.routing import Route
 
+    in_flight = _InFlight(max_in_flight)
+
     def error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
         return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status)
 
-    def authorised(request) -> bool:
-        if not api_key:
-            return True
-        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        return hmac.compare_digest(given.encode(), api_key.encode())
+    def refused(request) -> JSONResponse | None:
+        if not any_host and host_name(request.headers.get("host", "")) not in LOOPBACK:
+            return error(403, "this server answers requests for localhost only (the Host header named another "
+                              "name); serve with --host to open it to other machines", "permission_error")
+        if api_key:
+            given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+            if not hmac.compare_digest(given.encode(), api_key.encode()):
+                return error(401, "a valid API key is required: send Authorization: Bearer <key>",
+                             "authentication_error")
+        return None
+
+    async def body_of(request) -> bytes | None:
+        """The body, or None past MAX_BODY_BYTES (read no further than that)."""
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            return None
+        data = bytearray()
+        async for piece in request.stream():
+            data += piece
+            if len(data) > MAX_BODY_BYTES:
+                return None
+        return bytes(data)
 
     async def models(request):
-        if not authorised(request):
-            return error(401, "a valid API key is required: send Authorization: Bearer <key>", "authentication_error")
+        if (refusal := refused(request)) is not None:
+            return refusal
         return JSONResponse({"object": "list", "data": [{"id": m, "object": "model", "owned_by": "duet"}
                                                          for m in model_ids(duet)]})
 
     async def chat(request):
-        if not authorised(request):
-            return error(401, "a valid API key is required: send Authorization: Bearer <key>", "authentication_error")
+        if (refusal := refused(request)) is not None:
+            return refusal
+        data = await body_of(request)
+        if data is None:
+            return error(413, f"the request body is larger than {MAX_BODY_BYTES // 1024} KB")
         try:
-            body = await request.json()
+            body = json.loads(data)
         except ValueError:
             return error(400, "the body is not JSON")
+        if not in_flight.enter():
+            return error(429, f"{max_in_flight} answers are being generated already: try again in a few seconds",
+                         "rate_limit_error")
+        streaming = False
         try:
             if not isinstance(body, dict):
                 raise BadInput("the body must be a JSON object")
@@ -143,14 +206,18 @@ def create_app(duet, api_key: str | None = None):
             if not body.get("stream"):
                 final = await run_in_threadpool(lambda: list(pieces)[-1])
                 return JSONResponse(completion(model, final, reply_id))
+            streaming = True
         except DuetError as failure:
             return error(400, str(failure))
+        finally:
+            if not streaming:
+                in_flight.leave()
 
         from backends.core.types import Answer
 
         def events():
-            yield chunk(model, reply_id, {"role": "assistant", "content": ""})
             try:
+                yield chunk(model, reply_id, {"role": "assistant", "content": ""})
                 for item in pieces:
                     if isinstance(item, str):
                         yield chunk(model, reply_id, {"content": item})
@@ -160,6 +227,8 @@ def create_app(duet, api_key: str | None = None):
                         yield chunk(model, reply_id, {}, "stop", usage=usage(item))
             except DuetError as failure:  # after the headers: the error goes in the stream
                 yield f"data: {json.dumps({'error': {'message': str(failure), 'type': 'invalid_request_error'}})}\n\n"
+            finally:
+                in_flight.leave()
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")
@@ -174,4 +243,4 @@ def serve(duet, host: str, port: int, api_key: str | None) -> None:
         raise BadInput(f"serving on {host} makes Duet reachable from other machines: set DUET_API_KEY (clients send "
                        "it as Authorization: Bearer <key>), or serve on 127.0.0.1")
     duet.llm  # noqa: B018 - load before the first request
-    uvicorn.run(create_app(duet, api_key), host=host, port=port, log_level="warning")
+    uvicorn.run(create_app(duet, api_key, any_host=host not in LOOPBACK), host=host, port=port, log_level="warning")
