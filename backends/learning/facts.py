@@ -90,6 +90,15 @@ def _is_row(sentence: str) -> bool:
     return sentence.count(";") >= 2 and len(_ROW_FIELD.findall(sentence)) >= 3
 
 
+def _row_question(name: str, subject: str) -> str:
+    """'opened' -> 'When was Saltmarsh Works opened?', 'certified since' -> 'Since when is ... certified?'."""
+    if name.endswith(" since"):
+        return f"Since when is {subject} {name[:-6]}?"
+    if re.fullmatch(r"[a-z]+ed", name):
+        return f"When was {subject} {name}?"
+    return f"What is the {name} of {subject}?"
+
+
 def _row_facts(chunk: Source, row: str, row_start: int) -> list[Fact]:
     fields = [(k.strip().replace("_", " "), v.strip()) for k, v in _ROW_FIELD.findall(row)]
     names = [v for k, v in fields if "name" in k]
@@ -103,7 +112,7 @@ def _row_facts(chunk: Source, row: str, row_start: int) -> list[Fact]:
         if where is None:
             continue
         fact = Fact(chunk, f"The {name} of {subject} is {value}.", chunk.text[where[0]:where[1]], *where, kind="field")
-        fact.questions = [f"What is the {name} of {subject}?", f"{subject}: what is its {name}?",
+        fact.questions = [_row_question(name, subject), f"{subject}: what is its {name}?",
                           f"Which {name} is listed for {subject}?", f"Tell me the {name} of {subject}.",
                           f"In the {title}, what {name} does {subject} have?", f"What {name} does {subject} have?",
                           f"Can you tell me the {name} of {subject}?", f"What is {subject}'s {name}?",

@@ -210,7 +210,7 @@ def _clause(sent, antecedent: str, named: str, root=None) -> _Clause | None:
             any(t.text == "," for t in tokens):
         return None  # a misparse ("an application links to them" as one subject) or an aside that would need commas
     text = _words(tokens)
-    if tokens[0].pos_ in ("DET", "NOUN", "ADJ", "NUM") and not tokens[0].text.isupper():
+    if (tokens[0].pos_ in ("DET", "NOUN", "ADJ", "NUM") or tokens[0].tag_ == "PRP$") and not tokens[0].text.isupper():
         text = text[:1].lower() + text[1:]
     head = subject.lower_
     if head in _SPEAKERS or not text or not tokens[0].text[:1].isalnum():
