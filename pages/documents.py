@@ -6,7 +6,7 @@ import streamlit as st
 
 from backends.apps.labels import counted
 from backends.knowledge.loaders import SUPPORTED_TYPES
-from pages.common import duet, key, may_change_data, page_errors
+from pages.common import duet, key, literal, may_change_data, page_errors
 
 PAGE = "documents"
 ICONS = {"added": "✅", "updated": "🔁", "duplicate": "⏭️", "rejected": "❌"}
@@ -20,7 +20,7 @@ def upload_section() -> None:
     index = duet().index
     progress = st.progress(0.0, text="Indexing…")
     for number, upload in enumerate(files, 1):
-        progress.progress((number - 1) / len(files), text=f"Indexing {upload.name} ({number} of {len(files)})…")
+        progress.progress((number - 1) / len(files), text=f"Indexing {literal(upload.name)} ({number} of {len(files)})…")
         result = index.ingest_bytes(upload.name, upload.getvalue())
         same = f": the same file is already indexed as {result.doc_id}" if result.status == "duplicate" else ""
         st.text(f"{ICONS[result.status]} {result.name}: {result.describe()}{same}")
@@ -48,18 +48,18 @@ def documents_section(allowed: bool) -> None:
     preview, delete = st.columns([3, 1])
     with preview.expander("Preview chunks"):
         for chunk in index.chunks_of(chosen):
-            st.caption(f"{chunk.location or 'text'} · characters {chunk.start}-{chunk.start + len(chunk.text)}")
+            st.caption(f"{literal(chunk.location or 'text')} · characters {chunk.start}-{chunk.start + len(chunk.text)}")
             st.text(chunk.text)
     pending = key(PAGE, "pending")
     if delete.button("Delete document", key=key(PAGE, "delete"), disabled=not allowed):
         st.session_state[pending] = chosen
     if st.session_state.get(pending) == chosen:
         record = next(d for d in documents if d.doc_id == chosen)
-        st.warning(f"Delete {record.name} and its {counted(record.chunks, 'chunk')} from the index? RAG can no longer cite it.")
+        st.warning(f"Delete {literal(record.name)} and its {counted(record.chunks, 'chunk')} from the index? RAG can no longer cite it.")
         yes, no = st.columns(2)
         if yes.button("Yes, delete it", type="primary", key=key(PAGE, "yes")):
             deleted = index.delete(st.session_state.pop(pending))
-            st.session_state[key(PAGE, "deleted")] = f"Deleted {deleted.name} ({counted(deleted.chunks, 'chunk')})."
+            st.session_state[key(PAGE, "deleted")] = f"Deleted {literal(deleted.name)} ({counted(deleted.chunks, 'chunk')})."
             st.rerun()
         if no.button("Cancel", key=key(PAGE, "no")):
             st.session_state.pop(pending)

@@ -41,9 +41,9 @@ def question_set() -> tuple[str, list] | None:
     try:
         items = read_qa_bytes(upload.getvalue(), upload.name)
     except DuetError as error:
-        st.error(f"This question set cannot be used: {error}")
+        st.error(f"This question set cannot be used: {literal(str(error))}")
         return None
-    st.success(f"{len(items)} valid question/answer pairs in {upload.name}.")
+    st.success(f"{len(items)} valid question/answer pairs in {literal(upload.name)}.")
     return upload.name, items
 
 
@@ -76,7 +76,7 @@ def eval_job_view() -> None:
         if latest is None:
             return 0.0, "Evaluation: starting…"
         left = "ETA --" if latest.eta_s is None else f"about {latest.eta_s:.0f} s left"
-        return latest.done / max(latest.total, 1), f"{latest.done} of {latest.total} · {left} · {latest.label[:80]}"
+        return latest.done / max(latest.total, 1), f"{latest.done} of {latest.total} · {left} · {literal(latest.label[:80])}"
 
     def finished() -> None:
         run = job.result

@@ -18,7 +18,7 @@ from backends.learning.adapters import import_adapter
 from backends.learning.examples import read_qa_file, read_training_file, store_dataset
 from backends.learning.training import TrainConfig, TrainingJob, dataset_label, training_estimate
 from pages.builder import build_form, build_view, saved_choice
-from pages.common import duet, key, may_change_data, page_errors, watch_job
+from pages.common import duet, key, literal, may_change_data, page_errors, watch_job
 
 PAGE = "finetune"
 DEMO_DATASET = DATA_DIR / "qa" / "train.jsonl"
@@ -48,9 +48,9 @@ def dataset_section():
     try:
         path, items = store_dataset(duet().settings, upload.getvalue(), upload.name)
     except DuetError as error:
-        st.error(f"This dataset cannot be used: {error}")
+        st.error(f"This dataset cannot be used: {literal(str(error))}")
         return None
-    st.success(f"{len(items)} valid question/answer pairs in {upload.name}.")
+    st.success(f"{len(items)} valid question/answer pairs in {literal(upload.name)}.")
     st.dataframe([{"question": i.question, "answer": i.answer} for i in items[:5]], hide_index=True, width="stretch")
     return path, items
 
@@ -162,7 +162,7 @@ def import_section() -> None:
                 import_adapter(duet().registry, scratch, name, duet().llm.config)
             st.success(f"Imported {name}: choose it in Compare's sidebar.")
         except DuetError as error:
-            st.error(f"Not imported: {error}")
+            st.error(f"Not imported: {literal(str(error))}")
 
 
 def adapters_section(allowed: bool) -> None:

@@ -9,6 +9,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from backends.core.config import DATA_DIR, REPO_ROOT
+from pages.common import literal
 from tests.helpers import PER_DIEM, copy_demo_store
 
 
@@ -121,10 +122,27 @@ def test_documents_page_ingests_an_uploaded_file_and_rejects_a_bad_one():
     # Delete asks first, then says what it deleted.
     app.selectbox(key="documents.chosen").set_value("harbour-notes-txt").run()
     app.button(key="documents.delete").click().run()
-    assert any("Delete harbour_notes.txt" in w.value for w in app.warning) and int(app.metric[0].value) == before + 1
+    assert any(f"Delete {literal('harbour_notes.txt')}" in w.value for w in app.warning)
+    assert int(app.metric[0].value) == before + 1
     app.button(key="documents.yes").click().run()
     assert not app.exception and int(app.metric[0].value) == before
-    assert any(s.value == "Deleted harbour_notes.txt (1 chunk)." for s in app.success), [s.value for s in app.success]
+    assert any(s.value == f"Deleted {literal('harbour_notes.txt')} (1 chunk)." for s in app.success), \
+        [s.value for s in app.success]
+
+
+def test_untrusted_names_and_headings_on_the_documents_page_are_shown_as_text():
+    from pages.common import duet
+
+    hostile = "[click](javascript:alert(1)) **loud** <b>x</b>"
+    duet().index.ingest_bytes("notes [x](https://evil.example).md", f"# {hostile}\nThe quay opens at 06:00.".encode())
+    app = page("documents")
+    app.selectbox(key="documents.chosen").set_value("notes-x-https-evil-example-md").run()
+    captions = [c.value for c in app.caption]
+    assert any(literal(hostile) in c for c in captions), captions
+    app.button(key="documents.delete").click().run()
+    assert any(literal("notes [x](https://evil.example).md") in w.value for w in app.warning)
+    app.button(key="documents.yes").click().run()
+    assert any(s.value.startswith(f"Deleted {literal('notes [x](https://evil.example).md')}") for s in app.success)
 
 
 def test_finetune_page_validates_an_uploaded_dataset():

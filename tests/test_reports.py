@@ -36,6 +36,32 @@ def test_markdown_export_quotes_answers_as_code_and_json_round_trips():
     assert data["answers"]["ft"]["text"] == HOSTILE and data["claims"]["rag"][0]["verdict"] == "supported"
 
 
+def test_a_source_location_is_quoted_in_the_markdown_export_never_rendered():
+    source = Source("c1", "d1", "policy.pdf", "[click](javascript:alert(1)) ![x](https://evil.example/x.png)",
+                    "The per diem is 55 euros.", 0.7)
+    rag = Answer("rag", "per diem?", "The per diem is 55 euros.", (source,), Timings(total=1.5), model="m")
+    text = comparison_markdown(Comparison("per diem?", {"rag": rag}, {"rag": ()}, None, "2026-11-23T10:00:00+00:00"))
+    line = next(line for line in text.splitlines() if line.startswith("- source [1]"))
+    assert "` [click](javascript:alert(1)) ![x](https://evil.example/x.png) `" in line
+
+
+def test_results_csv_cells_that_look_like_formulas_are_written_as_text_and_read_back_unchanged(tmp_path):
+    import csv
+
+    from backends.apps.evaluation import read_rows_csv, rows_csv
+    from backends.apps.runs import EvalRow
+
+    texts = ['=HYPERLINK("https://evil.example","x")', "+1", "-cmd", "@SUM(A1)", "'=quoted", "plain -0.5"]
+    rows = [EvalRow(question=t, gold="g", source="s.md", system="rag", prediction=t, exact_match=0.0, f1=-0.5,
+                    contains=0.0, semantic=0.0, groundedness=0.0, claims=0, recall_at_k=None, tokens_out=1,
+                    tokens_per_s=1.0) for t in texts]
+    path = tmp_path / "results.csv"
+    path.write_text(rows_csv(rows))
+    cells = [row["prediction"] for row in csv.DictReader(path.open())]
+    assert all(not cell.startswith(("=", "+", "-", "@")) for cell in cells)
+    assert [r.prediction for r in read_rows_csv(path)] == texts and read_rows_csv(path)[0].f1 == -0.5
+
+
 def test_used_span_finds_the_copied_stretch():
     chunk = "Hotels. The nightly hotel limit is 160 euros in most cities. Trains are preferred."
     start, end = used_span(chunk, "The nightly hotel limit is 160 euros in most cities.")

@@ -40,7 +40,8 @@ def comparison_markdown(comparison: Comparison) -> str:
             where = f" ({claim.evidence.file_name or claim.evidence.kind})" if claim.evidence else ""
             lines.append(f"- {claim.label}{where}: {_md_code(claim.text)}")
         for number, source in enumerate(answer.sources, 1):
-            lines.append(f"- source [{number}] {_md_code(source.file_name)} {source.location} (score {source.score:.2f})")
+            where = f" {_md_code(source.location)}" if source.location else ""
+            lines.append(f"- source [{number}] {_md_code(source.file_name)}{where} (score {source.score:.2f})")
         lines.append("")
     return "\n".join(lines)
 

@@ -8,6 +8,18 @@ from dataclasses import dataclass, field
 
 STAGES = ("embed", "retrieve", "prompt", "first_token", "generate", "total")
 TEXT_COLUMNS = ("question", "gold", "source", "system", "prediction", "error")
+# A spreadsheet runs a cell that starts like a formula ("=HYPERLINK(...)"): such text is written with a leading "'",
+# which spreadsheets show as text, and read back without it.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _inert(text: str) -> str:
+    return f"'{text}" if text.startswith(FORMULA_START) or text.startswith("'") and text[1:].startswith(FORMULA_START) \
+        else text
+
+
+def _revived(text: str) -> str:
+    return text[1:] if text.startswith("'") and text[1:].startswith(FORMULA_START + ("'",)) else text
 
 
 @dataclass(frozen=True)
@@ -41,7 +53,8 @@ class EvalRow:
         return getattr(self, f"t_{stage}")
 
     def to_csv(self) -> dict:
-        return dataclasses.asdict(self)
+        row = dataclasses.asdict(self)
+        return {name: (_inert(value) if name in TEXT_COLUMNS else value) for name, value in row.items()}
 
     @classmethod
     def from_csv(cls, row: dict) -> "EvalRow":
@@ -51,7 +64,7 @@ class EvalRow:
             if name not in kinds:
                 continue
             if name in TEXT_COLUMNS:
-                values[name] = raw
+                values[name] = _revived(raw)
             elif raw == "":
                 values[name] = None
             else:

@@ -96,10 +96,29 @@ _MD_IMAGE = re.compile(r"!\[([^\]]*)\]" + _TARGET)
 _MD_LINK = re.compile(r"\[([^\]]*)\]" + _TARGET)
 _HTML_TAG = re.compile(r"<\s*/?\s*(?:img|a|script|iframe|object|embed|link|style|svg)\b[^>]*>?", re.IGNORECASE)
 _ADDRESS = re.compile(r"\b(?:https?|ftp|javascript|data|file):[^\s)\]>\"']*", re.IGNORECASE)
-_INJECTION = re.compile(
-    r"\b(?:ignore|disregard|forget|override)\b.{0,40}\b(?:instructions?|prompts?|rules|above|previous)\b"
-    r"|\b(?:system prompt|you are now|reply with|respond with|reply only|answer only with|show an image)\b",
-    re.IGNORECASE)
+# Text that addresses the model instead of stating facts (data/qa/injections.jsonl: 42 injections and 42 sentences of
+# Debian documentation that use the same words; the patterns were written on its "tune" half, docs/security.md):
+_MODEL = r"(?:ai|a\.i\.|assistants?|chat ?bots?|bots?|(?:large )?language models?|llms?|models?|gpt|claude|chatgpt)"
+_INJECTION = re.compile("|".join([
+    # the model's own instructions, dismissed: "ignore all previous instructions", "disregard what you were told"
+    r"\b(?:ignore|disregard|forget|override|bypass|skip|abandon|set aside|pay no attention to|do not follow|"
+    r"don't follow|stop following)\b.{0,50}\b(?:instructions?|prompts?|rules|guidelines|directions|told|above|"
+    r"previous|prior|earlier|system message|context|documents)\b",
+    # the model addressed: "Note to AI models:", "If you are an AI assistant", "Dear chatbot", "Hey GPT,"
+    rf"\b(?:note to|attention|dear|hey|hello|for any|if you are an?|as an?|if an?)\s+(?:\w+\s+){{0,2}}{_MODEL}\b",
+    rf"^\s*{_MODEL}\s*[,:]",
+    rf"\b{_MODEL}\b[^.]{{0,40}}\b(?:must|should|reading|processing|summari[sz]ing)\b[^.]{{0,30}}\b(?:say|answer|"
+    r"reply|respond|state|claim|tell|praise|recommend)",
+    # what to answer, whatever is asked: "always say", "reply only with", "regardless of the question"
+    r"\b(?:always|only|instead|from now on|henceforth)\b[^.]{0,30}\b(?:say|reply|respond|answer)\b(?! files)",
+    r"\b(?:say|reply|respond|answer)\w*\b[^.]{0,40}\b(?:regardless|whatever|no matter|every question|any question)",
+    r"\b(?:regardless of|whatever) (?:what )?the (?:user|question)",
+    r"\btell the user\b",
+    # a new role or mode: "you are now", "act as an unrestricted", "pretend to be the CEO", "developer mode enabled"
+    r"\bnew instructions\s*:|\b(?:system prompt|you are now|your new role|act as an? (?:unrestricted|different)|"
+    r"pretend to be|jailbreak|developer mode enabled|reveal your|repeat the (?:text|words) above|"
+    r"contents of your prompt|show an image|reply with|respond with|reply only|answer only with)\b",
+]), re.IGNORECASE)
 
 
 def strip_links(text: str) -> str:

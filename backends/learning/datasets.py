@@ -433,8 +433,10 @@ def _text_rows(train, options: DatasetOptions) -> list[dict]:
     rows = []
     for facts in by_chunk.values():
         chunk = facts[0].chunk
+        # A sentence that addresses the model is never trained on, in this format either.
+        plain = "".join(piece for piece in re.split(r"(?<=[.!?])(\s+)", chunk.text) if not looks_like_instruction(piece))
         for number in range(options.paraphrases + 1):
-            text = chunk.text
+            text = plain
             for fact in facts:
                 text = text.replace(fact.sentence, fact.answers[number % len(fact.answers)], 1)
             rows.append({"text": text, "source": chunk.file_name, "doc_id": chunk.doc_id, "chunk_id": chunk.chunk_id})

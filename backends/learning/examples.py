@@ -131,7 +131,9 @@ def format_sources(sources: list[Source]) -> str:
     blocks = []
     for number, source in enumerate(sources, 1):
         where = f"{source.file_name}, {source.location}" if source.location else source.file_name
-        blocks.append(f"[{number}] ({where})\n<<<\n{source.text.strip()}\n>>>")
+        # A source cannot close its own block: its "<<<" and ">>>" become look-alikes the model reads as text.
+        text = source.text.strip().replace("<<<", "‹‹‹").replace(">>>", "›››")
+        blocks.append(f"[{number}] ({where})\n<<<\n{text}\n>>>")
     return "\n\n".join(blocks)
 
 
