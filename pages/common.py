@@ -14,6 +14,7 @@ import streamlit as st
 
 from backends.core.config import Settings, load_settings
 from backends.core.errors import DuetError
+from backends.core.logs import log_path
 from backends.service import Duet, get_duet
 
 _MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:])")
@@ -183,7 +184,8 @@ def watch_job(job, name: str, progress, finished=None, every: float = 1.0) -> No
             if st.button("Cancel", key=key(name, "cancel")):
                 job.cancel()
         elif job.state != "done":
-            st.warning(literal(job.error))
+            where = f" The details are in {log_path(duet().settings.store_dir)}." if job.logged else ""
+            st.warning(literal(job.error + where))
         if finished is not None:
             finished()
         if not job.running and st.session_state.get(key(name, "seen")) != id(job):

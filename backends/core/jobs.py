@@ -6,6 +6,7 @@ import threading
 import time
 
 from backends.core.errors import BadInput
+from backends.core.logs import log
 
 
 class Eta:
@@ -38,6 +39,7 @@ class BackgroundJob:
         self.error = ""
         self.result = None
         self.started_at = time.time()
+        self.logged = False  # an unexpected failure's traceback is in the log
         self._cancel = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"duet-{type(self).__name__}-{name}", daemon=True)
 
@@ -75,4 +77,6 @@ class BackgroundJob:
         except BadInput as error:
             self.state, self.error = "failed", str(error)
         except Exception as error:  # shown on the page; saves are atomic, so nothing is half-written
+            log.exception("%s failed", self.what)  # the traceback goes to the store's log, which the page names
             self.state, self.error = "failed", f"{self.what} failed: {type(error).__name__}: {error}"
+            self.logged = True

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import sys
 import threading
 from pathlib import Path
 
@@ -29,6 +30,11 @@ def start_logging(store_dir: Path) -> Path:
                 return path
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(threadName)s %(message)s"))
             log.addHandler(handler)
+            if not _started:  # and once per process to stderr, where the server's console shows it
+                console = logging.StreamHandler(sys.stderr)
+                console.setLevel(logging.WARNING)
+                console.setFormatter(logging.Formatter("duet %(levelname)s: %(message)s"))
+                log.addHandler(console)
             log.setLevel(logging.INFO)
             _started.add(path)
     return path

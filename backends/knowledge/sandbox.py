@@ -15,9 +15,11 @@ import json
 import resource
 import subprocess
 import sys
+import traceback
 
 from backends.core.config import REPO_ROOT, Settings
 from backends.core.errors import BadInput
+from backends.core.logs import log
 from backends.knowledge.loaders import Segment, load_document
 
 
@@ -41,6 +43,8 @@ def parse_isolated(name: str, data: bytes, settings: Settings) -> list[Segment]:
         reply = json.loads(done.stdout)
     except ValueError:
         reply = {"error": _crash_reason(done, settings)}
+    if "traceback" in reply:  # a parser bug: the user gets the reason, the log the detail
+        log.warning("parsing %s failed:\n%s", name, reply["traceback"])
     if "error" in reply:
         raise BadInput(reply["error"])
     return [Segment(text, location, splittable) for text, location, splittable in reply["segments"]]
@@ -65,7 +69,8 @@ def main(argv: list[str]) -> int:
         reply = {"error": f"reading the file needed more than {memory_mb} MB and was stopped; "
                           "the file may be damaged or a decompression bomb"}
     except Exception as error:  # any parser bug becomes a per-file rejection, not a crash of the batch
-        reply = {"error": f"the file could not be read ({type(error).__name__}); check that it opens on your computer"}
+        reply = {"error": f"the file could not be read ({type(error).__name__}); check that it opens on your computer",
+                 "traceback": traceback.format_exc()}
     sys.stdout.write(json.dumps(reply))
     return 0
 
