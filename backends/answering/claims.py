@@ -169,12 +169,15 @@ class ClaimTracer:
 
     def embed(self, texts: list[str]) -> list[list[float]]:
         """Embeddings of texts, cached: evidence sentences recur across claims and questions."""
-        missing = [t for t in dict.fromkeys(texts) if t not in self._vectors]
-        if missing:
-            if len(self._vectors) > 20_000:
-                self._vectors.clear()
-            self._vectors.update(zip(missing, self.embeddings.embed_documents(missing)))
-        return [self._vectors[t] for t in texts]
+        # Read from the dict as it was when the call began: a full cache is replaced, never cleared, so another
+        # thread's replacement cannot empty it under this one.
+        known = self._vectors
+        missing = [t for t in dict.fromkeys(texts) if t not in known]
+        fresh = dict(zip(missing, self.embeddings.embed_documents(missing))) if missing else {}
+        if len(self._vectors) > 20_000:
+            self._vectors = {}
+        self._vectors.update(fresh)
+        return [fresh[t] if t in fresh else known[t] for t in texts]
 
     def trace(self, answer: Answer, training: list[QAItem] | None = None) -> list[Claim]:
         """Every claim of the answer with its verdict, best evidence, and whether it addresses the question."""

@@ -104,8 +104,8 @@ class AdapterRegistry:
             original = self.root / aside.name.removeprefix(".replaced-")
             if not original.exists():
                 os.replace(aside, original)
-        with contextlib.suppress(BadInput), self.training_lock():  # nobody is saving right now
-            for partial in self.root.glob(".saving-*"):
+        for partial in self.root.glob(".saving-*"):
+            if not _saver_alive(partial.name):  # another process (a store copy's registry) may be saving it now
                 shutil.rmtree(partial, ignore_errors=True)
 
     def names(self) -> list[str]:
@@ -180,6 +180,20 @@ class AdapterRegistry:
             yield
         finally:
             lock.release()
+
+
+def _saver_alive(folder_name: str) -> bool:
+    """Whether the process that named this .saving-<name>-<pid>-<random> folder is still running."""
+    found = re.search(r"-(\d+)-[^-]*$", folder_name)
+    if found is None:
+        return False
+    try:
+        os.kill(int(found.group(1)), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # another user's process: alive
+    return True
 
 
 LORA_KEY = re.compile(r"layers\.(\d+)\.(?:self_attn|mlp)\.(\w+_proj)\.lora_([AB])(?:\.[\w-]+)?\.weight$")

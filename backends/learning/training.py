@@ -271,7 +271,8 @@ def save_adapter_atomically(model, metadata: dict, target: Path, overwrite: bool
                             training_data: Path | None = None) -> Path:
     """Write to a temporary folder beside `target`, verify, then rename into place."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".saving-{target.name}-", dir=target.parent))
+    # The pid in the name: a registry opened by another process (a store copy) leaves a live save alone.
+    work = Path(tempfile.mkdtemp(prefix=f".saving-{target.name}-{os.getpid()}-", dir=target.parent))
     try:
         model.save_pretrained(str(work), safe_serialization=True)
         (work / "README.md").unlink(missing_ok=True)  # peft's hub model card template: nothing of ours

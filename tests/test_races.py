@@ -1,0 +1,86 @@
+"""Concurrency gaps of issue 36, each produced for real and synchronised with events (no timing)."""
+
+import dataclasses
+import os
+import subprocess
+import threading
+
+from backends.answering.claims import ClaimTracer
+from backends.learning.adapters import AdapterRegistry
+
+
+class _Paused:
+    """The real embedding model, held inside one call until the test lets it go (the race's window, made certain)."""
+
+    def __init__(self, real, hold: str):
+        self.real, self.hold = real, hold
+        self.inside, self.go = threading.Event(), threading.Event()
+
+    def embed_documents(self, texts):
+        if self.hold in texts:
+            self.inside.set()
+            self.go.wait(60)
+        return self.real.embed_documents(texts)
+
+
+def test_a_tracer_cache_replaced_by_another_thread_mid_read_loses_nothing(duet):
+    tracer = ClaimTracer(duet.index)
+    paused = _Paused(duet.index.embeddings, hold="the slow sentence")
+    tracer.embeddings = paused
+    tracer.embed(["a cached sentence"])
+    tracer._vectors.update({f"filler {n}": [0.0] for n in range(20_001)})  # the next miss replaces the cache
+    result = {}
+    reader = threading.Thread(target=lambda: result.update(v=tracer.embed(["a cached sentence", "the slow sentence"])))
+    reader.start()
+    assert paused.inside.wait(60)
+    tracer.embed(["another thread's sentence"])  # replaces the full cache while the reader is inside
+    paused.go.set()
+    reader.join(60)
+    assert len(result["v"]) == 2 and all(len(v) == 384 for v in result["v"])
+
+
+def test_a_registry_opened_by_another_process_leaves_a_live_save_alone(settings, tmp_path):
+    """A store copy shares the adapters folder: opening its registry must not delete a save that is running."""
+    root = tmp_path / "adapters"
+    live = root / f".saving-mine-{os.getpid()}-abc123"
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    dead = root / f".saving-theirs-{finished.pid}-def456"
+    for folder in (live, dead):
+        folder.mkdir(parents=True)
+    AdapterRegistry(dataclasses.replace(settings, store_dir=tmp_path / "copy-of-store", adapters_dir=root))
+    assert live.is_dir() and not dead.exists()
+
+
+def test_two_dataset_builds_started_at_once_run_one_at_a_time():
+    """Two browser sessions press "Build" together: one build runs, the other is told to wait (JobSlots)."""
+    from backends.core.errors import BadInput
+    from backends.core.jobs import BackgroundJob
+    from backends.service import JobSlots
+
+    release = threading.Event()
+
+    class Held(BackgroundJob):
+        def work(self, on_progress, cancel):
+            release.wait(60)
+            return "built"
+
+    slots, barrier, outcomes = JobSlots(), threading.Barrier(2), []
+
+    def press():
+        barrier.wait(60)
+        try:
+            slots.start("dataset build", Held("dataset"))
+            outcomes.append("started")
+        except BadInput as refused:
+            outcomes.append(str(refused))
+
+    pressing = [threading.Thread(target=press) for _ in range(2)]
+    for thread in pressing:
+        thread.start()
+    for thread in pressing:
+        thread.join(60)
+    release.set()
+    slots["dataset build"].wait(60)
+    assert outcomes.count("started") == 1 and any("still running" in o for o in outcomes), outcomes
+    assert slots["dataset build"].result == "built"
