@@ -113,6 +113,20 @@ def may_change_data(action: str = "Uploading, deleting and training") -> bool:
     return _admin_password(action)
 
 
+def may_read(what: str) -> bool:
+    """Whether this viewer may see document text, reports and adapters: anyone on 127.0.0.1 or with the setting
+    public_reading; otherwise whoever may change data (checked without drawing the sign-in again)."""
+    if app_settings().public_reading or (st.get_option("server.address") or "") in LOOPBACK:
+        return True
+    mode = access_mode()
+    allowed = mode == "open" or (mode == "password" and bool(st.session_state.get("access.admin"))) or (
+        mode == "login" and st.user.get("is_logged_in", False)
+        and str(st.user.get("email", "")) in _secrets()["auth"].get("admins", []))
+    if not allowed:
+        st.caption(f"{what} need the same access as changing data here (or the setting public_reading).")
+    return allowed
+
+
 def _signed_in_admin(action: str) -> bool:
     if not st.user.get("is_logged_in", False):
         st.info(f"{action} need you to sign in.")

@@ -6,7 +6,7 @@ import streamlit as st
 
 from backends.apps.labels import counted
 from backends.knowledge.loaders import SUPPORTED_TYPES
-from pages.common import duet, key, literal, may_change_data, page_errors
+from pages.common import duet, key, literal, may_change_data, may_read, page_errors
 
 PAGE = "documents"
 ICONS = {"added": "✅", "updated": "🔁", "duplicate": "⏭️", "rejected": "❌"}
@@ -47,7 +47,7 @@ def documents_section(allowed: bool) -> None:
     chosen = st.selectbox("Document", [d.doc_id for d in documents], key=key(PAGE, "chosen"))
     preview, delete = st.columns([3, 1])
     with preview.expander("Preview chunks"):
-        for chunk in index.chunks_of(chosen):
+        for chunk in index.chunks_of(chosen) if may_read("Document previews") else []:
             st.caption(f"{literal(chunk.location or 'text')} · characters {chunk.start}-{chunk.start + len(chunk.text)}")
             st.text(chunk.text)
     pending = key(PAGE, "pending")

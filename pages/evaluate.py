@@ -16,7 +16,7 @@ from backends.core.config import DATA_DIR
 from backends.core.errors import DuetError
 from backends.learning.datasets import saved_datasets
 from backends.learning.examples import read_qa_bytes
-from pages.common import duet, key, literal, may_change_data, page_errors, watch_job
+from pages.common import duet, key, literal, may_change_data, may_read, page_errors, watch_job
 
 PAGE = "evaluate"
 BEST_CELL = "font-weight: bold; background-color: #e6f2e6"
@@ -180,8 +180,8 @@ def run_details(run: EvalRun) -> None:
                                 for s, c in f.systems.items()))
         st.plotly_chart(freshness_chart(f), key=key(PAGE, f"freshness-{run.id}"))
     folder = run.folder
-    for column, (name, mime) in zip(st.columns(3), (("report.html", "text/html"), ("results.csv", "text/csv"),
-                                                    ("metrics.json", "application/json"))):
+    files = (("report.html", "text/html"), ("results.csv", "text/csv"), ("metrics.json", "application/json"))
+    for column, (name, mime) in zip(st.columns(3), files if may_read("Report downloads") else ()):
         with open(f"{folder}/{name}", "rb") as f:
             column.download_button(name, f.read(), f"duet-{run.id}-{name}", mime, on_click="ignore",
                                    key=key(PAGE, f"{name}-{run.id}"))

@@ -18,7 +18,7 @@ from backends.learning.adapters import import_adapter
 from backends.learning.examples import read_qa_file, read_training_file, store_dataset
 from backends.learning.training import TrainConfig, TrainingJob, dataset_label, training_estimate
 from pages.builder import build_form, build_view, saved_choice
-from pages.common import duet, key, literal, may_change_data, page_errors, watch_job
+from pages.common import duet, key, literal, may_change_data, may_read, page_errors, watch_job
 
 PAGE = "finetune"
 DEMO_DATASET = DATA_DIR / "qa" / "train.jsonl"
@@ -184,9 +184,10 @@ def adapters_section(allowed: bool) -> None:
     (st.warning if stale.is_stale else st.caption)(f"Index: {stale.describe()}.")
     if info.metadata.get("loss_history"):
         st.plotly_chart(loss_chart(info.metadata["loss_history"], f"Training loss of {chosen}"), key=key(PAGE, "loss"))
-    st.download_button("Download for llama.cpp / Ollama (GGUF)", key=key(PAGE, "gguf"), file_name=f"{chosen}.gguf",
-                       mime="application/octet-stream", data=lambda: adapter_gguf_bytes(duet().settings, info.path),
-                       help="llama.cpp: --lora FILE with the bundled GGUF; Ollama: an ADAPTER line in the Modelfile")
+    if may_read("Adapter downloads (an adapter can give away what it memorised)"):
+        st.download_button("Download for llama.cpp / Ollama (GGUF)", key=key(PAGE, "gguf"), file_name=f"{chosen}.gguf",
+                           mime="application/octet-stream", data=lambda: adapter_gguf_bytes(duet().settings, info.path),
+                           help="llama.cpp: --lora FILE with the bundled GGUF; Ollama: an ADAPTER line in the Modelfile")
     make_active, confirm, delete = st.columns(3)
     if make_active.button("Make active", disabled=chosen == active or not allowed, key=key(PAGE, "activate")):
         registry.set_active(chosen)

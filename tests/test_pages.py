@@ -354,6 +354,25 @@ def test_served_beyond_this_computer_with_nothing_guarding_changes_duet_does_not
         config.set_option("server.address", before)
 
 
+def test_beyond_this_computer_previews_and_downloads_need_the_same_access_as_changes():
+    from streamlit import config
+
+    before = config.get_option("server.address")
+    config.set_option("server.address", "0.0.0.0")
+    try:
+        app = documents_page({"admin_password": "s3cret-word"})
+        assert not app.text and any("Document previews need" in c.value for c in app.caption)
+        app.text_input(key="access.password").set_value("s3cret-word").run()
+        assert app.text, "with the password the chunks are shown"
+        train = AppTest.from_file(str(REPO_ROOT / "pages" / "finetune.py"), default_timeout=240)
+        train.secrets["admin_password"] = "s3cret-word"
+        train.run()
+        assert not train.exception and not train.get("download_button")
+        assert any("Adapter downloads" in c.value for c in train.caption)
+    finally:
+        config.set_option("server.address", before)
+
+
 def test_a_broken_secrets_file_is_an_error_not_an_open_app(tmp_path):
     import streamlit as st
     from streamlit import config

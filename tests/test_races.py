@@ -84,3 +84,32 @@ def test_two_dataset_builds_started_at_once_run_one_at_a_time():
     slots["dataset build"].wait(60)
     assert outcomes.count("started") == 1 and any("still running" in o for o in outcomes), outcomes
     assert slots["dataset build"].result == "built"
+
+
+def test_training_with_another_store_leaves_the_checkout_unchanged(tmp_path):
+    """`--store` sends everything written there, the adapter included; the checkout's demo adapter stays readable."""
+    import json
+    import sys
+
+    from backends.core.config import DATA_DIR, REPO_ROOT
+
+    def listing():
+        return sorted(str(p.relative_to(DATA_DIR)) for p in DATA_DIR.rglob("*") if "store" not in p.parts[:len(DATA_DIR.parts) + 1])
+
+    before = listing()
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"question": f"What is code {n}?", "answer": f"Code {n} is K-{n}."}) + "\n"
+                            for n in range(4)))
+    env = {k: v for k, v in os.environ.items() if k not in ("DUET_ADAPTERS_DIR", "DUET_STORE")}
+    store = tmp_path / "elsewhere"
+    done = subprocess.run([sys.executable, "-m", "backends", "train", "--data", str(data), "--name", "elsewhere",
+                           "--max-steps", "1", "--batch-size", "2", "--store", str(store)],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (store / "adapters" / "elsewhere" / "adapter_model.safetensors").is_file()
+    assert listing() == before, "nothing was written into the checkout's data/ (its own store aside)"
+    from backends.core.config import load_settings
+    from backends.learning.adapters import AdapterRegistry
+
+    registry = AdapterRegistry(load_settings(store_dir=store))
+    assert {"demo", "elsewhere"} <= set(registry.names()) and registry.folder("demo") == DATA_DIR / "adapters" / "demo"

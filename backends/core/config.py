@@ -67,6 +67,8 @@ class Settings:
     parse_memory_mb: int = _help("Memory cap of the process that parses a document, in megabytes.", 1024)
     read_only: int = _help("1: a read-only demo (no upload, delete or training) when no login or admin password "
                            "is configured in .streamlit/secrets.toml.", 0)
+    public_reading: int = _help("1: document previews, report downloads and adapter downloads are open to every viewer "
+                                "even when the app is served beyond this computer (by default only on 127.0.0.1).", 0)
     chroma_server: str = _help("'' for the embedded store in store_dir/chroma, or 'host:port' of a `chroma run` "
                                "server (client/server mode).", "")
     dataset_questions: str = _help("How `dataset build` words its questions: 'templates' (rules over each sentence's "
@@ -76,8 +78,12 @@ class Settings:
     active_adapter: str = _help("Adapter used by the fine-tuned backend.", "demo")
 
     def with_store(self, store_dir: str | Path | None) -> "Settings":
-        """The same settings writing to another store folder (None keeps the current one)."""
-        return self if store_dir is None else dataclasses.replace(self, store_dir=Path(store_dir))
+        """The same settings writing to another store folder (None keeps the current one); its adapters go there
+        too unless an adapters folder was chosen."""
+        if store_dir is None:
+            return self
+        adapters = _adapters_for(Path(store_dir)) if self.adapters_dir == BUNDLED_ADAPTERS else self.adapters_dir
+        return dataclasses.replace(self, store_dir=Path(store_dir), adapters_dir=adapters)
 
     def public(self) -> dict:
         """Every setting by name (saved with evaluation runs)."""
@@ -98,6 +104,14 @@ class Settings:
     @property
     def files_dir(self) -> Path:
         return self.store_dir / "files"
+
+
+DEFAULT_STORE, BUNDLED_ADAPTERS = DATA_DIR / "store", DATA_DIR / "adapters"
+
+
+def _adapters_for(store_dir: Path) -> Path:
+    """The checkout's store keeps the checkout's adapters folder; another store (`--store`, DUET_STORE) its own."""
+    return BUNDLED_ADAPTERS if store_dir.resolve() == DEFAULT_STORE.resolve() else store_dir / "adapters"
 
 
 def _convert(name: str, kind: type | str, raw: str):
@@ -124,6 +138,8 @@ def load_settings(**overrides) -> Settings:
         values["store_dir"] = Path(os.environ["DUET_STORE"]).expanduser()
     types = {f.name: f.type for f in dataclasses.fields(Settings)}
     values.update({k: _convert(k, types[k], str(v)) if isinstance(v, str) else v for k, v in overrides.items() if v is not None})
+    if "store_dir" in values and "adapters_dir" not in values:  # everything written goes to the chosen store
+        values["adapters_dir"] = _adapters_for(values["store_dir"])
     settings = Settings(**values)
     _validate(settings)
     return settings

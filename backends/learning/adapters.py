@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from backends.core.config import Settings
+from backends.core.config import BUNDLED_ADAPTERS, Settings
 from backends.core.errors import BadInput
 from backends.models.files import base_model_identity
 from backends.models.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, METADATA, PICKLE_SUFFIXES
@@ -94,6 +94,8 @@ class AdapterRegistry:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.root = settings.adapters_dir
+        # The checkout's adapters (the demo one) stay readable from any store; what a store trains is written there.
+        self.bundled = BUNDLED_ADAPTERS if self.root.resolve() != BUNDLED_ADAPTERS.resolve() else None
         self._restore_interrupted_replacements()
 
     def _restore_interrupted_replacements(self) -> None:
@@ -109,9 +111,15 @@ class AdapterRegistry:
                 shutil.rmtree(partial, ignore_errors=True)
 
     def names(self) -> list[str]:
-        if not self.root.is_dir():
-            return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        return sorted({p.name for root in (self.root, self.bundled) if root is not None and root.is_dir()
+                       for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")})
+
+    def folder(self, name: str) -> Path:
+        """Where adapter `name` is: the store's folder, else the checkout's."""
+        own = self.root / name
+        if not own.is_dir() and self.bundled is not None and (self.bundled / name).is_dir():
+            return self.bundled / name
+        return own
 
     def list(self) -> list[AdapterInfo]:
         """Every adapter that passes verification (broken ones are skipped)."""
@@ -122,7 +130,7 @@ class AdapterRegistry:
         return adapters
 
     def get(self, name: str, check_base: bool = True) -> AdapterInfo:
-        folder = self.root / name
+        folder = self.folder(name)
         if not folder.is_dir():
             known = ", ".join(self.names()) or "none yet"
             raise BadInput(f"no adapter named {name!r} (adapters: {known}); train one with `python -m backends train`")
@@ -141,12 +149,14 @@ class AdapterRegistry:
     def path_for_new(self, name: str, overwrite: bool = False) -> Path:
         check_adapter_name(name)
         path = self.root / name
-        if path.exists() and not overwrite:
+        if self.folder(name).exists() and not overwrite:
             raise BadInput(f"an adapter named {name!r} already exists; choose another name or delete it first")
         return path
 
     def delete(self, name: str) -> None:
         self.get(name, check_base=False)
+        if not (self.root / name).is_dir():
+            raise BadInput(f"adapter {name!r} comes with Duet's checkout ({self.folder(name)}); this store cannot delete it")
         shutil.rmtree(self.root / name)
         if self.active_name() == name:
             self._active_file.unlink(missing_ok=True)
