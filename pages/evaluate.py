@@ -17,6 +17,7 @@ from backends.core.errors import DuetError
 from backends.learning.datasets import saved_datasets
 from backends.learning.examples import read_qa_bytes
 from pages.common import duet, key, literal, may_change_data, may_read, page_errors, watch_job
+from pages.panels import eval_progress
 
 PAGE = "evaluate"
 BEST_CELL = "font-weight: bold; background-color: #e6f2e6"
@@ -72,12 +73,6 @@ def eval_job_view() -> None:
     if job is None:
         return
 
-    def progress(latest):
-        if latest is None:
-            return 0.0, "Evaluation: starting…"
-        left = "ETA --" if latest.eta_s is None else f"about {latest.eta_s:.0f} s left"
-        return latest.done / max(latest.total, 1), f"{latest.done} of {latest.total} · {left} · {literal(latest.label[:80])}"
-
     def finished() -> None:
         run = job.result
         if job.state == "done" and st.session_state.get(key(PAGE, "opened")) != run.id:
@@ -90,7 +85,7 @@ def eval_job_view() -> None:
                        f"{counted(len(run.rows) - failed, 'answer')} scored"
                        + (f", {failed} failed: see results.csv" if failed else "") + ").")
 
-    watch_job(job, f"{PAGE}.eval", progress, finished)
+    watch_job(job, f"{PAGE}.eval", eval_progress, finished)
 
 
 def experiment_section(allowed: bool) -> None:

@@ -180,3 +180,11 @@ def history_section() -> None:
         column_config={"reopen": st.column_config.LinkColumn("reopen", display_text="open")},
         hide_index=True, width="stretch",
     )
+
+
+def eval_progress(latest) -> tuple[float, str]:
+    """The progress bar of an evaluation: its share done and its text (the question shown escaped)."""
+    if latest is None:
+        return 0.0, "Evaluation: starting…"
+    left = "ETA --" if latest.eta_s is None else f"about {latest.eta_s:.0f} s left"
+    return latest.done / max(latest.total, 1), f"{latest.done} of {latest.total} · {left} · {literal(latest.label[:80])}"

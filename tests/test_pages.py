@@ -420,3 +420,12 @@ def test_read_only_demo_mode_hides_changes_but_compare_stays_open():
     finally:
         del os.environ["DUET_READ_ONLY"]
         common.app_settings.clear()
+
+
+def test_the_question_in_an_evaluations_progress_bar_is_shown_as_text():
+    from backends.apps.evaluation import EvalProgress
+    from pages.panels import eval_progress
+
+    question = "**Loud** [click](javascript:alert(1)) ![x](https://evil.example/x.png)"
+    share, text = eval_progress(EvalProgress(1, 4, question, 12.0))
+    assert share == 0.25 and text.endswith(literal(question)) and "about 12 s left" in text
