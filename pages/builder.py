@@ -47,7 +47,7 @@ def build_form() -> None:
             duet().jobs.start("dataset build", DatasetJob(index, options, duet().llm if uses_model(duet().settings) else None))
             st.rerun()
         except DuetError as error:
-            st.error(str(error))
+            st.error(literal(str(error)))
 
 
 def build_view() -> None:
@@ -102,7 +102,7 @@ def review(job: DatasetJob) -> None:
             st.success(f"Saved {len(kept)} rows to {literal(str(path))}: choose it under Dataset below and train."
                        + (f" Also wrote {', '.join(p.name for p in exported)}." if exported else ""))
         except DuetError as error:
-            st.error(str(error))
+            st.error(literal(str(error)))
 
 
 def _merged(original: list[dict], row: dict) -> dict:

@@ -14,7 +14,7 @@ import streamlit as st
 
 from backends.core.config import Settings, load_settings
 from backends.core.errors import DuetError
-from backends.core.logs import log_path
+from backends.core.logs import log, log_path
 from backends.service import Duet, get_duet
 
 _MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:])")
@@ -165,10 +165,11 @@ def page_errors():
     try:
         yield
     except DuetError as error:
-        st.error(str(error))
-    except Exception as error:  # an unexpected failure: name it, keep the app usable
-        st.error(f"Something went wrong ({type(error).__name__}: {literal(str(error))}). "
-                 "Try again; if it persists, check the server log.")
+        st.error(literal(str(error)))
+    except Exception as error:  # an unexpected failure: name it, log its traceback, keep the app usable
+        log.exception("a page failed")
+        st.error(f"Something went wrong ({type(error).__name__}: {literal(str(error))}). Try again; the details "
+                 f"are in {literal(str(log_path(app_settings().store_dir)))}.")
 
 
 def key(page: str, name: str) -> str:

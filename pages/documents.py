@@ -7,6 +7,7 @@ import streamlit as st
 from backends.apps.labels import counted
 from backends.knowledge.loaders import SUPPORTED_TYPES
 from pages.common import duet, key, literal, may_change_data, may_read, page_errors
+from pages.panels import indexing_text
 
 PAGE = "documents"
 ICONS = {"added": "✅", "updated": "🔁", "duplicate": "⏭️", "rejected": "❌"}
@@ -20,7 +21,7 @@ def upload_section() -> None:
     index = duet().index
     progress = st.progress(0.0, text="Indexing…")
     for number, upload in enumerate(files, 1):
-        progress.progress((number - 1) / len(files), text=f"Indexing {literal(upload.name)} ({number} of {len(files)})…")
+        progress.progress((number - 1) / len(files), text=indexing_text(upload.name, number, len(files)))
         result = index.ingest_bytes(upload.name, upload.getvalue())
         same = f": the same file is already indexed as {result.doc_id}" if result.status == "duplicate" else ""
         st.text(f"{ICONS[result.status]} {result.name}: {result.describe()}{same}")

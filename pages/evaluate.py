@@ -64,7 +64,7 @@ def new_run_section() -> None:
             duet().jobs.start("evaluation", EvalJob(duet(), items[: int(limit)], tuple(systems), freshness))
             st.session_state[key(PAGE, "set-label")] = label
         except DuetError as error:
-            st.error(str(error))
+            st.error(literal(str(error)))
 
 
 def eval_job_view() -> None:

@@ -112,7 +112,7 @@ def start_section() -> None:
         duet().jobs.start("training", TrainingJob(duet().settings, path, name, config, duet().index.snapshot(), overwrite))
         st.rerun()
     except DuetError as error:
-        st.error(str(error))
+        st.error(literal(str(error)))
 
 
 def loss_chart(history: list[dict], title: str) -> go.Figure:

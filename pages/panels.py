@@ -188,3 +188,8 @@ def eval_progress(latest) -> tuple[float, str]:
         return 0.0, "Evaluation: starting…"
     left = "ETA --" if latest.eta_s is None else f"about {latest.eta_s:.0f} s left"
     return latest.done / max(latest.total, 1), f"{latest.done} of {latest.total} · {left} · {literal(latest.label[:80])}"
+
+
+def indexing_text(name: str, number: int, total: int) -> str:
+    """The upload progress bar's text (the file name shown escaped)."""
+    return f"Indexing {literal(name)} ({number} of {total})…"
