@@ -86,30 +86,31 @@ def test_two_dataset_builds_started_at_once_run_one_at_a_time():
     assert slots["dataset build"].result == "built"
 
 
-def test_training_with_another_store_leaves_the_checkout_unchanged(tmp_path):
-    """`--store` sends everything written there, the adapter included; the checkout's demo adapter stays readable."""
+def test_training_with_another_store_leaves_the_checkout_unchanged(tmp_path, duet):
+    """A store chosen as `--store` / DUET_STORE is (load_settings(store_dir=...), as the CLI does) gets everything
+    written, the adapter included; the checkout's demo adapter stays readable from it."""
     import json
-    import sys
 
-    from backends.core.config import DATA_DIR, REPO_ROOT
+    from backends.core.config import DATA_DIR, load_settings
+    from backends.learning.adapters import AdapterRegistry
+    from backends.learning.training import TrainConfig, train_adapter
 
     def listing():
-        return sorted(str(p.relative_to(DATA_DIR)) for p in DATA_DIR.rglob("*") if "store" not in p.parts[:len(DATA_DIR.parts) + 1])
+        return sorted(str(p.relative_to(DATA_DIR)) for p in DATA_DIR.rglob("*")
+                      if p.relative_to(DATA_DIR).parts[0] != "store")
 
     before = listing()
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps({"question": f"What is code {n}?", "answer": f"Code {n} is K-{n}."}) + "\n"
                             for n in range(4)))
-    env = {k: v for k, v in os.environ.items() if k not in ("DUET_ADAPTERS_DIR", "DUET_STORE")}
-    store = tmp_path / "elsewhere"
-    done = subprocess.run([sys.executable, "-m", "backends", "train", "--data", str(data), "--name", "elsewhere",
-                           "--max-steps", "1", "--batch-size", "2", "--store", str(store)],
-                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert (store / "adapters" / "elsewhere" / "adapter_model.safetensors").is_file()
+    saved = os.environ.pop("DUET_ADAPTERS_DIR", None)
+    try:
+        settings = load_settings(store_dir=tmp_path / "elsewhere")
+    finally:
+        if saved is not None:
+            os.environ["DUET_ADAPTERS_DIR"] = saved
+    train_adapter(settings, data, "elsewhere", TrainConfig(max_steps=1, batch_size=2), index_snapshot={})
+    assert (tmp_path / "elsewhere" / "adapters" / "elsewhere" / "adapter_model.safetensors").is_file()
     assert listing() == before, "nothing was written into the checkout's data/ (its own store aside)"
-    from backends.core.config import load_settings
-    from backends.learning.adapters import AdapterRegistry
-
-    registry = AdapterRegistry(load_settings(store_dir=store))
+    registry = AdapterRegistry(settings)
     assert {"demo", "elsewhere"} <= set(registry.names()) and registry.folder("demo") == DATA_DIR / "adapters" / "demo"
