@@ -94,8 +94,10 @@ class AdapterRegistry:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.root = settings.adapters_dir
-        # The checkout's adapters (the demo one) stay readable from any store; what a store trains is written there.
-        self.bundled = BUNDLED_ADAPTERS if self.root.resolve() != BUNDLED_ADAPTERS.resolve() else None
+        # A store's own adapters folder still reads the checkout's (the demo one); what it trains is written there.
+        # A folder chosen with DUET_ADAPTERS_DIR is the whole registry.
+        derived = self.root.resolve() == (settings.store_dir / "adapters").resolve()
+        self.bundled = BUNDLED_ADAPTERS if derived and self.root.resolve() != BUNDLED_ADAPTERS.resolve() else None
         self._restore_interrupted_replacements()
 
     def _restore_interrupted_replacements(self) -> None:
