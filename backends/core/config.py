@@ -82,7 +82,8 @@ class Settings:
         too unless an adapters folder was chosen."""
         if store_dir is None:
             return self
-        adapters = _adapters_for(Path(store_dir)) if self.adapters_dir == BUNDLED_ADAPTERS else self.adapters_dir
+        derived = self.adapters_dir in (BUNDLED_ADAPTERS, self.store_dir / "adapters")  # not chosen explicitly
+        adapters = _adapters_for(Path(store_dir)) if derived else self.adapters_dir
         return dataclasses.replace(self, store_dir=Path(store_dir), adapters_dir=adapters)
 
     def public(self) -> dict:
