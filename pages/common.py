@@ -14,7 +14,7 @@ import streamlit as st
 
 from backends.core.config import Settings, load_settings
 from backends.core.errors import DuetError
-from backends.core.logs import log, log_path
+from backends.core.logs import log, log_path, start_logging
 from backends.service import Duet, get_duet
 
 _MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:])")
@@ -37,7 +37,9 @@ def app_settings() -> Settings:
 def duet() -> Duet:
     """The process-wide backends, warm (libraries imported, every part built) before any page can start Compare
     or a job: their threads must not import or build them at once."""
-    return get_duet(app_settings()).warm()
+    settings = app_settings()
+    start_logging(settings.store_dir, console=True)  # the server's console gets a line per warning
+    return get_duet(settings).warm()
 
 
 def literal(text: str) -> str:

@@ -19,7 +19,7 @@ class Broken(BackgroundJob):
 
 
 def test_an_unexpected_job_failure_is_logged_with_its_traceback_and_the_page_can_name_the_file(tmp_path, capsys):
-    path = start_logging(tmp_path / "store")
+    path = start_logging(tmp_path / "store", console=True)
     job = Broken("report")
     job.start()
     job.wait(30)
@@ -29,4 +29,6 @@ def test_an_unexpected_job_failure_is_logged_with_its_traceback_and_the_page_can
     text = path.read_text()
     assert path == log_path(tmp_path / "store") and "building the report failed" in text
     assert "Traceback (most recent call last)" in text and "KeyError: 'missing'" in text
-    assert any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler) for h in log.handlers)
+    console = [h for h in log.handlers if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+    assert console and "Traceback" not in console[0].format(logging.LogRecord("duet", logging.ERROR, "", 0, "boom", (),
+                                                                               (KeyError, KeyError("x"), None)))

@@ -18,10 +18,28 @@ def log_path(store_dir: Path) -> Path:
     return Path(store_dir) / "logs" / "duet.log"
 
 
-def start_logging(store_dir: Path) -> Path:
-    """Send the `duet` logger to the store's log file (once per file and process); returns the file's path."""
+class _OneLine(logging.Formatter):
+    """The console gets the message only; its traceback stays in the file."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"duet {record.levelname.lower()}: {record.getMessage()}"
+
+
+_console: list[logging.Handler] = []
+
+
+def start_logging(store_dir: Path, console: bool = False) -> Path:
+    """Send the `duet` logger to the store's log file (once per file and process); returns the file's path.
+
+    `console`: warnings also go to stderr, one line each (the app's server console; the CLI prints its own line)."""
     path = log_path(store_dir)
     with _lock:
+        if console and not _console:
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setLevel(logging.WARNING)
+            handler.setFormatter(_OneLine())
+            log.addHandler(handler)
+            _console.append(handler)
         if path not in _started:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -30,11 +48,6 @@ def start_logging(store_dir: Path) -> Path:
                 return path
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(threadName)s %(message)s"))
             log.addHandler(handler)
-            if not _started:  # and once per process to stderr, where the server's console shows it
-                console = logging.StreamHandler(sys.stderr)
-                console.setLevel(logging.WARNING)
-                console.setFormatter(logging.Formatter("duet %(levelname)s: %(message)s"))
-                log.addHandler(console)
             log.setLevel(logging.INFO)
             _started.add(path)
     return path
