@@ -14,6 +14,7 @@ import streamlit as st
 
 from backends.core.config import Settings, load_settings
 from backends.core.errors import DuetError
+from backends.apps.serve import LOOPBACK
 from backends.core.logs import log, log_path, start_logging
 from backends.service import Duet, get_duet
 
@@ -64,9 +65,6 @@ def _secrets() -> dict:
             return {}  # no secrets.toml: nothing configured
         raise SecretsUnreadable(f"the secrets file cannot be read ({error}): fix .streamlit/secrets.toml or remove "
                                 "it, then restart Duet") from error
-
-
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def refuse_an_unsafe_start() -> None:

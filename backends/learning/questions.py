@@ -162,8 +162,6 @@ def _words(tokens) -> str:
             depth = max(0, depth - 1)
             continue
         if depth or _MARKUP_TOKEN.match(t.text) or t.text in ("\"", "“", "”"):
-            if text and not t.whitespace_ and not depth:
-                continue
             continue
         text.append(t.text.strip("`*_") + t.whitespace_)
     joined = "".join(text)
