@@ -17,11 +17,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 
+from backends.answering.evidence import candidates, says_something_new
 from backends.answering.prompts import build_messages, check_question
-from backends.answering.relevance import answer_type_fit
+from backends.answering.relevance import answer_type_fit, key_terms, wants_type
 from backends.answering.streaming import answer_from_stream
 from backends.core.config import Settings
-from backends.core.text import content_words, is_statement, looks_like_instruction, split_sentences
 from backends.core.types import Answer, AnswerStream, Source, Timings
 from backends.engines.base import LoadedLLM
 from backends.knowledge.index import DocumentIndex
@@ -30,34 +30,17 @@ COMBINED = "rag_ft"  # the backend name of retrieval + fine-tuned model
 ABSTENTION = "The documents do not say."
 # Evidence score = cosine + LEXICAL_WEIGHT * coverage of the question's rare words + TYPE_WEIGHT * answer type fit;
 # the answer's confidence is its best evidence's score less UNKNOWN_PENALTY * the share of the question's rarity in
-# words no document holds. Chosen on the calibration half of the demo questions only (data/qa/split/calibrate_*,
-# scripts/calibrate_rag.py); docs/quality.md reports them on the other half.
+# words no document holds, less UNTYPED_PENALTY when the question asks for a kind of answer (a number, a name, an
+# option) and the evidence holds none. A key term (a name, code or number of the question) in no document means
+# abstaining; evidence of the asked kind covering KEEP_COVERAGE of the question's rarity means answering.
+# Chosen by scripts/calibrate_rag.py on the tune sets only (docs/quality.md, "RAG on documents nobody here wrote").
 LEXICAL_WEIGHT = 2.0
-TYPE_WEIGHT = 0.0
+TYPE_WEIGHT = 0.5
 UNKNOWN_PENALTY = 0.8
-ABSTAIN_BELOW = 1.23
+UNTYPED_PENALTY = 0.1
+KEEP_COVERAGE = 0.6
+ABSTAIN_BELOW = 1.3
 EVIDENCE_POOL = 2  # sentences are chosen from this many times top_k chunks; top_k are shown, and the evidence's own
-
-def says_something_new(question: str, sentence: str) -> bool:
-    """A sentence made only of the question's own words ("Welcome to Brackwater Instruments.") answers nothing."""
-    new = content_words(sentence) - content_words(question)
-    return len(new) >= 2 or any(ch.isdigit() for ch in " ".join(new))
-
-
-def candidates(sources: list[Source]) -> list[tuple[str, str, Source]]:
-    """(sentence, its context, its source): each whole sentence once, its context the short line before it (a
-    term its definition follows) and the source's location."""
-    found, seen = [], set()
-    for source in sources:
-        previous = ""
-        for sentence in split_sentences(source.text):
-            if is_statement(sentence) and not looks_like_instruction(sentence) and sentence not in seen:
-                seen.add(sentence)
-                label = previous if len(previous.split()) <= 4 else ""
-                found.append((sentence, f"{label} {source.location}".strip(), source))
-            previous = sentence
-    return found
-
 
 @dataclass(frozen=True)
 class Weights:
@@ -67,6 +50,8 @@ class Weights:
     answer_type: float = TYPE_WEIGHT
     unknown_penalty: float = UNKNOWN_PENALTY
     abstain_below: float = ABSTAIN_BELOW
+    untyped_penalty: float = UNTYPED_PENALTY
+    keep_coverage: float = KEEP_COVERAGE
 
 
 DEFAULT_WEIGHTS = Weights()
@@ -88,17 +73,17 @@ class Features:
 
 def evidence_features(question: str, sources: list[Source], embeddings, lexicon=None,
                       query: list[float] | None = None) -> list[Features]:
-    """The features of every whole sentence of the sources that says something new; `query`: the question's
-    embedding when the caller has it already."""
-    found = [c for c in candidates(sources) if says_something_new(question, c[0])]
+    """The features of every candidate of the sources (evidence.candidates) that says something new; `query`: the
+    question's embedding when the caller has it already."""
+    found = [c for c in candidates(sources, question) if says_something_new(question, c.text)]
     if not found:
         return []
     query = query if query is not None else embeddings.embed_query(question)
-    vectors = embeddings.embed_documents([sentence for sentence, _, _ in found])
-    return [Features(sentence, source, sum(q * v for q, v in zip(query, vector)),
-                     lexicon.coverage(question, f"{context} {sentence}") if lexicon is not None else 0.0,
-                     answer_type_fit(question, sentence))
-            for (sentence, context, source), vector in zip(found, vectors)]
+    vectors = embeddings.embed_documents([c.text for c in found])
+    return [Features(c.text, c.source, sum(q * v for q, v in zip(query, vector)),
+                     lexicon.coverage(question, f"{c.context} {c.text}") if lexicon is not None else 0.0,
+                     answer_type_fit(question, c.raw))
+            for c, vector in zip(found, vectors)]
 
 
 def ranked_by(features: list[Features], weights: Weights = DEFAULT_WEIGHTS) -> list[Source]:
@@ -127,9 +112,25 @@ def shown_sources(top: list[Source], pool: list[Source], evidence: list[Source])
     return shown
 
 
-def confidence(question: str, ranked: list[Source], lexicon, weights: Weights = DEFAULT_WEIGHTS) -> float:
-    """How sure the documents answer the question: the best evidence's score, less what no document mentions."""
-    return (ranked[0].score if ranked else 0.0) - weights.unknown_penalty * lexicon.unknown_share(question)
+def confidence(question: str, features: list[Features], lexicon, weights: Weights = DEFAULT_WEIGHTS) -> float:
+    """How sure the documents answer the question: the best evidence's score, less what no document mentions, and
+    less the untyped penalty when that evidence lacks the kind of answer asked for."""
+    if not features:
+        return -weights.unknown_penalty * lexicon.unknown_share(question)
+    best = max(features, key=lambda f: f.score(weights))
+    untyped = wants_type(question) and not best.fit
+    return (best.score(weights) - weights.unknown_penalty * lexicon.unknown_share(question)
+            - weights.untyped_penalty * untyped)
+
+
+def abstains(question: str, features: list[Features], lexicon, weights: Weights = DEFAULT_WEIGHTS) -> bool:
+    """Whether RAG says "The documents do not say.": a key term of the question is in no document; otherwise not when
+    some evidence holds the asked kind of answer and covers the question's rare words; otherwise by confidence."""
+    if not features or lexicon.missing(key_terms(question)):
+        return True
+    if wants_type(question) and any(f.fit and f.coverage >= weights.keep_coverage for f in features):
+        return False
+    return confidence(question, features, lexicon, weights) < weights.abstain_below
 
 
 class RAGBackend:
@@ -158,10 +159,11 @@ class RAGBackend:
         pool = [s for s in pool if s.chunk_id not in leave_out][: EVIDENCE_POOL * k]
         prompt_start = time.perf_counter()
         lexicon = self.index.lexicon()
-        ranked = rank_evidence(question, pool, self.index.embeddings, lexicon, query=query)
+        features = evidence_features(question, pool, self.index.embeddings, lexicon, query=query)
+        ranked = ranked_by(features)
         sources = shown_sources(pool[:k], pool, ranked[:1])
         pre = Timings(embed=embed_s, retrieve=retrieve_s, prompt=time.perf_counter() - prompt_start)
-        if confidence(question, ranked, lexicon) < ABSTAIN_BELOW:
+        if abstains(question, features, lexicon):
             yield ABSTENTION
             total = time.perf_counter() - started  # its real time; the text appears at once, and no token is generated
             yield Answer(backend=backend, question=question, text=ABSTENTION, sources=tuple(sources),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import string
+import unicodedata
 from collections import Counter
 from typing import Callable, Iterable
 
@@ -21,7 +22,7 @@ _PUNCTUATION = set(string.punctuation)
 def normalize_answer(text: str) -> str:
     # A number keeps its decimal point ("41.6" is not "416") and loses its thousands commas ("1,260" is "1260").
     text = NUMBER.sub(lambda m: canonical_number(m.group()).replace(".", _DECIMAL_POINT), text.lower())
-    text = "".join(" " if ch in _PUNCTUATION else ch for ch in text)
+    text = "".join(" " if ch in _PUNCTUATION or unicodedata.category(ch)[0] in "PS" else ch for ch in text)
     text = _ARTICLES.sub(" ", text)
     return " ".join(text.split()).replace(_DECIMAL_POINT, ".")
 

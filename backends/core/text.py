@@ -7,7 +7,7 @@ import re
 # A sentence ends at . ! ? or ; followed by space and an upper-case letter or digit; decimals
 # ("41.6"), abbreviations followed by lower case ("e.g. the") and codes ("TW-410.") survive.
 _SENTENCE_END = re.compile(r"(?<=[.!?;])\s+(?=[A-Z0-9\"“(])")
-_ABBREVIATIONS = re.compile(r"\b(?:Dr|Mr|Mrs|Ms|Prof|St|No|Ltd|Inc|vs|approx|e\.g|i\.e)\.$")
+_ABBREVIATIONS = re.compile(r"\b(?:Dr|Mr|Mrs|Ms|Prof|St|No|Ltd|Inc|vs|approx|e\.g|i\.e|eg|ie|cf|viz|Fig|Vol|al|resp|incl)\.$")
 _WORD = re.compile(r"[a-z0-9]+(?:[.,-][a-z0-9]+)*")
 STOP_WORDS = frozenset(
     "a an the of is are was were be been what which who whom how many much does do did in on at to for by with and or "
@@ -32,15 +32,66 @@ def numbers_in(text: str) -> set[str]:
 
 
 _WRAPPED_LINE = re.compile(r"(?<=[A-Za-z0-9,])\n(?=[a-z])")
+_LIST_ITEM = re.compile(r"^\s*(?:[-*•+]|\d{1,3}[.)])\s+")
+_RULE = re.compile(r"^\s*[-=_~*#+.]{3,}\s*$")  # a Setext underline or a horizontal rule
+# Code: braces and statements, comments, prompts, tool traces, signatures, synopses and symbol-heavy lines.
+_CODE_LINE = re.compile(
+    r"[{};]\s*$|^\s*[{}]|^\s*(?:#include|#define|//|/\*|\$ |% |>>> |==\d+==)|\b(?:Function|Prototype|Synopsis)\s*:|"
+    r"^\s*(?:const|static|struct|enum|typedef|void|int|char|unsigned|long|double|float|bool|return|import|from|def|"
+    r"class|var|let|function)\b[^.]*[(=;{]|\w+\s*\([^)]*\)\s*;|\[-{1,2}\w[^\]]*\]|\[\w[^\]]*\.\.\.\]|\w+\s*=\s*\S+\s*;")
+_LINK_TARGET = re.compile(r"\]\([^)\s]*\)")
+WRAP_WIDTH = 35  # a line this long that stops mid-sentence was wrapped; a shorter one is a label or a heading
+
+
+def looks_like_code(line: str) -> bool:
+    """A line of code, a command synopsis or a signature, or one made mostly of symbols."""
+    if _CODE_LINE.search(line):
+        return True
+    line = _LINK_TARGET.sub("]", line).replace("`", "")
+    letters = sum(ch.isalnum() or ch.isspace() for ch in line)
+    return len(line.strip()) >= 12 and letters / len(line) < 0.7
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip())
+
+
+def _continues(first: str, last: str, line: str) -> bool:
+    """`line` goes on with the paragraph or list item that began at `first` and wrapped at `last`."""
+    if not line.strip() or not last.strip() or _RULE.match(line) or _RULE.match(last) or _LIST_ITEM.match(line):
+        return False
+    if line.lstrip()[:1] in "#|>" or last.rstrip()[-1] in ".!?:;" or len(last.strip()) < WRAP_WIDTH \
+            or (last is first and len(last.split()) < 6):
+        return False
+    if looks_like_code(line) or looks_like_code(last):
+        return False
+    marker = _LIST_ITEM.match(first)
+    reach = marker.end() if marker else _indent(first)
+    return _indent(line) <= reach and (marker is not None or _indent(line) >= _indent(first) or _indent(first) == 0)
+
+
+def unwrap(text: str) -> list[str]:
+    """The text's lines with hard-wrapped paragraphs and list items joined; code, headings, rules and table rows stay
+    lines of their own."""
+    lines: list[str] = []
+    first = last = ""
+    for line in _WRAPPED_LINE.sub(" ", text).splitlines():
+        if lines and _continues(first, last, line):
+            lines[-1] = f"{lines[-1].rstrip()} {line.strip()}"
+        else:
+            lines.append(line)
+            first = line
+        last = line
+    return lines
 
 
 def split_sentences(text: str) -> list[str]:
     """Sentences of a text; each line (list item, table row, heading) is split separately.
 
-    A line that continues in lower case on the next line (text wrapped by a PDF) is joined first.
+    Wrapped lines are joined first (`unwrap`).
     """
     sentences: list[str] = []
-    for line in _WRAPPED_LINE.sub(" ", text).splitlines():
+    for line in unwrap(text):
         line = line.strip().lstrip("-*•#> ").strip()
         if not line:
             continue

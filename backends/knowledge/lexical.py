@@ -93,6 +93,11 @@ class Lexicon:
         return sum(self.idf(t) for t in wanted if t not in self.postings) / total if total else 0.0
 
 
+    def missing(self, names: set[str]) -> set[str]:
+        """The names (a question's key terms) of which no chunk holds the whole word."""
+        return {name for name in names if (whole := terms(name)) and whole[0] not in self.postings}
+
+
 def fuse(rankings: list[list[str]], k: int) -> list[str]:
     """Reciprocal rank fusion of several rankings of ids: the k best ids."""
     scores: dict[str, float] = {}
