@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from backends.apps.charts import timeline_chart
-from backends.core.text import used_span
+from backends.core.text import copied_from
 from backends.core.types import Answer, Claim, Comparison
 from backends.apps.labels import SYSTEM_COLOURS as COLOURS
 from backends.apps.labels import SYSTEM_DESCRIPTIONS as TITLES
@@ -39,24 +39,20 @@ def sidebar_options() -> tuple[tuple[str, ...], str | None]:
     return ("rag", "ft", "rag_ft") if third else ("rag", "ft"), adapter
 
 
-def highlighted(chunk: str, answer_text: str) -> str:
-    """Markdown of a chunk (escaped) with the stretch the answer repeats highlighted."""
-    span = used_span(chunk, answer_text)
-    return marked(chunk, *span) if span else literal(chunk)
-
-
 def marked(chunk: str, start: int, end: int) -> str:
     """Markdown of a chunk (escaped) with characters [start, end) highlighted."""
     return f"{literal(chunk[:start])}:orange-background[{literal(chunk[start:end])}]{literal(chunk[end:])}"
 
 
 def show_sources(answer: Answer) -> None:
-    st.markdown(f"**Sources** ({len(answer.sources)}) · highlighted: the part the answer used")
+    st.markdown(f"**Sources** ({len(answer.sources)}, best score first) · highlighted: the part the answer copied")
+    copied = None if answer.abstained else copied_from([s.text for s in answer.sources], answer.text)
     for number, source in enumerate(answer.sources, 1):
         where = f"{source.file_name} · {source.location}" if source.location else source.file_name
         beyond = "" if source.in_top_k else " · beyond the top k: the answer's evidence is in it"
         with st.expander(f"[{number}] {literal(where)} · score {source.score:.2f}{beyond}"):
-            st.markdown(highlighted(source.text, answer.text))
+            hit = copied is not None and copied[0] == number - 1
+            st.markdown(marked(source.text, *copied[1:]) if hit else literal(source.text))
 
 
 def show_adapter(answer: Answer) -> None:
@@ -90,7 +86,8 @@ def answer_details(comparison: Comparison, columns) -> None:
                 show_adapter(answer)
 
 
-VERDICT_LOOK = {"backed": "green", "learnt": "green", "not in": "blue", "no ": "red"}
+VERDICT_LOOK = {"backed": "green", "learnt": "green", "not in": "blue", "no ": "red", "true, but": "orange",
+                "abstained, but": "orange"}
 
 
 def verdict_badge(verdict: str) -> str:

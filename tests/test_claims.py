@@ -153,3 +153,54 @@ def test_supported_is_precise_on_labelled_claims_of_real_and_demo_documents(real
             print(f"\n{name} claims: precision of 'supported' {precision:.3f}, recall {recall:.3f} ({n} claims)")
     assert real[0] >= 0.9 and real[1] >= 0.9  # measured 0.951, 0.967
     assert demo[0] >= 0.95 and demo[1] >= 0.7  # measured 0.969, 0.775
+
+
+def test_a_synopsis_line_or_a_code_fragment_does_not_answer_a_question_that_asks_for_a_value(real_tracer):
+    from backends.answering.claims import claim_answers
+    from backends.core.types import Evidence
+
+    lexicon = real_tracer.index.lexicon()
+    question = "What is the default CHUNK size in zpipe.c?"
+    for text in ("zpipe [-d] < source > dest", "} Function: inflateEnd int inflateEnd(z_streamp strm);"):
+        claim = Claim(text, SUPPORTED, Evidence(text, "retrieved", "zlib_how.html", "", "d", 1.0, 1.0, 1.0))
+        assert not claim_answers(question, claim, lexicon), text
+    value = Claim("#define CHUNK 16384", SUPPORTED, Evidence("#define CHUNK 16384", "retrieved", "zlib_how.html", "", "d",
+                                                            1.0, 1.0, 1.0))
+    assert claim_answers("What is CHUNK defined as?", value, lexicon)
+
+
+def test_a_name_answers_a_who_question_and_a_true_sentence_without_one_does_not(real_tracer):
+    from backends.answering.claims import claim_answers
+    from backends.core.types import Evidence
+
+    lexicon = real_tracer.index.lexicon()
+    evidence = Evidence("zpipe.c: example of proper use of zlib's inflate() and deflate() Not copyrighted -- provided to "
+                        "the public domain Version 1.4 11 December 2005 Mark Adler", "retrieved", "zlib_how.html", "", "d",
+                        1.0, 1.0, 1.0)
+    assert claim_answers("Who wrote zpipe.c?", Claim("Mark Adler wrote zpipe.c.", SUPPORTED, evidence), lexicon)
+    assert not claim_answers("Who wrote zpipe.c?", Claim("zpipe.c is not copyrighted.", SUPPORTED, evidence), lexicon)
+
+
+def test_a_wrong_abstention_is_flagged_with_the_source_that_held_the_answer(duet):
+    from backends.answering.claims import WRONG_ABSTENTION, one_line_verdict
+    from backends.core.types import Source
+
+    source = Source("c1", "d1", "travel_policy.pdf", "page 1", "Hotels. The nightly hotel limit is 160 euros in most "
+                    "cities. Trains are preferred.", 0.5)
+    wrong = Answer("rag", "What is the nightly hotel limit?", "The documents do not say.", sources=(source,), abstained=True)
+    [claim] = duet.tracer.trace(wrong)
+    assert claim.reason == WRONG_ABSTENTION and claim.label == "wrong abstention" and "160 euros" in claim.evidence.text
+    assert one_line_verdict(wrong, (claim,)) == "abstained, but travel_policy.pdf page 1 holds an answer"
+    right = Answer("rag", "Who won the 2018 World Cup?", "The documents do not say.", sources=(source,), abstained=True)
+    assert duet.tracer.trace(right) == [] and one_line_verdict(right, ()) == "not in the documents"
+
+
+def test_presentation_says_backed_only_for_a_claim_that_answers(duet):
+    from backends.answering.claims import one_line_verdict
+
+    beside = Answer("rag", "Where is the Brackwater headquarters?",
+                    "Brackwater employs 212 people (headcount on 1 January 2026).")
+    assert one_line_verdict(beside, tuple(duet.tracer.trace(beside))) == "true, but does not answer the question"
+    right = Answer("rag", "Where is the Brackwater headquarters?",
+                   "The headquarters is the Lantern Building at 14 Pellow Quay, Port Aldren.")
+    assert one_line_verdict(right, tuple(duet.tracer.trace(right))).startswith("backed by ")

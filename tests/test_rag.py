@@ -113,3 +113,34 @@ def test_the_chunk_holding_evidence_from_beyond_the_top_k_is_shown_and_marked():
     shown = shown_sources(pool[:3], pool, [evidence])
     assert [s.chunk_id for s in shown] == ["c0", "c1", "c2", "c4"]
     assert [s.in_top_k for s in shown] == [True, True, True, False]
+
+
+def _source(text: str, score: float = 0.5, chunk: str = "c1") -> Source:
+    return Source(chunk, "d1", "find.txt", "", text, score)
+
+
+def test_the_span_of_the_asked_kind_is_chosen_and_a_synopsis_line_is_not(duet):
+    """"What is the default --maxdepth" was answered with the whole synopsis line; the value's sentence answers it."""
+    text = ("SYNOPSIS\n  find [-H] [-L] [-P] [--maxdepth levels] [path...] [expression]\n"
+            "The search descends at most 3000 directory levels by default, set with --maxdepth.\n"
+            "} Function: xsltCheckRead int xsltCheckRead(xsltSecurityPrefsPtr sec, xmlChar *url);")
+    best = rank_evidence("What is the default --maxdepth?", [_source(text)], duet.index.embeddings,
+                         duet.index.lexicon())[0]
+    assert "3000" in best.text
+    from backends.answering.evidence import candidates
+
+    assert all("[-H]" not in c.text and "Function:" not in c.text
+               for c in candidates([_source(text)], "What is the default --maxdepth?"))
+    assert any("[-H]" in c.text for c in candidates([_source(text)], "What is the synopsis of the find command?"))
+
+
+def test_a_question_whose_key_name_is_in_no_document_abstains(duet):
+    answer = duet.ask("rag", "What is the per diem for a full day of business travel in Fedora?")
+    assert answer.abstained
+    assert not duet.ask("rag", "What is the per diem for a full day of business travel?").abstained
+
+
+def test_sources_are_shown_best_score_first(duet):
+    answer = duet.ask("rag", "What is the nightly hotel limit in London?")
+    shown = [s.score for s in answer.sources if s.in_top_k]
+    assert shown == sorted(shown, reverse=True) and len(shown) > 1

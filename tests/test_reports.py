@@ -69,6 +69,20 @@ def test_used_span_finds_the_copied_stretch():
     assert used_span(chunk, "Something else entirely.") is None
 
 
+def test_the_highlight_is_the_copied_span_on_word_boundaries_in_the_source_it_came_from():
+    from backends.core.text import copied_from
+
+    # The answer is clean text; the chunk has Markdown marks and a line break inside the sentence.
+    chunk = "- **Dry dock week**: The first full week of August, with no\ninternal meetings. Ferris numbers go 1 to 5."
+    start, end = used_span(chunk, "Dry dock week: The first full week of August, with no internal meetings.")
+    assert chunk[start:end] == "Dry dock week**: The first full week of August, with no\ninternal meetings."
+    # A partial match never starts or ends inside a word ("T he first", "w ith").
+    start, end = used_span(chunk, "he first full week of August, w")
+    assert chunk[start:end] == "The first full week of August, with"
+    other = "Brackwater Instruments: the first full week of August is busy."
+    assert copied_from([other, chunk], "Dry dock week: The first full week of August, with no internal meetings.")[0] == 1
+
+
 def test_the_stage_bars_follow_each_other_and_add_up_to_the_total():
     from backends.apps.charts import stage_spans, timeline_chart
 

@@ -25,8 +25,9 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
-from backends.answering.relevance import answers_question
-from backends.core.text import content_words, looks_like_instruction, numbers_in, split_sentences
+from backends.answering.evidence import candidates as answer_candidates
+from backends.answering.relevance import ANSWERS_COVERAGE, answer_spans, answers_question, asks_for_code, wants_type
+from backends.core.text import content_words, looks_like_code, looks_like_instruction, numbers_in, split_sentences
 from backends.core.types import Agreement, Answer, Claim, Evidence, QAItem
 from backends.knowledge.lexical import stem, terms
 from backends.learning.examples import read_training_file
@@ -42,6 +43,8 @@ PARTLY_SCORE = 0.4
 SAME_SUBJECT = 0.55  # agreement: two claims talk about the same thing above this cosine
 SAME_CLAIM = 0.8  # ... and say the same thing above this one (when numbers and names agree)
 SEARCH_K = 6
+WRONG_ABSTENTION = "wrong abstention: the sources hold an answer"
+HELD_COVERAGE = 0.9  # an untyped question is answered by a source sentence holding this share of its rare words
 ABSTENTIONS = ("i don't know", "i do not know", "not in the sources", "no information", "the documents do not say")
 
 _NAME = re.compile(r"\b[A-Z][A-Za-z0-9]*(?:-[A-Za-z0-9]+)*\b|\b[A-Za-z]+-\d+[A-Za-z0-9-]*\b")
@@ -180,17 +183,37 @@ class ClaimTracer:
         return [fresh[t] if t in fresh else known[t] for t in texts]
 
     def trace(self, answer: Answer, training: list[QAItem] | None = None) -> list[Claim]:
-        """Every claim of the answer with its verdict, best evidence, and whether it addresses the question."""
+        """Every claim of the answer with its verdict, best evidence, and whether it answers the question; for an
+        abstention, the source sentence that answered the question when one did (a wrong abstention)."""
         if answer.abstained:
-            return []
+            held = self.held_answer(answer)
+            return [held] if held else []
         if answer.adapter and training is None:
             training = self.training_for(answer.adapter)
         claims = [self.trace_claim(text, answer, training or []) for text in split_claims(answer.text)]
         if not answer.question:
             return claims
         lexicon = self.index.lexicon()
-        return [replace(c, answers=answers_question(answer.question, f"{c.text} {c.evidence.text if c.evidence else ''}",
-                                                    lexicon)) for c in claims]
+        return [replace(c, answers=claim_answers(answer.question, c, lexicon)) for c in claims]
+
+    def held_answer(self, answer: Answer) -> Claim | None:
+        """For an abstention: the best sentence of its sources that answers the question (a span of the asked kind
+        among the question's rare words, or nearly all of them for a question that asks for no kind), if any."""
+        if not answer.question:
+            return None
+        lexicon = self.index.lexicon()
+        held = []
+        for c in answer_candidates(list(answer.sources), answer.question):
+            covered = lexicon.coverage(answer.question, f"{c.context} {c.text}")
+            typed = wants_type(answer.question) and bool(answer_spans(answer.question, c.raw))
+            if typed and covered >= ANSWERS_COVERAGE or not wants_type(answer.question) and covered >= HELD_COVERAGE:
+                held.append((covered, c))
+        if not held:
+            return None
+        covered, c = max(held, key=lambda pair: pair[0])
+        evidence = Evidence(c.text, "retrieved", c.source.file_name, c.source.location, c.source.doc_id, 0.0,
+                            round(covered, 4), round(covered, 4))
+        return Claim(answer.text, UNSUPPORTED, evidence, WRONG_ABSTENTION, answers=False)
 
     def candidates(self, claim: str, answer: Answer, training: list[QAItem]):
         """Evidence candidates: (the answer's own sources, the nearest chunks of the index, training examples)."""
@@ -242,6 +265,16 @@ class ClaimTracer:
 
     def agreement(self, a: Answer, b: Answer) -> Agreement:
         return agreement(split_claims(a.text), split_claims(b.text), self.embed)
+
+
+def claim_answers(question: str, claim: Claim, lexicon) -> bool:
+    """A claim answers when, with its evidence, it covers the question's rare words and the claim itself holds a span
+    of the asked kind; a code line or a synopsis answers only a question that asks for code."""
+    if looks_like_code(claim.text) and not asks_for_code(question):
+        return False
+    if not answers_question(question, f"{claim.text} {claim.evidence.text if claim.evidence else ''}", lexicon):
+        return False
+    return not wants_type(question) or bool(answer_spans(question, claim.text))
 
 
 def groundedness(claims: list[Claim]) -> float:
@@ -305,13 +338,17 @@ def training_examples_of(adapter_path: Path) -> list[QAItem]:
 
 
 def one_line_verdict(answer: Answer, claims: tuple[Claim, ...]) -> str:
-    """What a room reads under an answer: the source that backs it, or that nothing does (claims that answer the
-    question first, then true claims the relevance judge thought beside it)."""
+    """What a room reads under an answer: the source that backs a claim that answers the question, that its true
+    claims do not answer it, that nothing backs it, or that an abstention was wrong."""
     if answer.abstained:
-        return "not in the documents"
-    backed = sorted((c for c in claims if c.verdict == "supported" and c.evidence), key=lambda c: not c.grounded)
+        held = next((c.evidence for c in claims if c.reason == WRONG_ABSTENTION and c.evidence), None)
+        return f"abstained, but {held.file_name} {held.location}".rstrip() + " holds an answer" if held \
+            else "not in the documents"
+    backed = [c for c in claims if c.grounded and c.evidence]
     if backed:
         evidence = backed[0].evidence
         where = f"{evidence.file_name} {evidence.location}".strip() or "the adapter's training data"
         return f"learnt in training from {where}" if evidence.kind == "training" else f"backed by {where}"
+    if any(c.verdict == SUPPORTED for c in claims):
+        return "true, but does not answer the question"
     return "no source supports this" if claims else "no checkable claim"

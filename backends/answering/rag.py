@@ -105,7 +105,7 @@ def rank_evidence(question: str, sources: list[Source], embeddings, lexicon=None
 def shown_sources(top: list[Source], pool: list[Source], evidence: list[Source]) -> list[Source]:
     """The top chunks, and the chunk each chosen sentence came from when it is not among them (marked: it does not
     count toward recall@k)."""
-    shown = list(top)
+    shown = sorted(top, key=lambda s: -s.score)  # retrieval fuses two rankings; a reader compares the scores shown
     for sentence in evidence:
         if all(s.chunk_id != sentence.chunk_id for s in shown):
             shown += [replace(s, in_top_k=False) for s in pool if s.chunk_id == sentence.chunk_id]

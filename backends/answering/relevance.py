@@ -30,7 +30,7 @@ _CODE_QUESTION = re.compile(
     r"\bwhat (?:does|do|did) .+ return\b|\bwhat (?:was|is|were|are) .+ (?:named|called)\b")
 _VALUE_QUESTION = re.compile(r"\bdefault\b|\bdefaults? to\b|\bset to\b|\bvalue\b")
 _CODE_WORDS = {"command line", "syntax", "signature", "prototype", "example", "snippet", "invocation", "invoke",
-               "run", "type"}  # a question with one of these may take a code line as its answer
+               "run", "type", "code", "defined as", "declared", "synopsis", "usage"}  # a question with one of these may take a code line as its answer
 
 _DIGIT = re.compile(r"\d|\b(?:one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|twenty|thirty|forty|fifty|"
                     r"hundred|thousand|million|once|twice|half|dozen)\b", re.IGNORECASE)
@@ -43,7 +43,7 @@ _CODE = re.compile(r"`[^`\n]+`|\"[^\"\n]{1,40}\"|'[^'\n]{1,40}'|<[\w-]+>|\b[A-Z]
                    r"\b[a-z][a-z0-9]*[0-9][a-z0-9]*\b|\b[a-z]{3,}(?=\s*\(\d\))")
 _VALUE = re.compile(r"\b(?:yes|no|true|false|on|off|none|null|enabled|disabled|unlimited)\b", re.IGNORECASE)
 _KIND_SPANS = {NUMBER: (_DIGIT, _MONTH), PERSON: (_PERSON,), OPTION: (_OPTION,), PATH: (_PATH, _CODE),
-               CODE: (_CODE, _OPTION, _PATH), VALUE: (_DIGIT, _CODE, _OPTION, _PATH, _VALUE)}
+               CODE: (_CODE, _OPTION, _PATH), VALUE: (_DIGIT, _CODE, _PATH, _VALUE)}
 # A claim answers when it holds this share of the question's rarity in words (and the kind of answer asked for).
 ANSWERS_COVERAGE = 0.5
 

@@ -132,13 +132,55 @@ def keyword_overlap(question: str, sentence: str) -> float:
     return len(wanted & content_words(sentence)) / len(wanted) if wanted else 0.0
 
 
+_MARKUP = set("*`")
+
+
+def _plain(text: str) -> tuple[str, list[int]]:
+    """The text lower-cased without Markdown marks and with single spaces, and each kept character's offset."""
+    kept, offsets = [], []
+    for offset, ch in enumerate(text):
+        if ch in _MARKUP or (ch.isspace() and (not kept or kept[-1] == " ")):
+            continue
+        kept.append(" " if ch.isspace() else ch.lower())
+        offsets.append(offset)
+    return "".join(kept), offsets
+
+
+def _on_word_boundaries(text: str, start: int, end: int) -> tuple[int, int]:
+    while start > 0 and text[start - 1].isalnum() and text[start].isalnum():
+        start -= 1
+    while end < len(text) and text[end - 1].isalnum() and text[end].isalnum():
+        end += 1
+    return start, end
+
+
 def used_span(chunk: str, answer: str, min_chars: int = 20) -> tuple[int, int] | None:
-    """(start, end) of the longest stretch of `chunk` that the answer repeats, if it is long enough."""
+    """(start, end) of the stretch of `chunk` the answer copies, on word boundaries: the whole answer when the chunk
+    holds it (Markdown marks, case and spacing aside), else the longest stretch they share if it is long enough."""
     from difflib import SequenceMatcher
 
-    matcher = SequenceMatcher(None, chunk, answer, autojunk=False)
-    match = matcher.find_longest_match(0, len(chunk), 0, len(answer))
-    return (match.a, match.a + match.size) if match.size >= min_chars else None
+    plain, offsets = _plain(chunk)
+    wanted = _plain(answer.strip())[0].strip()
+    if not wanted:
+        return None
+    at = plain.find(wanted)
+    if at >= 0:
+        size = len(wanted)
+    else:
+        match = SequenceMatcher(None, plain, wanted, autojunk=False).find_longest_match(0, len(plain), 0, len(wanted))
+        if match.size < min_chars:
+            return None
+        at, size = match.a, match.size
+    return _on_word_boundaries(chunk, offsets[at], offsets[at + size - 1] + 1)
+
+
+def copied_from(chunks: list[str], answer: str) -> tuple[int, int, int] | None:
+    """(which chunk, start, end): where the answer was copied from, one place only; the chunk holding most of it."""
+    found = [(index, span) for index, chunk in enumerate(chunks) if (span := used_span(chunk, answer))]
+    if not found:
+        return None
+    index, (start, end) = max(found, key=lambda pair: pair[1][1] - pair[1][0])
+    return index, start, end
 
 
 # Markdown images and links, raw HTML tags that load things, and bare web addresses.

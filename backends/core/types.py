@@ -160,6 +160,8 @@ class Claim:
     @property
     def label(self) -> str:
         """The verdict as shown: "supported · does not answer the question" for a true claim beside the point."""
+        if self.reason.startswith("wrong abstention"):  # the claim is an abstention whose sources held an answer
+            return "wrong abstention"
         return f"{self.verdict} · does not answer the question" if self.answers is False else self.verdict
 
     def to_dict(self) -> dict:
