@@ -47,7 +47,7 @@ REPORT = {"demo report half": (None, QA / "split/report_answerable.jsonl", QA / 
                                         OUTSIDE / "report_unanswerable.jsonl")}
 GRID = {"lexical": (1.0, 1.5, 2.0, 2.5), "answer_type": (0.0, 0.15, 0.3, 0.5, 0.8),
         "unknown_penalty": (0.0, 0.4, 0.8, 1.2), "untyped_penalty": (0.0, 0.1, 0.2, 0.4),
-        "keep_coverage": (0.6, 0.75, 0.9, 1.01)}
+        "keep_coverage": (0.6, 0.75, 0.9, 1.01), "unknown_max": (0.35, 0.4, 0.45, 0.5, 0.6, 1.01)}
 MAX_WRONG_ABSTENTIONS = 0.07  # of the answerable questions, on the tune sets together (the goal is 0.1)
 
 
@@ -151,13 +151,13 @@ def choose(seen: dict[str, list[Seen]]) -> tuple[Weights, dict]:
     best = None
     for lexical, answer_type in itertools.product(GRID["lexical"], GRID["answer_type"]):
         rows = _fast_outcomes(items, lexical, answer_type)
-        for penalty, untyped, keep in itertools.product(GRID["unknown_penalty"], GRID["untyped_penalty"],
-                                                        GRID["keep_coverage"]):
+        for penalty, untyped, keep, most in itertools.product(GRID["unknown_penalty"], GRID["untyped_penalty"],
+                                                              GRID["keep_coverage"], GRID["unknown_max"]):
             for step in range(20, 200, 2):
                 threshold = step / 100
                 right = wrong = 0
                 for gold, hit, score, fit, wants, unknown, missing, typed_cover in rows:
-                    if score is None or missing:
+                    if score is None or missing or unknown >= most:
                         abstained = True
                     elif wants and typed_cover >= keep:
                         abstained = False
@@ -169,7 +169,7 @@ def choose(seen: dict[str, list[Seen]]) -> tuple[Weights, dict]:
                     else:
                         right += abstained
                 if wrong / answerable <= MAX_WRONG_ABSTENTIONS and (best is None or right > best[0]):
-                    best = (right, Weights(lexical, answer_type, penalty, threshold, untyped, keep))
+                    best = (right, Weights(lexical, answer_type, penalty, threshold, untyped, keep, most))
     chosen = best[1]
     return chosen, {name: outcome(group, chosen) for name, group in seen.items()}
 

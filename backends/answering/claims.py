@@ -43,12 +43,13 @@ PARTLY_SCORE = 0.4
 SAME_SUBJECT = 0.55  # agreement: two claims talk about the same thing above this cosine
 SAME_CLAIM = 0.8  # ... and say the same thing above this one (when numbers and names agree)
 SEARCH_K = 6
+NEAR_COPY = 0.6  # cosine above which a claim sharing 3 in 4 words with a sentence is a copy of it, but for a word or two
 WRONG_ABSTENTION = "wrong abstention: the sources hold an answer"
 HELD_COVERAGE = 0.9  # an untyped question is answered by a source sentence holding this share of its rare words
 ABSTENTIONS = ("i don't know", "i do not know", "not in the sources", "no information", "the documents do not say")
 
 _NAME = re.compile(r"\b[A-Z][A-Za-z0-9]*(?:-[A-Za-z0-9]+)*\b|\b[A-Za-z]+-\d+[A-Za-z0-9-]*\b")
-_CODE = re.compile(r"(?<![\w/])(?:/[\w.*-]+)+|\b\w+\(\)|\b[a-z]+(?:[-_][a-z0-9]+)+\b")
+_CODE = re.compile(r"(?<![\w/])(?:/[\w.*-]+)+|\b\w+\(\)|\b[A-Za-z]+(?:[-_][A-Za-z0-9]+)+\b|(?<![\w-])--?[A-Za-z][\w-]*")
 _LIST_MARKER = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s+", re.MULTILINE)
 
 
@@ -100,6 +101,7 @@ class Support:
     missing_names: frozenset[str]
     claim_numbers: frozenset[str]
     invented: frozenset[str] = frozenset()  # claim words that neither this evidence nor any document holds
+    swapped: frozenset[str] = frozenset()  # a near copy of the evidence with these words in place of the evidence's
 
     @property
     def score(self) -> float:
@@ -113,6 +115,8 @@ class Support:
             return UNSUPPORTED, f"number {', '.join(sorted(self.missing_numbers))} not in the evidence"
         if self.invented:
             return UNSUPPORTED, f"{', '.join(sorted(self.invented))}: in no document"
+        if self.swapped:
+            return PARTLY, f"the evidence says this with other words in place of {', '.join(sorted(self.swapped))}"
         if self.score >= supported_at and not self.missing_numbers and not self.missing_names:
             return SUPPORTED, "the evidence says the same"
         if self.score >= partly_at:
@@ -132,10 +136,18 @@ def support(claim: str, sentence: str, similarity: float, context: str = "", unk
     surroundings = f"{sentence}\n{context}"
     words = {w.lower() for w in re.findall(r"[A-Za-z0-9-]+", surroundings)}
     missing_names = {n for n in names(claim) if n not in words and n not in surroundings.lower()}
-    missing_names |= {c for c in codes(claim) if c.lower() not in surroundings.lower()}  # a path, command or field
+    # a path, command, option or field is the sentence's own: a chunk mentions many, the claim names the one it uses
+    missing_names |= {c for c in codes(claim) if c.lower() not in sentence.lower()}
     invented = frozenset(w for w in unknown if w not in terms(surroundings))
+    # A near copy that changes one word ("the glibc nobody user database lock" for "the glibc lckpwdf() user database
+    # lock") says something else: every changed word is named.
+    swapped = frozenset()
+    if similarity >= NEAR_COPY and len(sentence.split()) >= 6:
+        own, theirs = _stems(claim), _stems(sentence)
+        if len(own - theirs) <= 2 and len(own & theirs) >= 0.75 * len(own):
+            swapped = frozenset(own - theirs)
     return Support(similarity, overlap(claim, surroundings), frozenset(claim_numbers - numbers_in(sentence)),
-                   frozenset(missing_names), frozenset(claim_numbers), invented)
+                   frozenset(missing_names), frozenset(claim_numbers), invented, swapped)
 
 
 @dataclass

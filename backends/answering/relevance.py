@@ -27,7 +27,7 @@ _CODE_QUESTION = re.compile(
     r"\b(?:which|what) (?:\w+ ){0,2}(?:variables?|fields?|keywords?|functions?|methods?|commands?|tools?|programs?|"
     r"utilit(?:y|ies)|scripts?|packages?|modules?|librar(?:y|ies)|errors?|exceptions?|class(?:es)?|macros?|"
     r"constants?|headers?|targets?|settings?|directives?|keys?|units?|events?|symbols?|hooks?|module|api)\b|"
-    r"\bwhat (?:does|do|did) .+ return\b|\bwhat (?:was|is|were|are) .+ (?:named|called)\b")
+    r"\bwhat (?:does|do|did) .+ return\b")
 _VALUE_QUESTION = re.compile(r"\bdefault\b|\bdefaults? to\b|\bset to\b|\bvalue\b")
 _CODE_WORDS = {"command line", "syntax", "signature", "prototype", "example", "snippet", "invocation", "invoke",
                "run", "type", "code", "defined as", "declared", "synopsis", "usage"}  # a question with one of these may take a code line as its answer
@@ -44,6 +44,7 @@ _CODE = re.compile(r"`[^`\n]+`|\"[^\"\n]{1,40}\"|'[^'\n]{1,40}'|<[\w-]+>|\b[A-Z]
 _VALUE = re.compile(r"\b(?:yes|no|true|false|on|off|none|null|enabled|disabled|unlimited)\b", re.IGNORECASE)
 _KIND_SPANS = {NUMBER: (_DIGIT, _MONTH), PERSON: (_PERSON,), OPTION: (_OPTION,), PATH: (_PATH, _CODE),
                CODE: (_CODE, _OPTION, _PATH), VALUE: (_DIGIT, _CODE, _PATH, _VALUE)}
+_RELATION = re.compile(r"\b(default)s?\b")
 # A claim answers when it holds this share of the question's rarity in words (and the kind of answer asked for).
 ANSWERS_COVERAGE = 0.5
 
@@ -127,5 +128,8 @@ def answers_question(question: str, text: str, lexicon) -> bool:
     """The text covers the question's rare words and, where the question asks for a kind of answer, holds a span of
     that kind the question does not hold."""
     if lexicon.coverage(question, text) < ANSWERS_COVERAGE:
+        return False
+    relation = _RELATION.search(question.lower())  # "the default value of X" is answered by a text that says default
+    if relation and relation.group(1) not in text.lower():
         return False
     return not wants_type(question) or bool(answer_spans(question, text))
