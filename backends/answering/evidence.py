@@ -78,7 +78,7 @@ def candidates(sources: list[Source], question: str = "") -> list[Candidate]:
             if (text not in seen and (not code or code_allowed) and (is_statement(text) or code)
                     and not looks_like_instruction(text)):
                 seen.add(text)
-                found.append(Candidate(text, raw, f"{label} {source.location}".strip(), source, code))
+                found.append(Candidate(text, _LEAD.sub("", raw), f"{label} {source.location}".strip(), source, code))
             label = text if len(text.split()) <= 4 else ""
     return found
 

@@ -35,12 +35,12 @@ ABSTENTION = "The documents do not say."
 # abstaining; evidence of the asked kind covering KEEP_COVERAGE of the question's rarity means answering.
 # Chosen by scripts/calibrate_rag.py on the tune sets only (docs/quality.md, "RAG on documents nobody here wrote").
 LEXICAL_WEIGHT = 2.0
-TYPE_WEIGHT = 0.3
+TYPE_WEIGHT = 0.0
 UNKNOWN_PENALTY = 0.0
-UNTYPED_PENALTY = 0.1
+UNTYPED_PENALTY = 0.7
 KEEP_COVERAGE = 0.6
 UNKNOWN_MAX = 0.45  # abstain when this share of the question's rarity is in words no document holds
-ABSTAIN_BELOW = 1.3
+ABSTAIN_BELOW = 1.14
 EVIDENCE_POOL = 2  # sentences are chosen from this many times top_k chunks; top_k are shown, and the evidence's own
 
 @dataclass(frozen=True)
@@ -128,10 +128,13 @@ def confidence(question: str, features: list[Features], lexicon, weights: Weight
 def abstains(question: str, features: list[Features], lexicon, weights: Weights = DEFAULT_WEIGHTS) -> bool:
     """Whether RAG says "The documents do not say.": a key term of the question is in no document, or much of its
     rarity is in words no document holds; otherwise not when
-    some evidence holds the asked kind of answer and covers the question's rare words; otherwise by confidence."""
+    some evidence holds the asked kind of answer and covers the question's rare words, all of which some document
+    holds ("sick leave" in a corpus without "sick" is not answered by "28 days of annual leave"); otherwise by
+    confidence."""
     if not features or lexicon.missing(key_terms(question)) or lexicon.unknown_share(question) >= weights.unknown_max:
         return True
-    if wants_type(question) and any(f.fit and f.coverage >= weights.keep_coverage for f in features):
+    if wants_type(question) and not lexicon.unknown_share(question) and any(
+            f.fit and f.coverage >= weights.keep_coverage for f in features):
         return False
     return confidence(question, features, lexicon, weights) < weights.abstain_below
 
