@@ -5,7 +5,7 @@ import pytest
 from backends.core.errors import BadInput
 from backends.engines.scheduler import CopyFromSpans
 from backends.answering.prompts import build_messages
-from backends.answering.rag import rank_evidence
+from backends.answering.rag import DEFAULT_WEIGHTS, rank_evidence
 from backends.core.text import split_sentences
 from backends.core.types import Answer, Source
 
@@ -82,7 +82,8 @@ def test_an_answer_is_one_whole_sentence_of_one_source_without_markdown(duet):
     from backends.answering.evidence import candidates
 
     for question in ("What is the per diem for a full day of business travel?", "Who is the Bosun?",
-                     "What is the nightly hotel limit in London?", "What does the glossary say a green tag is?"):
+                     "What is the nightly hotel limit in London?", "What does the glossary say a green tag is?",
+                     "What is dry dock week?"):
         answer = duet.ask("rag", question)
         if answer.abstained:
             continue
@@ -144,3 +145,21 @@ def test_sources_are_shown_best_score_first(duet):
     answer = duet.ask("rag", "What is the nightly hotel limit in London?")
     shown = [s.score for s in answer.sources if s.in_top_k]
     assert shown == sorted(shown, reverse=True) and len(shown) > 1
+
+
+def test_a_span_of_the_asked_kind_among_the_questions_rare_words_is_answered_not_abstained(duet):
+    """RAG said "The documents do not say." while its source [3] held "(default 0600)"."""
+    from backends.answering.rag import abstains, evidence_features
+    from backends.knowledge.lexical import Lexicon
+
+    text = ("ALSA configuration\nThe device files are created by udev when the module loads.\n"
+            "The permissions of the control device can be set with the mode option (default 0600).")
+    lexicon = Lexicon.of([("c1", text), ("c2", "Mixers have volume controls for every channel of the card.")])
+    question = "What is the default mode of the control device?"
+    features = evidence_features(question, [_source(text)], duet.index.embeddings, lexicon)
+    assert not abstains(question, features, lexicon)
+    best = max(features, key=lambda f: f.score(DEFAULT_WEIGHTS))
+    assert "0600" in best.sentence
+    # The same words about a thing no document names: abstain.
+    other = "What is the default mode of the control device on Solaris?"
+    assert abstains(other, evidence_features(other, [_source(text)], duet.index.embeddings, lexicon), lexicon)

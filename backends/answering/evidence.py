@@ -63,7 +63,9 @@ def _pieces(text: str) -> list[tuple[str, bool]]:
                 pieces.append((f"{previous[0]} {sentence}", code or previous[1]))
             pieces.append((sentence, code))
             previous = (sentence, code)
-    return [(s, c) for s, c in pieces if s]
+    # "We add a new field to the Source stanza:" says nothing until its line is joined to it
+    joined = {s for s, _ in pieces if ": " in s}
+    return [(s, c) for s, c in pieces if s and not (s.endswith(":") and any(j.startswith(f"{s} ") for j in joined))]
 
 
 def candidates(sources: list[Source], question: str = "") -> list[Candidate]:
