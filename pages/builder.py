@@ -15,6 +15,7 @@ from backends.learning.adapters import check_adapter_name
 from backends.learning.exports import export_dataset
 from backends.learning.datasets import (DEFAULT_PARAPHRASES, FORMATS, MAX_PARAPHRASES, DatasetJob, DatasetOptions,
                                         edited, plan_build, save_dataset, saved_datasets, uses_model)
+from backends.apps.labels import counted
 from pages.common import duet, key, literal, watch_job
 from pages.panels import marked
 
@@ -29,7 +30,7 @@ def build_form() -> None:
         st.info("The index is empty: add documents on the Documents page first.")
         return
     names = {d.doc_id: d.name for d in documents}
-    chosen = st.multiselect("Documents", list(names), format_func=names.get, placeholder="All documents",
+    chosen = st.multiselect("Documents", list(names), select_all=False, format_func=names.get, placeholder="All documents",
                             key=key(PAGE, "build.docs"))
     a, b, c = st.columns(3)
     paraphrases = int(a.number_input("Question wordings per fact beyond the first (K)", 0, MAX_PARAPHRASES,
@@ -41,7 +42,8 @@ def build_form() -> None:
     share = c.slider("Held-out share of facts", 0.0, 0.5, 0.2, 0.05, key=key(PAGE, "build.share"))
     options = DatasetOptions(paraphrases=paraphrases, format=form, eval_share=share, doc_ids=tuple(chosen))
     plan = plan_build(index, options)
-    st.caption(f"{len(plan.documents)} documents, {len(plan.chunks)} chunks: about {plan.estimate_s:.0f} s.")
+    st.caption(f"{counted(len(plan.documents), 'document')}, {counted(len(plan.chunks), 'chunk')}: about "
+               f"{plan.estimate_s:.0f} s.")
     if st.button("Build a dataset from my documents", type="primary", key=key(PAGE, "build.start")):
         try:
             duet().jobs.start("dataset build", DatasetJob(index, options, duet().llm if uses_model(duet().settings) else None))
@@ -78,8 +80,9 @@ def filter_chart(manifest: dict) -> go.Figure:
 def review(job: DatasetJob) -> None:
     dataset = job.result
     manifest, counts = dataset.manifest, dataset.manifest["counts"]
-    st.success(f"{counts['train']} training rows about {counts['train_facts']} facts, {counts['eval']} held-out "
-               f"questions, from {counts['chunks']} chunks in {manifest['seconds']:.0f} s.")
+    st.success(f"{counted(counts['train'], 'training row')} about {counted(counts['train_facts'], 'fact')}, "
+               f"{counted(counts['eval'], 'held-out question')}, from {counted(counts['chunks'], 'chunk')} in "
+               f"{manifest['seconds']:.0f} s.")
     if manifest["documents_without_facts"]:
         st.info("No facts found in: " + ", ".join(manifest["documents_without_facts"]))
     st.plotly_chart(filter_chart(manifest), key=key(PAGE, "build.filters"))

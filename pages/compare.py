@@ -24,8 +24,9 @@ from pages.story_view import show_story
 PAGE = "compare"
 
 
-def ask_form() -> tuple[str | None, bool]:
-    """The question box and demo picker: (question to show, whether it was just asked)."""
+def ask_form(systems: int = 2) -> tuple[str | None, bool]:
+    """The question box and demo picker: (question to show, whether it was just asked); the button names how many
+    systems answer."""
     questions = demo_questions()
     initial = st.query_params.get("q", "")
     with st.form(key(PAGE, "form")):
@@ -33,7 +34,7 @@ def ask_form() -> tuple[str | None, bool]:
         # No max_chars: a longer paste would be dropped by the browser without a word; it is refused below instead.
         typed = st.text_input("Question", value=initial, key=key(PAGE, "question"),
                               placeholder="Ask about the documents in the index…")
-        asked = st.form_submit_button("Ask both", type="primary")
+        asked = st.form_submit_button("Ask both" if systems == 2 else "Ask all three", type="primary")
     if not asked:
         return initial or None, False
     question = typed.strip() or (picked if picked in questions else "")
@@ -129,7 +130,7 @@ with page_errors():
             st.toggle("Show technical detail", key=key(PAGE, "detail"),
                       help="Models, stage timings, sources and every claim with its evidence")
         backends, adapter = sidebar_options()
-        question, just_asked = ask_form()
+        question, just_asked = ask_form(len(backends))
         if question:
             show(question, just_asked, backends, adapter)
         history_section()

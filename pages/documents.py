@@ -23,9 +23,15 @@ def upload_section() -> None:
     for number, upload in enumerate(files, 1):
         progress.progress((number - 1) / len(files), text=indexing_text(upload.name, number, len(files)))
         result = index.ingest_bytes(upload.name, upload.getvalue())
-        same = f": the same file is already indexed as {result.doc_id}" if result.status == "duplicate" else ""
+        same = f": the same file is already indexed as {indexed_name(result.doc_id)}" if result.status == "duplicate" else ""
         st.text(f"{ICONS[result.status]} {result.name}: {result.describe()}{same}")
     progress.progress(1.0, text=f"Done: {len(files)} files processed.")
+
+
+def indexed_name(doc_id: str) -> str:
+    """The name a document is indexed under, with its id ("handbook.pdf (id handbook)")."""
+    name = next((d.name for d in duet().index.documents() if d.doc_id == doc_id), None)
+    return f"{name} (id {doc_id})" if name else doc_id
 
 
 def documents_section(allowed: bool) -> None:

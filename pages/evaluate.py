@@ -10,7 +10,7 @@ from backends.apps.evaluation import SYSTEMS, EvalJob, list_runs, load_qa, load_
 from backends.apps.experiment import (ARMS, DEFAULT_ARMS, ExperimentJob, ExperimentOptions, best_per_column,
                                       experiment_folders, fresh_result, load_experiment, new_experiment_folder,
                                       paraphrase_curve, table)
-from backends.apps.labels import METRICS, counted, title
+from backends.apps.labels import METRIC_HELP, METRIC_LABELS, METRICS, counted, metric_label, title
 from backends.apps.runs import EvalRun
 from backends.core.config import DATA_DIR
 from backends.core.errors import DuetError
@@ -56,7 +56,7 @@ def new_run_section() -> None:
     left, right = st.columns(2)
     limit = left.number_input("Questions", 1, len(items), min(10, len(items)), key=key(PAGE, "limit"),
                               help=f"The first N of the {len(items)} questions in {label}")
-    systems = right.multiselect("Systems", list(SYSTEMS), default=["rag", "ft"], format_func=title, key=key(PAGE, "systems"))
+    systems = right.multiselect("Systems", list(SYSTEMS), select_all=False, default=["rag", "ft"], format_func=title, key=key(PAGE, "systems"))
     freshness = st.checkbox("Also run the freshness experiment (on a copy of the index)", key=key(PAGE, "fresh"))
     running = (job := duet().jobs["evaluation"]) is not None and job.running
     if st.button("Run evaluation", type="primary", disabled=not systems or running, key=key(PAGE, "run")):
@@ -95,7 +95,7 @@ def experiment_section(allowed: bool) -> None:
                "cancelled run can be resumed with the same options, questions and index.")
     if allowed:
         left, right = st.columns([3, 1])
-        arms = left.multiselect("Arms", ARMS, default=list(DEFAULT_ARMS), key=key(PAGE, "exp.arms"))
+        arms = left.multiselect("Arms", ARMS, select_all=False, default=list(DEFAULT_ARMS), key=key(PAGE, "exp.arms"))
         limit = int(right.number_input("Questions", 1, 1000, 30, key=key(PAGE, "exp.limit")))
         job = duet().jobs["experiment"]
         running = job is not None and job.running
@@ -152,9 +152,16 @@ def marked_best(rows: list[dict]):
 
 
 def metrics_table(run: EvalRun) -> list[dict]:
-    return [{"system": title(s), **{m: v.get(m) for m in METRICS}, "p50 s": v.latency["total"].p50,
-             "p95 s": v.latency["total"].p95, "p50 first token s": v.latency["first_token"].p50}
-            for s, v in run.metrics.items()]
+    """Per system, the headline metrics under their plain names (their meaning in each column's help)."""
+    return [{"system": title(s), **{metric_label(m): v.get(m) for m in run.headline(METRICS)},
+             metric_label("p50 s"): v.latency["total"].p50, metric_label("p95 s"): v.latency["total"].p95,
+             metric_label("p50 first token s"): v.latency["first_token"].p50} for s, v in run.metrics.items()]
+
+
+def metric_columns() -> dict:
+    """Each metric column's help: what it means, in a sentence."""
+    return {METRIC_LABELS[m]: st.column_config.NumberColumn(METRIC_LABELS[m], help=METRIC_HELP[m], format="%.3f")
+            for m in METRIC_HELP}
 
 
 def run_caption(run: EvalRun) -> str:
@@ -181,8 +188,9 @@ def run_details(run: EvalRun) -> None:
             column.download_button(name, f.read(), f"duet-{run.id}-{name}", mime, on_click="ignore",
                                    key=key(PAGE, f"{name}-{run.id}"))
     with st.expander("Every answer"):
-        st.dataframe([{k: getattr(r, k) for k in ("system", "question", "gold", "prediction", "f1", "contains",
-                                                  "groundedness")} for r in run.rows], hide_index=True, width="stretch")
+        st.dataframe([{"system": title(r.system), "question": r.question, "gold": r.gold, "answer": r.prediction,
+                       **{metric_label(m): getattr(r, m) for m in ("f1", "contains", "groundedness")}} for r in run.rows],
+                     hide_index=True, width="stretch", column_config=metric_columns())
 
 
 def runs_section() -> None:
@@ -197,7 +205,9 @@ def runs_section() -> None:
     other = st.selectbox("Compare with", ["(none)"] + [n for n in names if n != chosen], key=key(PAGE, "run-b"))
     shown = [load_run(runs[names.index(chosen)])] + ([] if other == "(none)" else [load_run(runs[names.index(other)])])
     # One full-width table for both runs (side by side, each was cut off), then each run's charts in its tab.
-    st.dataframe([{"run": run.id, **row} for run in shown for row in metrics_table(run)], hide_index=True, width="stretch")
+    st.dataframe([{"run": run.id, **row} for run in shown for row in metrics_table(run)], hide_index=True,
+                 width="stretch", column_config=metric_columns())
+    st.caption("Hover a column's name for what it means; docs/metrics.md explains each metric.")
     for run, tab in zip(shown, st.tabs([run.id for run in shown]) if len(shown) > 1 else [st.container()]):
         with tab:
             st.caption(run_caption(run))

@@ -63,7 +63,7 @@ def hyperparameters() -> TrainConfig:
         default, label, helptext = kept(f.name, getattr(defaults, f.name)), f.name.replace("_", " "), f.metadata.get("help")
         with columns[number % 3]:
             if isinstance(default, tuple):
-                values[f.name] = tuple(st.multiselect(label, list(getattr(defaults, f.name)), default=list(default),
+                values[f.name] = tuple(st.multiselect(label, list(getattr(defaults, f.name)), select_all=False, default=list(default),
                                                       help=helptext, key=key(PAGE, f.name)))
             elif "choices" in f.metadata:
                 choices = list(f.metadata["choices"])
@@ -135,7 +135,7 @@ def job_view() -> None:
             f"loss {latest.loss:.3f}, {latest.tokens_per_s:.0f} tokens/s, about {latest.eta_s:.0f} s left")
 
     def finished():
-        if job.state == "done":
+        if job.state == "done" and job.name in duet().registry.names():  # not once the adapter is deleted
             st.success(f"Adapter {job.name} saved ({len(job.progress)} steps, final loss {job.latest.loss:.3f}).")
         if job.progress:
             st.plotly_chart(loss_chart([{"step": p.step, "loss": p.loss} for p in job.progress], f"Loss of {job.name}"),
@@ -167,6 +167,8 @@ def import_section() -> None:
 
 def adapters_section(allowed: bool) -> None:
     registry = duet().registry
+    if done := st.session_state.pop(key(PAGE, "deleted"), None):
+        st.success(literal(done))
     adapters = registry.list()
     if not adapters:
         st.info("No adapters yet: train one above.")
@@ -195,6 +197,8 @@ def adapters_section(allowed: bool) -> None:
     sure = confirm.checkbox("Yes, delete it", key=key(PAGE, "sure"), disabled=not allowed)
     if delete.button("Delete adapter", disabled=not (sure and allowed), key=key(PAGE, "delete")):
         registry.delete(chosen)
+        st.session_state[key(PAGE, "deleted")] = f"Deleted adapter {chosen}."
+        st.session_state.pop(key(PAGE, "sure"), None)
         st.rerun()
 
 

@@ -8,6 +8,9 @@ import streamlit as st
 from backends.apps.evaluation import Criteria, advise, list_runs, load_run
 from backends.apps.experiment import advisor_arms, advisor_intervals, advisor_metrics, latest_experiment
 from backends.apps.labels import SYSTEM_COLOURS, title
+from backends.core.config import DATA_DIR
+from backends.learning.datasets import saved_datasets
+from backends.learning.examples import read_qa_file
 from pages.common import duet, key, page_errors
 
 PAGE = "guide"
@@ -25,10 +28,25 @@ def criteria_form() -> Criteria:
     with right:
         terminology = st.select_slider("How much do precise domain terms and style matter?", LEVELS, value="medium",
                                        key=key(PAGE, "terms"))
-        examples = st.number_input("Clean question/answer pairs you have for training", 0, 10_000_000, 170, step=50,
-                                   key=key(PAGE, "examples"))
+        known, where = training_rows()
+        examples = st.number_input("Clean question/answer pairs you have for training", 0, 10_000_000, known, step=50,
+                                   key=key(PAGE, "examples"), help=f"Filled in from {where}.")
         clean = st.checkbox("The training data is reviewed and correct", value=True, key=key(PAGE, "clean"))
     return Criteria(LEVELS.index(changing), external, LEVELS.index(terminology), int(examples), clean, LEVELS.index(traceability))
+
+
+def training_rows() -> tuple[int, str]:
+    """How many training rows the user has: the active adapter's dataset, else the newest saved dataset, else the
+    demo's; and where the number comes from."""
+    registry = duet().registry
+    active = registry.active_name()
+    if active and (rows := duet().ft.adapter_info(active).metadata.get("dataset", {}).get("examples")):
+        return int(rows), f"the {rows} rows adapter {active} was trained on"
+    saved = saved_datasets(duet().settings.store_dir)
+    if saved and (rows := saved[0][2].get("counts", {}).get("train")):
+        return int(rows), f"dataset {saved[0][0]} ({rows} training rows)"
+    demo = len(read_qa_file(DATA_DIR / "qa" / "train.jsonl"))
+    return demo, f"the demo dataset ({demo} rows)"
 
 
 def score_chart(scores: dict) -> go.Figure:

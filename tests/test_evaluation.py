@@ -123,6 +123,14 @@ def test_advisor_follows_the_criteria_and_the_measurements():
     assert measured(advise(ft_case, run_of(400, rag=0.6, ft=0.3))) == [("rag", 2)]
     small = advise(ft_case, run_of(3, rag=1.0, ft=0.0))
     assert measured(small) == [] and any("too few questions to tell (n = 3)" in w for w in small.warnings)
+    # ... and says how many would make a difference of the measured size real (95%, power 0.8: (1.96 + 0.84)^2 *
+    # (0.6 * 0.4 + 0.4 * 0.6) / 0.2^2 = 94.2, so 95 questions).
+    from backends.apps.evaluation import questions_needed
+
+    assert questions_needed(0.6, 0.4) == 95 and questions_needed(0.5, 0.5) is None
+    assert questions_needed(0.9, 0.3) < questions_needed(0.6, 0.4), "a larger difference needs fewer questions"
+    tiny = advise(ft_case, run_of(10, rag=0.6, ft=0.4))
+    assert any("about 95 questions would show a difference of this size" in w for w in tiny.warnings), tiny.warnings
     assert measured(advise(ft_case, run_of(100, rag=0.52, ft=0.5))) == [("rag", 0)], "noise gets no points"
     # An experiment's paired interval is used where it has one.
     sure = {"ft": {"vs_reference": {"mean": -0.3, "low": -0.45, "high": -0.2, "real": True}}}

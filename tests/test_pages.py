@@ -78,6 +78,13 @@ def test_compare_reopens_a_question_from_the_link_and_presentation_mode_is_read_
     assert any("Transparency" in h.value for h in app.subheader)
 
 
+def test_the_ask_button_names_the_three_columns_when_the_third_is_on():
+    app = page("compare")
+    assert [b.label for b in app.button if b.label.startswith("Ask")] == ["Ask both"]
+    app.toggle(key="compare.third").set_value(True).run()
+    assert [b.label for b in app.button if b.label.startswith("Ask")] == ["Ask all three"]
+
+
 def test_compare_refuses_an_over_long_paste_with_the_limit():
     app = page("compare")
     app.text_input(key="compare.question").set_value("Where is the harbour" + "?" * 8700)
@@ -119,6 +126,13 @@ def test_documents_page_ingests_an_uploaded_file_and_rejects_a_bad_one():
     assert any(r.startswith("❌ empty.txt: rejected") for r in results), results
     assert any(r.startswith("❌ notes.md: rejected: this does not look like text") for r in results), results
     assert int(app.metric[0].value) == before + 1
+    # The same file again is skipped, naming the document it duplicates.
+    app.file_uploader[0].set_value([("copy.txt", b"Harbour notes. The pilot boat Marigold leaves the quay at 06:40 every "
+                                                 b"weekday.", "text/plain")])
+    app.run()
+    app.button(key="documents.ingest").click().run()
+    assert any("the same file is already indexed as harbour_notes.txt (id harbour-notes-txt)" in t.value
+               for t in app.text), [t.value for t in app.text]
     # Delete asks first, then says what it deleted.
     app.selectbox(key="documents.chosen").set_value("harbour-notes-txt").run()
     app.button(key="documents.delete").click().run()
@@ -181,6 +195,13 @@ def test_finetune_page_keeps_the_users_values_after_a_training_run():
     assert not app.exception and jobs()["job"].state == "done", jobs()["job"].error
     assert app.number_input(key="finetune.rank").value == 4 and app.number_input(key="finetune.max_steps").value == 1
     assert app.text_input(key="finetune.name").value == "kept-values"
+    assert any("Adapter kept-values saved" in m.value for m in app.success), [m.value for m in app.success]
+    # Deleting it says so, and the "saved" message of the run that made it is gone.
+    app.selectbox(key="finetune.chosen").set_value("kept-values").run()
+    app.checkbox(key="finetune.sure").check().run()
+    app.button(key="finetune.delete").click().run()
+    assert not app.exception and "kept-values" not in duet().registry.names()
+    assert [m.value for m in app.success if "kept" in m.value] == [literal("Deleted adapter kept-values.")]
 
 
 def test_finetune_page_builds_a_dataset_shows_its_evidence_and_saves_it_for_training():
@@ -234,6 +255,10 @@ def test_evaluate_page_runs_an_evaluation_as_a_job_and_shows_it():
     assert app.selectbox(key="evaluate.run-a").value == first and app.dataframe
     assert any("8 questions in flight" in c.value for c in app.caption), "its latencies say they were measured under load"
     assert [d.label for d in app.get("download_button")] == ["report.html", "results.csv", "metrics.json"]
+    columns = set(app.dataframe[0].value.columns)
+    assert {"Gold answer contained", "Backed by sources", "Typical time (s)"} <= columns, columns
+    assert "Exact match" not in columns and "exact_match" not in columns, "answers are sentences: no exact match"
+    assert set(app.dataframe[-1].value["system"]) == {"RAG"}, "every answer names its system as the page does"
     # A run can be cancelled: nothing is saved, and the page says so.
     runs_before = set(os.listdir(duet().settings.runs_dir))
     app.number_input(key="evaluate.limit").set_value(85)  # 170 answers: the cancel comes long before the end
@@ -266,8 +291,13 @@ def test_evaluate_page_runs_an_evaluation_as_a_job_and_shows_it():
 
 
 def test_guide_page_recommends_with_reasons():
+    from pages.common import duet
+
     app = page("guide")
     assert app.subheader[0].value.startswith("Recommendation: ")
+    # The training rows default to what the active adapter was trained on, not a fixed number.
+    examples = duet().ft.adapter_info(duet().registry.active_name()).metadata["dataset"]["examples"]
+    assert app.number_input(key="guide.examples").value == examples
     app.select_slider(key="guide.changing").set_value("low")
     app.select_slider(key="guide.trace").set_value("low")
     app.checkbox(key="guide.external").uncheck()

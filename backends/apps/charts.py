@@ -5,6 +5,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 
 from backends.apps.labels import QUALITY_METRICS as QUALITY
+from backends.apps.labels import metric_label
 from backends.apps.labels import SYSTEM_COLOURS as COLOURS
 from backends.apps.labels import title
 from backends.apps.runs import EvalRun, FreshnessResult
@@ -20,9 +21,9 @@ def _layout(figure: go.Figure, heading: str, **extra) -> go.Figure:
 
 def metrics_chart(run: EvalRun) -> go.Figure:
     """Quality metrics per system, side by side."""
-    figure = go.Figure()
+    figure, shown = go.Figure(), run.headline(QUALITY)
     for system, metrics in run.metrics.items():
-        figure.add_bar(name=title(system), x=list(QUALITY), y=[metrics.get(m) or 0 for m in QUALITY],
+        figure.add_bar(name=title(system), x=[metric_label(m) for m in shown], y=[metrics.get(m) or 0 for m in shown],
                        marker_color=COLOURS.get(system))
     return _layout(figure, "Answer quality (higher is better)", barmode="group", yaxis=dict(range=[0, 1]))
 

@@ -15,6 +15,29 @@ VERDICT_BADGES = {"supported": "green", "partly supported": "orange", "unsupport
 
 QUALITY_METRICS = ("exact_match", "f1", "contains", "semantic", "groundedness", "recall_at_k")
 METRICS = QUALITY_METRICS + ("abstained", "tokens_per_s")
+# What each metric is called where people read it, and what it means in a sentence (docs/metrics.md says more).
+METRIC_LABELS = {"exact_match": "Exact match", "f1": "Word overlap (F1)", "contains": "Gold answer contained",
+                 "semantic": "Same meaning", "groundedness": "Backed by sources", "recall_at_k": "Right document found",
+                 "abstained": "Abstained", "tokens_per_s": "Tokens/s", "p50 s": "Typical time (s)",
+                 "p95 s": "Slow time, 1 in 20 (s)", "p50 first token s": "Typical first token (s)"}
+METRIC_HELP = {
+    "exact_match": "1 when the answer is exactly the gold answer (case, articles and punctuation aside). Answers "
+                   "written as sentences score 0 even when right, so it is shown only for short answers.",
+    "f1": "The share of words the answer and the gold answer have in common (0 to 1).",
+    "contains": "The share of answers that contain the gold answer: the main score for answers in sentences.",
+    "semantic": "How close the answer's meaning is to the gold answer's (embedding similarity, 0 to 1).",
+    "groundedness": "The share of the answer's claims that a source supports and that answer the question.",
+    "recall_at_k": "How often the document holding the answer is among the top k retrieved (RAG only).",
+    "abstained": "The share of questions answered \"The documents do not say.\"",
+    "tokens_per_s": "Generation speed: tokens written per second after the first one.",
+    "p50 s": "Half the answers took less than this, from question to last word.",
+    "p95 s": "19 answers in 20 took less than this.",
+    "p50 first token s": "Half the answers showed their first word within this time.",
+}
+
+
+def metric_label(metric: str) -> str:
+    return METRIC_LABELS.get(metric, metric)
 
 
 def title(system: str) -> str:

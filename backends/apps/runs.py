@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+SHORT_ANSWER_WORDS = 4  # a median answer this short is an answer, not a sentence: exact match means something
+
 STAGES = ("embed", "retrieve", "prompt", "first_token", "generate", "total")
 TEXT_COLUMNS = ("question", "gold", "source", "system", "prediction", "error")
 # A spreadsheet runs a cell that starts like a formula ("=HYPERLINK(...)"): such text is written with a leading "'",
@@ -157,6 +159,13 @@ class EvalRun:
 
     def rows_of(self, system: str) -> list[EvalRow]:
         return [row for row in self.rows if row.system == system]
+
+    def headline(self, metrics: tuple[str, ...]) -> tuple[str, ...]:
+        """The metrics worth showing first: exact match only where answers are short (a right answer in a sentence
+        never matches exactly), and the rest as given."""
+        lengths = sorted(len(row.prediction.split()) for row in self.rows)
+        short = bool(lengths) and lengths[len(lengths) // 2] <= SHORT_ANSWER_WORDS
+        return tuple(m for m in metrics if m != "exact_match" or short)
 
     def to_json(self) -> dict:
         """metrics.json: everything but the rows and the folder."""
