@@ -40,7 +40,12 @@ def duet() -> Duet:
     or a job: their threads must not import or build them at once."""
     settings = app_settings()
     start_logging(settings.store_dir, console=True)  # the server's console gets a line per warning
-    return get_duet(settings).warm()
+    warm = get_duet(settings).warm()
+    if settings.prepare_story:
+        from backends.apps.story import prepared_story
+
+        prepared_story(warm)  # in the background: the story opens at once for the room
+    return warm
 
 
 def literal(text: str) -> str:

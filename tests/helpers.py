@@ -205,7 +205,7 @@ def supported_precision_recall(tracer, labelled_path: Path) -> tuple[float, floa
 
 
 @contextlib.contextmanager
-def streamlit_server(store: Path, log=subprocess.DEVNULL):
+def streamlit_server(store: Path, log=subprocess.DEVNULL, **settings: str):
     """A real `streamlit run app.py` on a loopback port over `store`; yields (url, process), stopped afterwards."""
     import time
     import urllib.request
@@ -214,7 +214,8 @@ def streamlit_server(store: Path, log=subprocess.DEVNULL):
     process = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.address", "127.0.0.1",
          "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-        cwd=REPO_ROOT, env={**os.environ, "DUET_STORE": str(store)}, stdout=log, stderr=subprocess.STDOUT)
+        cwd=REPO_ROOT, env={**os.environ, "DUET_STORE": str(store), **{f"DUET_{k.upper()}": v for k, v in settings.items()}},
+        stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 120

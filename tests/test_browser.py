@@ -80,6 +80,12 @@ def test_the_guided_story_walks_every_step_and_leaves_the_store_as_it_was(served
         browser = launch(p)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(f"{url}/?present=1&story=1", timeout=120_000)
+        expect(page.get_by_text("answered in ")).to_have_count(2, timeout=240_000)  # the app has prepared step 1
+        # A viewer who opens the story now gets step 1 from what was prepared: both answers at once, no asking.
+        other = browser.new_page(viewport={"width": 1400, "height": 1000})
+        other.goto(f"{url}/?present=1&story=1", timeout=120_000)
+        expect(other.get_by_text("answered in ")).to_have_count(2, timeout=10_000)
+        other.close()
         for step, heading in enumerate(TITLES, 1):
             # The step's heading is drawn once its answers are in (the last step's elements stay until then).
             expect(page.get_by_role("heading", name=heading)).to_be_visible(timeout=240_000)
@@ -93,10 +99,11 @@ def test_the_guided_story_walks_every_step_and_leaves_the_store_as_it_was(served
             page.screenshot(path=str(ARTIFACTS / f"story-{step}.png"))
             if step < STORY_STEPS:
                 if step % 2:
-                    page.get_by_role("button", name="Next →").click()
+                    page.get_by_role("button", name="Next").click()
                 else:
                     page.locator("body").press("ArrowRight")
-        expect(page.get_by_role("button", name="Next →")).to_be_disabled()
+        expect(page.get_by_role("button", name="Next")).to_be_disabled()
+        expect(page.get_by_text("→ →")).to_have_count(0)  # the shortcut's arrow once, not "Next → →"
         browser.close()
     assert (ARTIFACTS / "story-1.png").stat().st_size > 20_000
     assert (store / "manifest.json").read_bytes() == before, "the live change never touched the served store"

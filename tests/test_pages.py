@@ -23,10 +23,11 @@ def page_store(tmp_path_factory):
     store = copy_demo_store(root / "store")
     shutil.copytree(DATA_DIR / "adapters" / "demo", root / "adapters" / "demo")  # adapters trained here stay here
     os.environ["DUET_STORE"], os.environ["DUET_ADAPTERS_DIR"] = str(store), str(root / "adapters")
+    os.environ["DUET_PREPARE_STORY"] = "0"  # the story test prepares it when it opens; other pages need not wait
     common.app_settings.clear()
     common.duet.clear()
     yield store
-    del os.environ["DUET_STORE"], os.environ["DUET_ADAPTERS_DIR"]
+    del os.environ["DUET_STORE"], os.environ["DUET_ADAPTERS_DIR"], os.environ["DUET_PREPARE_STORY"]
     common.app_settings.clear()
     common.duet.clear()
 
@@ -105,6 +106,16 @@ def test_the_story_walks_its_steps_under_apptest():
         if step < 5:
             app.button(key="story.next").click().run()
     assert seen[0] == "A fact both sides know" and seen[-1] == "The recommendation" and len(set(seen)) == 6
+    # Each step's words hold for this store: "both answer" only when both answers hold the fact's answer, "RAG finds
+    # it, the adapter guesses" only when RAG's does and the adapter's does not.
+    from backends.answering.scoring import contains_gold
+    from backends.apps.story import prepared_story
+    from pages.common import duet
+
+    steps = prepared_story(duet()).steps
+    holds = [{s: bool(contains_gold(a.text, steps[n].gold)) for s, a in steps[n].answers.items()} for n in (0, 1)]
+    assert steps[0].gold and ("Both answer" in steps[0].narration) == all(holds[0].values()), steps[0]
+    assert ("RAG finds it" in steps[1].narration) == (holds[1]["rag"] and not holds[1]["ft"]), steps[1]
     assert app.button(key="story.next").disabled and any("recommends" in m.value for m in app.markdown)
     app.button(key="story.back").click().run()
     assert app.header[0].value == "What the measurements say"

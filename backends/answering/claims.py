@@ -259,7 +259,8 @@ class ClaimTracer:
         for candidate, found in self.supports(claim, candidates):
             verdict, reason = found.verdict()
             evidence = Evidence(candidate.text, candidate.kind, candidate.file_name, candidate.location, candidate.doc_id,
-                                round(found.similarity, 4), round(found.overlap, 4), round(found.score, 4))
+                                round(found.similarity, 4), round(found.overlap, 4), round(found.score, 4),
+                                candidate.context if candidate.kind == "training" else "")
             judged.append((VERDICT_RANK[verdict], found.score, verdict, evidence, reason))
         if not judged:
             return None
@@ -284,7 +285,8 @@ def claim_answers(question: str, claim: Claim, lexicon) -> bool:
     of the asked kind; a code line or a synopsis answers only a question that asks for code."""
     if looks_like_code(claim.text) and not asks_for_code(question):
         return False
-    if not answers_question(question, f"{claim.text} {claim.evidence.text if claim.evidence else ''}", lexicon):
+    evidence = f"{claim.evidence.asked} {claim.evidence.text}" if claim.evidence else ""  # a training answer's question
+    if not answers_question(question, f"{claim.text} {evidence}", lexicon):
         return False
     return not wants_type(question) or bool(answer_spans(question, claim.text))
 

@@ -69,6 +69,9 @@ class Settings:
                            "is configured in .streamlit/secrets.toml.", 0)
     public_reading: int = _help("1: document previews, report downloads and adapter downloads are open to every viewer "
                                 "even when the app is served beyond this computer (by default only on 127.0.0.1).", 0)
+    prepare_story: int = _help("1: the guided story's answers are prepared in the background when the app starts and "
+                               "again when the documents or the adapter change, so `?present=1&story=1` opens at once; "
+                               "0: each step is asked when it is first shown.", 1)
     chroma_server: str = _help("'' for the embedded store in store_dir/chroma, or 'host:port' of a `chroma run` "
                                "server (client/server mode).", "")
     dataset_questions: str = _help("How `dataset build` words its questions: 'templates' (rules over each sentence's "

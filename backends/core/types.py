@@ -139,6 +139,7 @@ class Evidence:
     similarity: float = 0.0  # cosine of claim and evidence embeddings
     overlap: float = 0.0  # share of the claim's content words found in the evidence
     score: float = 0.0  # the support score the verdict is based on
+    asked: str = ""  # a training example's question: what its answer answers
 
 
 @dataclass(frozen=True)
