@@ -123,13 +123,19 @@ def may_read(what: str) -> bool:
     public_reading; otherwise whoever may change data (checked without drawing the sign-in again)."""
     if app_settings().public_reading or (st.get_option("server.address") or "") in LOOPBACK:
         return True
-    mode = access_mode()
-    allowed = mode == "open" or (mode == "password" and bool(st.session_state.get("access.admin"))) or (
-        mode == "login" and st.user.get("is_logged_in", False)
-        and str(st.user.get("email", "")) in _secrets()["auth"].get("admins", []))
+    allowed = is_admin()
     if not allowed:
         st.caption(f"{what} need the same access as changing data here (or the setting public_reading).")
     return allowed
+
+
+def is_admin() -> bool:
+    """Whether this viewer may change data, checked without drawing a sign-in: the app is open (127.0.0.1, nothing
+    configured), or the viewer gave the admin password or signed in as an admin."""
+    mode = access_mode()
+    return mode == "open" or (mode == "password" and bool(st.session_state.get("access.admin"))) or (
+        mode == "login" and st.user.get("is_logged_in", False)
+        and str(st.user.get("email", "")) in _secrets()["auth"].get("admins", []))
 
 
 def _signed_in_admin(action: str) -> bool:

@@ -2,7 +2,7 @@
 
 The last comparison is kept in the session, so reruns (a download, a toggle) re-draw it
 instead of asking again; `?q=` reopens a question, `?present=1` is presentation mode (answers, verdicts and times;
-a toggle shows the detail), `?present=1&story=1` the guided demo story.
+a toggle shows the detail), `?present=1&story=1` the guided demo story, `?present=1&vote=1` the room's blind vote.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pages.panels import (
     TITLES, answer_details, history_section, record_history, sidebar_options, transparency_panel, verdicts_view,
 )
 from pages.story_view import show_story
+from pages.vote_view import show_vote
 
 PAGE = "compare"
 
@@ -125,6 +126,8 @@ with page_errors():
         st.warning(duet().llm.notice)
     if presenting() and st.query_params.get("story") == "1":
         show_story()
+    elif presenting() and st.query_params.get("vote") == "1":
+        show_vote()
     else:
         if presenting():
             st.toggle("Show technical detail", key=key(PAGE, "detail"),

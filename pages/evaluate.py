@@ -10,6 +10,7 @@ from backends.apps.evaluation import SYSTEMS, EvalJob, list_runs, load_qa, load_
 from backends.apps.experiment import (ARMS, DEFAULT_ARMS, ExperimentJob, ExperimentOptions, best_per_column,
                                       experiment_folders, fresh_result, load_experiment, new_experiment_folder,
                                       paraphrase_curve, table)
+from backends.apps.votes import all_rounds, overall
 from backends.apps.labels import METRIC_HELP, METRIC_LABELS, METRICS, counted, metric_label, title
 from backends.apps.runs import EvalRun
 from backends.core.config import DATA_DIR
@@ -214,6 +215,26 @@ def runs_section() -> None:
             run_details(run)
 
 
+def preference_section() -> None:
+    """What the room preferred in blind votes, beside the automatic metrics."""
+    rounds = all_rounds(duet().settings)
+    st.subheader("Human preference (blind votes)")
+    if not rounds:
+        st.caption("No blind vote yet: open Compare with ?present=1&vote=1 and put a question to the room.")
+        return
+    together = overall(rounds)
+    if together.rag_share is not None:
+        decided = together.preferred["rag"] + together.preferred["ft"]
+        st.markdown(f"Over {counted(len(rounds), 'question')}, **{together.rag_share:.0%}** of {decided} votes that "
+                    f"preferred one answer preferred RAG (95% interval {together.low:.0%} to {together.high:.0%}); "
+                    f"{together.votes['neither']} said both were wrong.")
+    st.dataframe([{"question": r.question, "votes": t.total, "preferred RAG": t.preferred["rag"],
+                   "preferred fine-tuned": t.preferred["ft"], "both wrong": t.votes["neither"],
+                   "share preferring RAG": t.rag_share,
+                   "95% interval": f"{t.low:.2f}-{t.high:.2f}" if t.low is not None else ""} for r, t in rounds],
+                 hide_index=True, width="stretch")
+
+
 st.title("Evaluate")
 st.caption("Both backends on a question set with known answers: quality, groundedness, retrieval recall, latency.")
 with page_errors():
@@ -223,4 +244,5 @@ with page_errors():
             new_run_section()
         eval_job_view()
     runs_section()
+    preference_section()
     experiment_section(allowed)

@@ -21,8 +21,9 @@ QUESTION = "What is the per diem for a full day of business travel?"
 def served(tmp_path_factory):
     """(url, store) of a `streamlit run app.py` on a copy of the demo store."""
     store = copy_demo_store(tmp_path_factory.mktemp("browser") / "store")
-    with open(tmp_path_factory.mktemp("log") / "streamlit.log", "w") as log, streamlit_server(store, log) as (url, _):
-        yield url, store
+    with open(tmp_path_factory.mktemp("log") / "streamlit.log", "w") as log, \
+            streamlit_server(store, log) as (url, process):
+        yield url, store, process
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,7 @@ def test_the_guided_story_walks_every_step_and_leaves_the_store_as_it_was(served
     the README shows the first); the live change happens in a copy, so the served store is unchanged."""
     from playwright.sync_api import expect, sync_playwright
 
-    url, store = served
+    url, store, _ = served
     before = (store / "manifest.json").read_bytes()
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
@@ -107,3 +108,43 @@ def test_the_guided_story_walks_every_step_and_leaves_the_store_as_it_was(served
         browser.close()
     assert (ARTIFACTS / "story-1.png").stat().st_size > 20_000
     assert (store / "manifest.json").read_bytes() == before, "the live change never touched the served store"
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is installed by `make test`")
+def test_two_viewers_vote_blind_see_the_reveal_and_their_votes_survive_a_killed_server(served):
+    """Runs last in this module: it kills the served app."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from backends.apps.votes import current_round, tally
+    from backends.core.config import load_settings
+
+    url, store, process = served
+    with sync_playwright() as p:
+        browser = launch(p)
+        presenter, viewer = (browser.new_page(viewport={"width": 1400, "height": 1000}) for _ in range(2))
+        presenter.goto(f"{url}/?present=1&vote=1", timeout=120_000)
+        viewer.goto(f"{url}/?present=1&vote=1", timeout=120_000)
+        expect(viewer.get_by_text("Waiting for the presenter")).to_be_visible(timeout=120_000)
+        presenter.get_by_label("Question", exact=True).fill(QUESTION)
+        presenter.get_by_role("button", name="Put to the vote").click()
+        for page in (presenter, viewer):  # the viewer's page picks the new question up by itself
+            expect(page.get_by_text("Answer B", exact=True)).to_be_visible(timeout=120_000)
+            expect(page.get_by_text("RAG (retrieval")).to_have_count(0)  # no system named before the reveal
+        presenter.get_by_role("button", name="Answer A is better").click()
+        expect(presenter.get_by_text("Your vote: Answer A is better")).to_be_visible(timeout=60_000)
+        viewer.get_by_role("button", name="Both are wrong").click()
+        expect(viewer.get_by_text("Your vote: Both are wrong")).to_be_visible(timeout=60_000)
+        expect(presenter.get_by_text("2 votes so far.")).to_be_visible(timeout=60_000)
+        presenter.get_by_role("button", name="Reveal").click()
+        for page in (presenter, viewer):
+            expect(page.get_by_text("The reveal")).to_be_visible(timeout=60_000)
+            expect(page.get_by_text("said both were wrong")).to_be_visible()
+        viewer.screenshot(path=str(ARTIFACTS / "vote.png"))
+        browser.close()
+    process.kill()  # no shutdown: what was cast must already be on disk
+    process.wait(60)
+    settings = load_settings().with_store(store)
+    chosen = current_round(settings)
+    counted = tally(settings, chosen)
+    assert chosen.revealed and counted.votes == {"A": 1, "B": 0, "neither": 1}
+    assert counted.preferred[chosen.sides["A"]] == 1

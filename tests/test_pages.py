@@ -121,6 +121,32 @@ def test_the_story_walks_its_steps_under_apptest():
     assert app.header[0].value == "What the measurements say"
 
 
+def test_a_blind_vote_shows_two_unnamed_answers_then_the_reveal_and_evaluate_shows_the_preference():
+    from backends.apps.votes import current_round
+    from pages.common import duet
+
+    app = AppTest.from_file(str(REPO_ROOT / "pages" / "compare.py"), default_timeout=240)
+    app.query_params["present"], app.query_params["vote"] = "1", "1"
+    app.run()
+    assert any("Waiting for the presenter" in i.value for i in app.info)
+    app.selectbox(key="vote.pick").select(PER_DIEM)
+    app.button[0].click().run()  # Put to the vote
+    assert not app.exception and not app.error, app.error
+    chosen = current_round(duet().settings)
+    assert [h.value for h in app.subheader][:2] == ["Answer A", "Answer B"]
+    shown = [t.value for t in app.text]
+    assert shown[:2] == [chosen.answers["A"], chosen.answers["B"]] and not any("RAG" in h.value for h in app.subheader)
+    app.button(key=f"vote.A-{chosen.id}").click().run()
+    assert any("Your vote: Answer A is better" in c.value for c in app.caption), [c.value for c in app.caption]
+    app.button(key=f"vote.reveal-{chosen.id}").click().run()
+    assert any(f"**Answer A** was **{'RAG' if chosen.sides['A'] == 'rag' else 'Fine-tuned'}**" in m.value
+               for m in app.markdown)
+    evaluate = page("evaluate")
+    assert any(h.value == "Human preference (blind votes)" for h in evaluate.subheader)
+    table = next(f.value for f in evaluate.dataframe if "share preferring RAG" in f.value)
+    assert list(table["votes"]) == [1] and list(table["preferred RAG"]) == [int(chosen.sides["A"] == "rag")]
+
+
 def test_documents_page_ingests_an_uploaded_file_and_rejects_a_bad_one():
     app = page("documents")
     before = int(app.metric[0].value)
