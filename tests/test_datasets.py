@@ -166,8 +166,12 @@ def test_the_cli_builds_prints_the_counts_and_its_files_feed_train_and_eval(tmp_
     no_adapters = tmp_path / "no-adapters"  # a RAG-only evaluation needs no adapter in the store
     result = run_cli("eval", "--set", str(tmp_path / "ds" / "eval.jsonl"), "--systems", "rag", "--limit", "3",
                      "--store", str(store), "--out", str(tmp_path / "run"), settings=settings,
-                     env={"DUET_ADAPTERS_DIR": str(no_adapters)})
+                     env={"DUET_ADAPTERS_DIR": str(no_adapters), "DUET_LLM_API_KEY": "sk-duet-test-secret-4711"})
     assert result.returncode == 0, result.stderr
+    # A server's API key is never written: not in any file the run wrote, nor in the store's log.
+    written = [p for p in (tmp_path / "run").rglob("*") if p.is_file()] + list((store / "logs").glob("*"))
+    assert written and not [p for p in written if b"sk-duet-test-secret-4711" in p.read_bytes()]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["config"]["llm_api_key"] == "set"
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["metrics"]["rag"]["recall_at_k"] is not None, "eval rows carry their source"
     assert metrics["adapter"] == "" and metrics["config"]["active_adapter"] == ""

@@ -378,7 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     p = with_store(sub.add_parser("eval", help="evaluate the backends on a QA set"))
-    p.add_argument("--set", required=True, metavar="FILE.jsonl", help="QA set (default demo set: data/qa/eval.jsonl)")
+    p.add_argument("--set", required=True, metavar="FILE.jsonl",
+                   help="QA set, one {question, answer[, source]} per line (required; the demo's is data/qa/eval.jsonl)")
     p.add_argument("--limit", type=int, help="only the first N questions")
     p.add_argument("--out", help="folder for metrics.json, results.csv, report.html (default: a new run in the store)")
     p.add_argument("--systems", default="rag,ft", help="comma-separated: rag, ft, rag_ft (default rag,ft)")

@@ -25,6 +25,10 @@ def _help(text: str, default):
     return field(default=default, metadata={"help": text})
 
 
+_SECRET = re.compile(r"key|password|token|secret", re.IGNORECASE)
+_USERINFO = re.compile(r"^([a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)  # https://user:pass@host -> https://host
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything a user may want to change, with a sentence on what each field does."""
@@ -90,8 +94,17 @@ class Settings:
         return dataclasses.replace(self, store_dir=Path(store_dir), adapters_dir=adapters)
 
     def public(self) -> dict:
-        """Every setting by name (saved with evaluation runs)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        """Every setting by name, as run files may show them: a key, password or token only as "set" or "", and a
+        server address without the user and password it may carry."""
+        shown = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if _SECRET.search(f.name):
+                value = "set" if value else ""
+            elif isinstance(value, str):
+                value = _USERINFO.sub(r"\1", value)
+            shown[f.name] = value
+        return shown
 
     @property
     def chroma_dir(self) -> Path:
