@@ -20,6 +20,7 @@ _TICKS = re.compile(r"`+")
 _LINK = re.compile(r"\[([^\]]+)\]\([^)]*\)")
 _LEAD = re.compile(r"^\s*(?:#+\s+|>\s*|[-*•+]\s+|\d{1,2}[.)]\s+(?=\D))")
 
+
 def clean(text: str) -> str:
     """A sentence as a person reads it: no emphasis stars, code ticks, link targets or list markers."""
     text = _LINK.sub(r"\1", text)
