@@ -137,7 +137,7 @@ def test_two_viewers_vote_blind_see_the_reveal_and_their_votes_survive_a_killed_
         expect(presenter.get_by_text("2 votes so far.")).to_be_visible(timeout=60_000)
         presenter.get_by_role("button", name="Reveal").click()
         for page in (presenter, viewer):
-            expect(page.get_by_text("The reveal")).to_be_visible(timeout=60_000)
+            expect(page.get_by_text("The reveal", exact=True)).to_be_visible(timeout=60_000)
             expect(page.get_by_text("said both were wrong")).to_be_visible()
         viewer.screenshot(path=str(ARTIFACTS / "vote.png"))
         browser.close()
