@@ -25,7 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backends.answering.rag import DEFAULT_WEIGHTS, EVIDENCE_POOL, Weights, abstains, evidence_features  # noqa: E402
+from backends.answering.rag import (  # noqa: E402
+    DEFAULT_WEIGHTS, EVIDENCE_POOL, Weights, abstains, abstention_margin, evidence_features,
+)
 from backends.answering.relevance import key_terms, wants_type  # noqa: E402
 from backends.answering.scoring import contains_gold  # noqa: E402
 from backends.core.config import DATA_DIR, REPO_ROOT as ROOT, load_settings  # noqa: E402
@@ -127,51 +129,42 @@ def outcome(items: list[Seen], weights: Weights) -> dict:
             "answerable": answerable, "unanswerable": unanswerable}
 
 
-def _fast_outcomes(items: list[Seen], lexical: float, answer_type: float):
-    """Per question, what every later weighting needs: (gold?, top contains gold, top score, top fit, wants a kind,
-    unknown share, key missing, best coverage among evidence of the asked kind)."""
-    rows = []
+def _ranked(items: list[Seen], lexical: float, answer_type: float) -> list[tuple]:
+    """Per question, what the later weightings need once the evidence is ranked: (gold?, whether the top sentence
+    holds the gold, the top sentence's features, wants a kind, best coverage among evidence of the asked kind)."""
+    weights, rows = Weights(lexical, answer_type), []
     for item in items:
-        weights = Weights(lexical, answer_type)
         best = max(item.features, key=lambda f: f.score(weights)) if item.features else None
-        typed_cover = max((f.coverage for f in item.features if f.fit), default=0.0)
-        rows.append((bool(item.gold), best is not None and bool(contains_gold(best.sentence, item.gold)) if item.gold else False,
-                     best.score(weights) if best else None, bool(best and best.fit), wants_type(item.question),
-                     item.unknown, item.key_missing, typed_cover))
+        hit = bool(item.gold) and best is not None and bool(contains_gold(best.sentence, item.gold))
+        rows.append((bool(item.gold), hit, best, wants_type(item.question),
+                     max((f.coverage for f in item.features if f.fit), default=0.0), item))
     return rows
 
 
 def choose(seen: dict[str, list[Seen]]) -> tuple[Weights, dict]:
     """The weighting with the best mean of the tune sets' rates (gold contained per set, unanswerable abstained per
     set: a small set of unanswerable questions weighs as much as a large answerable one), wrong abstentions at most
-    MAX_WRONG_ABSTENTIONS of all answerable questions."""
+    MAX_WRONG_ABSTENTIONS of all answerable questions. Each question's margin (rag.abstention_margin, RAG's own rule)
+    is computed once per weighting; the thresholds are swept over it."""
     groups = list(seen.values())
     answerable = sum(bool(i.gold) for group in groups for i in group)
     best = None
     for lexical, answer_type in itertools.product(GRID["lexical"], GRID["answer_type"]):
-        rows = [_fast_outcomes(group, lexical, answer_type) for group in groups]
+        ranked = [_ranked(group, lexical, answer_type) for group in groups]
         for penalty, untyped, keep, most in itertools.product(GRID["unknown_penalty"], GRID["untyped_penalty"],
                                                               GRID["keep_coverage"], GRID["unknown_max"]):
+            weights = Weights(lexical, answer_type, penalty, 0.0, untyped, keep, most)
+            margins = [[(gold, hit, abstention_margin(top, wants, item.unknown, item.key_missing, cover, weights))
+                        for gold, hit, top, wants, cover, item in group] for group in ranked]
             for step in range(20, 200, 2):
                 threshold = step / 100
                 rates, wrong = [], 0
-                for group in rows:
-                    hits = correct = asked = unasked = 0
-                    for gold, hit, score, fit, wants, unknown, missing, typed_cover in group:
-                        if score is None or missing or unknown >= most:
-                            abstained = True
-                        elif wants and not unknown and typed_cover >= keep:
-                            abstained = False
-                        else:
-                            abstained = score - penalty * unknown - untyped * (wants and not fit) < threshold
-                        if gold:
-                            asked += 1
-                            wrong += abstained
-                            hits += hit and not abstained
-                        else:
-                            unasked += 1
-                            correct += abstained
-                    rates += ([hits / asked] if asked else []) + ([correct / unasked] if unasked else [])
+                for group in margins:
+                    asked = [(hit, margin < threshold) for gold, hit, margin in group if gold]
+                    unasked = [margin < threshold for gold, _, margin in group if not gold]
+                    wrong += sum(abstained for _, abstained in asked)
+                    rates += ([sum(hit and not abstained for hit, abstained in asked) / len(asked)] if asked else []) + (
+                        [sum(unasked) / len(unasked)] if unasked else [])
                 value = sum(rates) / len(rates)
                 if wrong / answerable <= MAX_WRONG_ABSTENTIONS and (best is None or value > best[0]):
                     best = (value, Weights(lexical, answer_type, penalty, threshold, untyped, keep, most))

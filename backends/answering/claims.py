@@ -213,12 +213,11 @@ class ClaimTracer:
         among the question's rare words, or nearly all of them for a question that asks for no kind), if any."""
         if not answer.question:
             return None
-        lexicon = self.index.lexicon()
+        lexicon, wants = self.index.lexicon(), wants_type(answer.question)
         held = []
         for c in answer_candidates(list(answer.sources), answer.question):
             covered = lexicon.coverage(answer.question, f"{c.context} {c.text}")
-            typed = wants_type(answer.question) and bool(answer_spans(answer.question, c.raw))
-            if typed and covered >= ANSWERS_COVERAGE or not wants_type(answer.question) and covered >= HELD_COVERAGE:
+            if covered >= ANSWERS_COVERAGE and answer_spans(answer.question, c.raw) if wants else covered >= HELD_COVERAGE:
                 held.append((covered, c))
         if not held:
             return None

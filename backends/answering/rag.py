@@ -14,6 +14,7 @@ still shown) instead of a copy of whatever was nearest.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, replace
 
@@ -114,29 +115,30 @@ def shown_sources(top: list[Source], pool: list[Source], evidence: list[Source])
     return shown
 
 
-def confidence(question: str, features: list[Features], lexicon, weights: Weights = DEFAULT_WEIGHTS) -> float:
-    """How sure the documents answer the question: the best evidence's score, less what no document mentions, and
-    less the untyped penalty when that evidence lacks the kind of answer asked for."""
-    if not features:
-        return -weights.unknown_penalty * lexicon.unknown_share(question)
-    best = max(features, key=lambda f: f.score(weights))
-    untyped = wants_type(question) and not best.fit
-    return (best.score(weights) - weights.unknown_penalty * lexicon.unknown_share(question)
-            - weights.untyped_penalty * untyped)
+def abstention_margin(best: Features | None, wants: bool, unknown: float, key_missing: bool, typed_cover: float,
+                      weights: Weights = DEFAULT_WEIGHTS) -> float:
+    """How sure the documents answer the question; RAG abstains below `weights.abstain_below`.
+
+    -inf (abstain whatever the threshold): no evidence, a key term of the question in no document, or much of its
+    rarity in words no document holds. +inf (answer): the question asks for a kind of answer, every word of it is
+    known, and some evidence holds that kind and covers `keep_coverage` of its rarity ("sick leave" in a corpus
+    without "sick" is not answered by "28 days of annual leave"). Otherwise the best evidence's score, less what no
+    document mentions and the untyped penalty when that evidence lacks the kind asked for.
+    """
+    if best is None or key_missing or unknown >= weights.unknown_max:
+        return -math.inf
+    if wants and not unknown and typed_cover >= weights.keep_coverage:
+        return math.inf
+    return best.score(weights) - weights.unknown_penalty * unknown - weights.untyped_penalty * (wants and not best.fit)
 
 
 def abstains(question: str, features: list[Features], lexicon, weights: Weights = DEFAULT_WEIGHTS) -> bool:
-    """Whether RAG says "The documents do not say.": a key term of the question is in no document, or much of its
-    rarity is in words no document holds; otherwise not when
-    some evidence holds the asked kind of answer and covers the question's rare words, all of which some document
-    holds ("sick leave" in a corpus without "sick" is not answered by "28 days of annual leave"); otherwise by
-    confidence."""
-    if not features or lexicon.missing(key_terms(question)) or lexicon.unknown_share(question) >= weights.unknown_max:
-        return True
-    if wants_type(question) and not lexicon.unknown_share(question) and any(
-            f.fit and f.coverage >= weights.keep_coverage for f in features):
-        return False
-    return confidence(question, features, lexicon, weights) < weights.abstain_below
+    """Whether RAG says "The documents do not say." (`abstention_margin`)."""
+    best = max(features, key=lambda f: f.score(weights)) if features else None
+    margin = abstention_margin(best, wants_type(question), lexicon.unknown_share(question),
+                               bool(lexicon.missing(key_terms(question))),
+                               max((f.coverage for f in features if f.fit), default=0.0), weights)
+    return margin < weights.abstain_below
 
 
 class RAGBackend:

@@ -29,13 +29,16 @@ _CODE_QUESTION = re.compile(
     r"constants?|headers?|targets?|settings?|directives?|keys?|units?|events?|symbols?|hooks?|module|api)\b|"
     r"\bwhat (?:does|do|did) .+ return\b")
 _VALUE_QUESTION = re.compile(r"\bdefault\b|\bdefaults? to\b|\bset to\b|\bvalue\b")
+# A question with one of these words may take a code line as its answer.
 _CODE_WORDS = {"command line", "syntax", "signature", "prototype", "example", "snippet", "invocation", "invoke",
-               "run", "type", "code", "defined as", "declared", "synopsis", "usage"}  # a question with one of these may take a code line as its answer
+               "run", "type", "code", "defined as", "declared", "synopsis", "usage"}
 
 _DIGIT = re.compile(r"\d|\b(?:one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|twenty|thirty|forty|fifty|"
                     r"hundred|thousand|million|once|twice|half|dozen)\b", re.IGNORECASE)
 _MONTH = re.compile(r"\b(?:January|February|March|April|May|June|July|August|September|October|November|December)\b")
-_PERSON = re.compile(r"\b(?!(?:If|When|The|This|That|These|In|On|For|See|Note|Use|And|But|As|At|By|It|To|Of|A|An)\b)[A-Z][a-z]+(?: (?:[A-Z]\.|van|von|de|der|la) ?)?(?: [A-Z][a-z]+)+\b(?![-_])|@[\w-]+")
+# A name: two or more capitalised words ("Colin Watson", "Jan van der Berg") not opened by a function word, or a handle.
+_PERSON = re.compile(r"\b(?!(?:If|When|The|This|That|These|In|On|For|See|Note|Use|And|But|As|At|By|It|To|Of|A|An)\b)"
+                     r"[A-Z][a-z]+(?: (?:[A-Z]\.|van|von|de|der|la) ?)?(?: [A-Z][a-z]+)+\b(?![-_])|@[\w-]+")
 _OPTION = re.compile(r"(?<![\w/-])--?[A-Za-z][\w-]*(?:=\S+)?")
 _PATH = re.compile(r"(?:~|\.{1,2}|\b\w+)?(?:/[\w.*-]+)+/?|\b[\w-]+\.(?:[a-z]{1,4}|\d)\b")
 _CODE = re.compile(r"`[^`\n]+`|\"[^\"\n]{1,40}\"|'[^'\n]{1,40}'|<[\w-]+>|\b[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+\b|"

@@ -243,11 +243,10 @@ def story_key(duet, adapter: str | None) -> tuple:
     """What the story's answers depend on: the documents, the adapter's weights, the latest run and experiment."""
     from backends.apps.evaluation import list_runs
     from backends.apps.experiment import latest_experiment
+    from backends.engines.adapters import adapter_version
 
     runs = list_runs(duet.settings)
     experiment = latest_experiment(duet.settings)
-    from backends.engines.adapters import adapter_version
-
     version = adapter_version(adapter, duet.registry.get(adapter, check_base=False).path) if adapter else None
     return (tuple(sorted(duet.index.snapshot().items())), tuple(version) if version else None,
             runs[0].name if runs else "", experiment.id if experiment else "")

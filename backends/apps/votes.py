@@ -129,10 +129,7 @@ def tally(settings, chosen: Round) -> Tally:
             choice = json.loads(path.read_text()).get("choice")
             if choice in votes:
                 votes[choice] += 1
-    preferred = {chosen.sides[side]: votes[side] for side in "AB"}
-    decided = preferred["rag"] + preferred["ft"]
-    low, high = wilson(preferred["rag"], decided) if decided else (None, None)
-    return Tally(votes, preferred, preferred["rag"] / decided if decided else None, low, high)
+    return _summed(votes, {chosen.sides[side]: votes[side] for side in "AB"})
 
 
 def all_rounds(settings) -> list[tuple[Round, Tally]]:
@@ -147,8 +144,12 @@ def all_rounds(settings) -> list[tuple[Round, Tally]]:
 
 def overall(rounds: list[tuple[Round, Tally]]) -> Tally:
     """All rounds' votes together."""
-    votes = {choice: sum(t.votes[choice] for _, t in rounds) for choice in CHOICES}
-    preferred = {system: sum(t.preferred[system] for _, t in rounds) for system in SYSTEMS}
+    return _summed({choice: sum(t.votes[choice] for _, t in rounds) for choice in CHOICES},
+                   {system: sum(t.preferred[system] for _, t in rounds) for system in SYSTEMS})
+
+
+def _summed(votes: dict, preferred: dict) -> Tally:
+    """The tally of these counts: the share preferring RAG among votes that preferred one answer, with its interval."""
     decided = preferred["rag"] + preferred["ft"]
     low, high = wilson(preferred["rag"], decided) if decided else (None, None)
     return Tally(votes, preferred, preferred["rag"] / decided if decided else None, low, high)
