@@ -50,6 +50,9 @@ bench: setup
 # process at start-up and falls back to onnxruntime if it still fails.
 ENGINE_FLAGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
 	$(if $(shell grep -m1 -ow avx512f /proc/cpuinfo 2>/dev/null),-DGGML_AVX512=ON)
+# The second line is the `server` extra (python -m llama_cpp.server, a real OpenAI-compatible peer for the tests of
+# DUET_ENGINE=openai), pinned in constraints.txt.
 engine: install
 	CMAKE_ARGS="$(ENGINE_FLAGS)" $(BIN)/pip install -q --disable-pip-version-check --no-deps --no-cache-dir \
 	  --force-reinstall llama-cpp-python==0.3.36 diskcache==5.6.3
+	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt fastapi sse-starlette starlette-context
