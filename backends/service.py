@@ -157,27 +157,34 @@ class Duet:
         """
         self.warm(parts_for(backends))
         events: queue.Queue = queue.Queue()
-        done = object()
+        done, left = object(), threading.Event()
 
         def run(name: str) -> None:
+            stream = self.stream(name, question, adapter)
             try:
-                for item in self.stream(name, question, adapter):
+                for item in stream:
+                    if left.is_set():
+                        break
                     events.put((name, item))
             except Exception as error:  # reported to the caller, per backend
                 events.put((name, error))
             finally:
+                stream.close()  # an abandoned generation leaves the decoder's passes (scheduler.stream_chat)
                 events.put((name, done))
 
         workers = [threading.Thread(target=run, args=(name,), daemon=True, name=f"duet-{name}") for name in backends]
         for worker in workers:
             worker.start()
         remaining = len(workers)
-        while remaining:
-            name, item = events.get()
-            if item is done:
-                remaining -= 1
-            else:
-                yield name, item
+        try:
+            while remaining:
+                name, item = events.get()
+                if item is done:
+                    remaining -= 1
+                else:
+                    yield name, item
+        finally:  # the caller stopped reading (a page closed, Streamlit stopped its script): so do the backends
+            left.set()
 
 
 _PARTS_OF = {"rag": ("index", "llm", "rag"), "ft": ("index", "llm", "registry", "ft"),

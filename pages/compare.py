@@ -7,6 +7,7 @@ a toggle shows the detail), `?present=1&story=1` the guided demo story, `?presen
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timezone
 from urllib.parse import quote
 
@@ -23,6 +24,7 @@ from pages.story_view import show_story
 from pages.vote_view import show_vote
 
 PAGE = "compare"
+STREAM_REDRAW_S = 0.15  # an answer's growing text is redrawn at most this often
 
 
 def ask_form(systems: int = 2) -> tuple[str | None, bool]:
@@ -54,15 +56,19 @@ def ask_form(systems: int = 2) -> tuple[str | None, bool]:
 def stream_answers(question: str, backends: tuple[str, ...], adapter: str | None, slots) -> dict[str, Answer]:
     """Both (or three) backends at once, each streaming into its own column."""
     texts, answers = {name: "" for name in backends}, {}
+    shown = dict.fromkeys(backends, 0.0)
     for name, item in duet().stream_both(question, adapter, backends):
-        if isinstance(item, Exception):
+        if isinstance(item, str):
+            texts[name] += item
+            # A redraw per token was a message per token to every browser: a few a second read the same.
+            if time.monotonic() - shown[name] >= STREAM_REDRAW_S:
+                slots[name].text(texts[name] + " ▌")
+                shown[name] = time.monotonic()
+        elif isinstance(item, Exception):
             slots[name].error(literal(str(item)) if isinstance(item, DuetError) else f"This backend failed: {literal(str(item))}")
         elif isinstance(item, Answer):
             answers[name] = item
             slots[name].text(item.text or "(no answer)")
-        else:
-            texts[name] += item
-            slots[name].text(texts[name] + " ▌")
     return {name: answers[name] for name in backends if name in answers}
 
 

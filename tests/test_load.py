@@ -40,13 +40,16 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
-async def asker(browser, url: str, questions: list[str], until: float, times: list, failures: list) -> None:
-    """One user: ask, wait until the session history counts the answer (both answers in and traced), repeat."""
+async def asker(browser, url: str, questions: list[str], clock: "Clock", times: list, failures: list) -> None:
+    """One user: open the page, and once every page is open ask, wait until the session history counts the answer
+    (both answers in and traced), repeat."""
     from playwright.async_api import expect
 
     context = await browser.new_context(viewport={"width": 1300, "height": 1000})
     page = await context.new_page()
     await page.goto(url, timeout=120_000)
+    await page.get_by_label("Question", exact=True).wait_for(timeout=120_000)
+    until = await clock.ready()
     asked = 0
     while time.monotonic() < until or asked == 0:
         question = questions[asked % len(questions)]
@@ -75,6 +78,23 @@ async def uploader(browser, url: str, folder, done: list) -> None:
     done.extend(await page.get_by_text("✅").all_inner_texts())
 
 
+class Clock:
+    """The round starts when every page has loaded: the room's laptops load their own pages, and eight page loads
+    on these two cores would be counted in the first answers' times."""
+
+    def __init__(self, pages: int, seconds: float):
+        self.waiting, self.seconds, self.all_open, self.until = pages, seconds, asyncio.Event(), 0.0
+
+    async def ready(self) -> float:
+        """Wait for the other pages; the time the round ends."""
+        self.waiting -= 1
+        if self.waiting == 0:
+            self.until = time.monotonic() + self.seconds
+            self.all_open.set()
+        await self.all_open.wait()
+        return self.until
+
+
 async def load(url: str, sessions: int, seconds: float, uploads=None, sample=lambda: None) -> tuple[list, list, list]:
     from playwright.async_api import async_playwright
 
@@ -82,13 +102,14 @@ async def load(url: str, sessions: int, seconds: float, uploads=None, sample=lam
     async with async_playwright() as p:
         browser = await p.chromium.launch(executable_path=CHROMIUM, headless=True,
                                           args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
-        until = time.monotonic() + seconds
-        work = [asker(browser, url, QUESTIONS[n::sessions], until, times, failures) for n in range(sessions)]
+        clock = Clock(sessions, seconds)
+        work = [asker(browser, url, QUESTIONS[n::sessions], clock, times, failures) for n in range(sessions)]
         if uploads is not None:
             work.append(uploader(browser, url, uploads, uploaded))
 
         async def sampler():
-            while time.monotonic() < until:
+            await clock.all_open.wait()
+            while time.monotonic() < clock.until:
                 sample()
                 await asyncio.sleep(2)
 

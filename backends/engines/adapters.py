@@ -30,6 +30,10 @@ class AdapterHost:
 
     def ensure(self, name: str, folder: Path) -> None:
         """The adapter on the model as its files are now: taken again if it was replaced since."""
+        # Checked before the model's lock, which the decoder holds while any row runs: under load a fine-tuned
+        # answer waited there for every other session's answers to finish (a quarter of the 8-session round).
+        if self.loaded.get(name) == adapter_version(name, folder):
+            return
         with self.lock:
             version = adapter_version(name, folder)
             if self.loaded.get(name) == version:
