@@ -68,3 +68,57 @@ def test_the_base_models_hash_follows_its_file_without_reading_it_again(tmp_path
     assert _sha256_of_version.cache_info().misses == reads  # not read again
     gguf.write_bytes(b"second version, retrained elsewhere")
     assert base_model_identity(settings)["sha256"] == hashlib.sha256(b"second version, retrained elsewhere").hexdigest()
+
+
+def test_embeddings_asked_while_a_batch_computes_go_together_and_equal_their_own():
+    """Other sessions' queries and claims wait for the batch in progress, then go in one model call; each caller gets
+    its own vectors (as alone, to rounding), and a failure reaches every caller of its batch."""
+    import threading
+
+    import numpy as np
+
+    from backends.knowledge.embeddings import FreshThreadEmbeddings, MeanPoolingEmbeddings
+
+    class Counted(MeanPoolingEmbeddings):
+        calls: list[int] = []
+
+        def embed_documents(self, texts):
+            self.calls.append(len(texts))
+            if "fail" in texts:
+                raise RuntimeError("the model failed")
+            return super().embed_documents(texts)
+
+    model = Counted(bundled_embedding_path(), "cpu")
+    embeddings = FreshThreadEmbeddings(model)
+    texts = ["How many days of annual leave?", "Where is berth 12?", "Der Zug fährt um 7 Uhr ab.", "x"]
+    alone = [embeddings.embed_query(t) for t in texts]
+    model.calls.clear()
+    results: dict = {}
+
+    def ask(n):
+        try:
+            results[n] = embeddings.embed_query(texts[n]) if n < len(texts) else embeddings.embed_documents(["fail"])
+        except RuntimeError as error:
+            results[n] = error
+
+    with embeddings.computing:  # a batch in progress: every call below queues behind it
+        threads = [threading.Thread(target=ask, args=(n,)) for n in range(len(texts))]
+        for thread in threads:
+            thread.start()
+        while len(embeddings.queue) < len(texts):
+            threads[0].join(0.001)
+    for thread in threads:
+        thread.join(60)
+    assert model.calls == [len(texts)], "one model call for the four callers"
+    for n in range(len(texts)):
+        assert np.abs(np.array(results[n]) - np.array(alone[n])).max() < 1e-5
+
+    with embeddings.computing:
+        threads = [threading.Thread(target=ask, args=(n,)) for n in (0, len(texts))]
+        for thread in threads:
+            thread.start()
+        while len(embeddings.queue) < 2:
+            threads[0].join(0.001)
+    for thread in threads:
+        thread.join(60)
+    assert all(isinstance(results[n], RuntimeError) for n in (0, len(texts)))

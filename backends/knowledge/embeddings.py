@@ -27,6 +27,7 @@ from backends.models.files import embedding_source, quiet_loading, resolve_devic
 _cache: dict[tuple, "FreshThreadEmbeddings"] = {}
 _lock = threading.Lock()
 
+PIECE = 64  # texts of one call embedded together at most; other callers' texts join between pieces
 PLAIN_MODULES = ["sentence_transformers.models.Transformer", "sentence_transformers.models.Pooling",
                  "sentence_transformers.models.Normalize"]
 
@@ -73,19 +74,63 @@ class MeanPoolingEmbeddings(Embeddings):
         return self._embed([text])[0]
 
 
+class _Wanted:
+    """One caller's texts, waiting for the batch that embeds them."""
+
+    def __init__(self, texts: list[str], query: bool):
+        self.texts, self.query, self.vectors, self.error = texts, query, None, None
+
+
 class FreshThreadEmbeddings(Embeddings):
-    """Any langchain Embeddings, computing in a thread that ends afterwards (see core/threads.py)."""
+    """Any langchain Embeddings, computing in a thread that ends afterwards (see core/threads.py).
+
+    Calls that arrive while a batch computes (other sessions' queries and claim tracing) wait and go together in the
+    next one: one model call for all of them instead of one each.
+    """
 
     def __init__(self, inner: Embeddings):
         self.inner = inner
+        self.queue: list[_Wanted] = []
+        self.queue_lock, self.computing = threading.Lock(), threading.Lock()
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        with TURNS.torch_work():
-            return run_in_fresh_thread(self.inner.embed_documents, list(texts))
+        texts = list(texts)  # in pieces, so that a large ingest lets other sessions' queries in between
+        return [v for start in range(0, len(texts), PIECE) for v in self._embed(texts[start:start + PIECE], False)]
 
     def embed_query(self, text: str) -> list[float]:
-        with TURNS.torch_work():
-            return run_in_fresh_thread(self.inner.embed_query, text)
+        return self._embed([text], True)[0]
+
+    def _embed(self, texts: list[str], query: bool) -> list[list[float]]:
+        wanted = _Wanted(texts, query)
+        with self.queue_lock:
+            self.queue.append(wanted)
+        with self.computing:  # whoever holds it embeds everything queued by then, this call's texts included or not
+            if wanted.vectors is None and wanted.error is None:
+                with self.queue_lock:
+                    batch, self.queue = self.queue, []
+                self._compute(batch)
+        if wanted.error is not None:
+            raise wanted.error
+        return wanted.vectors
+
+    def _compute(self, batch: list[_Wanted]) -> None:
+        try:
+            with TURNS.torch_work():
+                vectors = run_in_fresh_thread(self._vectors, batch)
+        except Exception as error:  # each caller gets the failure
+            for w in batch:
+                w.error = error
+            return
+        start = 0
+        for w in batch:
+            w.vectors, start = vectors[start:start + len(w.texts)], start + len(w.texts)
+
+    def _vectors(self, batch: list[_Wanted]) -> list[list[float]]:
+        """The batch's vectors in its order; queries alone where the model embeds them differently (a prompt)."""
+        if isinstance(self.inner, MeanPoolingEmbeddings) or not any(w.query for w in batch):
+            return self.inner.embed_documents([t for w in batch for t in w.texts])
+        return [v for w in batch for v in ([self.inner.embed_query(w.texts[0])] if w.query
+                                           else self.inner.embed_documents(w.texts))]
 
 
 def load_embeddings(settings: Settings) -> "FreshThreadEmbeddings":
