@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Callable
 
 from backends.core.config import DATA_DIR, REPO_ROOT, Settings
+from backends.core.threads import run_concurrently
 from backends.models.files import llm_source
 
 PROMPT_QUESTION = "Explain in a few sentences what a travel policy is and why companies have one."
@@ -70,11 +71,14 @@ class Plan:
     train_steps: int = 12
     dataset_documents: int = 0  # 0: the whole index
     eval_questions: int = 30
+    sessions: tuple[int, ...] = (1, 4, 8)  # users asking at once in the many-sessions figure
+    session_questions: int = 3  # questions each of them asks, one after the other
 
 
 FULL = Plan()
 QUICK = Plan(repeats=1, decode_tokens=8, questions=1, retrieval_sizes=(1_000,), retrieval_queries=5,
-             ingest_chunks=20, cold_starts=1, train_steps=1, dataset_documents=1, eval_questions=2)
+             ingest_chunks=20, cold_starts=1, train_steps=1, dataset_documents=1, eval_questions=2, sessions=(1, 2),
+             session_questions=1)
 
 
 @dataclass
@@ -265,6 +269,35 @@ def _side_by_side(duet, question: str, adapter: str) -> tuple[float, dict[str, f
     return time.perf_counter() - started, columns
 
 
+def sessions_figures(duet, report: Report, plan: Plan, adapter: str) -> None:
+    """The server's own curve of many users: N sessions each asking its own eval questions one after the other,
+    both answers streamed and every claim traced (what a Compare does, without the browser); time to both answers
+    and their claims per question. `sessions.p95_vs_one` is N's p95 over one session's (goal <= 3 at 8)."""
+    questions = [json.loads(line)["question"] for line in DEMO_EVAL.read_text().splitlines()]
+    duet.warm()
+    p95 = {}
+    for sessions in plan.sessions:
+        report.progress(f"{sessions} sessions at once")
+        times: list[float] = []
+
+        def session(number: int) -> None:
+            for asked in questions[number::sessions][: plan.session_questions]:
+                started = time.perf_counter()
+                answers = {}
+                for name, item in duet.stream_both(asked, adapter):
+                    if isinstance(item, Exception):
+                        raise item
+                    if not isinstance(item, str):
+                        answers[name] = item
+                duet.trace(asked, answers)
+                times.append(time.perf_counter() - started)
+
+        run_concurrently([lambda n=n: session(n) for n in range(sessions)], sessions)
+        report.add(f"sessions.{sessions}.time_to_both_s", "s", times)
+        p95[sessions] = report.figures[f"sessions.{sessions}.time_to_both_s"].to_dict()["p95"]
+    report.add("sessions.p95_vs_one", "x", [p95[max(p95)] / p95[min(p95)]])
+
+
 # ---- retrieval and ingest -------------------------------------------------------------------
 def synthetic_text(rng: random.Random, words: int = 60) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(words)) + "."
@@ -430,6 +463,9 @@ def judge(report: Report) -> None:
     report.judge("retrieval_ms.100000", "p50 < 50 ms", None if p50 is None else p50 < 50)
     overhead = report.median("ingest.overhead")
     report.judge("ingest.overhead", "<= 1.3", None if overhead is None else overhead <= 1.3)
+    ratio = report.median("sessions.p95_vs_one")
+    at_eight = ratio is not None and "sessions.8.time_to_both_s" in report.figures  # --quick runs 2
+    report.judge("sessions.p95_vs_one", "<= 3 at 8 sessions", ratio <= 3 if at_eight else None)
     cold = report.median("cold_start_s")
     report.judge("cold_start_s", "< 10 s", None if cold is None else cold < 10)
 
@@ -458,7 +494,7 @@ def run_bench(duet, quick: bool = False, progress: Callable[[str], None] = lambd
     index_demo_corpus_if_empty(duet, report)
     cold_start_figures(duet, report, plan)
     llama_cpp_side_by_side_figures(duet, report, plan, adapter)
-    for section in (engine_figures, answer_figures, side_by_side_figures):
+    for section in (engine_figures, answer_figures, side_by_side_figures, sessions_figures):
         section(duet, report, plan, adapter)
     retrieval_figures(duet, report, plan)
     ingest_figures(duet, report, plan)
