@@ -114,3 +114,25 @@ def test_training_with_another_store_leaves_the_checkout_unchanged(tmp_path, due
     assert listing() == before, "nothing was written into the checkout's data/ (its own store aside)"
     registry = AdapterRegistry(settings)
     assert {"demo", "elsewhere"} <= set(registry.names()) and registry.folder("demo") == DATA_DIR / "adapters" / "demo"
+
+
+def test_a_page_that_stops_reading_its_answers_stops_their_generation(duet, tiny_adapter, monkeypatch):
+    """A closed page (Streamlit stops its script; the answers' generator is closed): the decoder ends those rows at
+    their next token instead of finishing answers nobody reads."""
+    from backends.core.threads import TURNS
+    from backends.engines.scheduler import Decoder
+
+    question = "List every step of the travel expense process in detail."
+    full = duet.ask("ft", question, "tiny").tokens_out
+    assert full >= 12, "the answer must be long enough for an early end to show"
+    ended, finished = [], threading.Event()
+    finish = Decoder._finish
+    monkeypatch.setattr(Decoder, "_finish", lambda self, row: (ended.append(row.request), finish(self, row),
+                                                                finished.set()))
+    answers = duet.stream_both(question, "tiny", ("ft",))
+    assert isinstance(next(answers)[1], str)  # the first words are on the page
+    with TURNS.torch_work():  # no decoding pass while the page goes
+        answers.close()
+    assert finished.wait(60), "the decoder ended the row"
+    request = ended[-1]
+    assert request.cancelled.is_set() and len(request.generated) < full
