@@ -8,9 +8,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from backends.core.config import DATA_DIR, load_settings
-from backends.core.errors import DuetError, LoadFailed
+from backends.core.errors import BadInput, DuetError, LoadFailed
 
 
 def _progress(message: str) -> None:
@@ -217,16 +218,39 @@ def cmd_experiment(args) -> int:
 
 
 def cmd_adapter(args) -> int:
-    """Import a LoRA trained elsewhere (LLaMA-Factory, Unsloth): checked against this base model, copied atomically."""
+    """Import a LoRA trained elsewhere (LLaMA-Factory, Unsloth): checked against this base model, copied atomically.
+    Or export one for a model server (llama.cpp's `--lora`, Ollama's `ADAPTER`) as a GGUF LoRA."""
     from backends.learning.adapters import check_adapter_name, import_adapter
 
     check_adapter_name(args.name)  # before any model loads
+    if args.action == "export":
+        return _export_adapter(args)
     duet = _duet(args)
     path = import_adapter(duet.registry, args.folder, args.name, duet.llm.config, args.overwrite)
     if args.json:
         print(json.dumps({"name": args.name, "path": str(path)}, indent=2))
     else:
         print(f"imported {args.name} into {path}: ask with --adapter {args.name}")
+    return 0
+
+
+def _export_adapter(args) -> int:
+    from backends.learning.adapters import AdapterRegistry
+    from backends.models.lora import base_config_of, export_gguf
+
+    settings = load_settings(store_dir=getattr(args, "store", None))
+    info = AdapterRegistry(settings).get(args.name)  # unknown or foreign to this base model: exit 2, nothing written
+    out = Path(args.folder)
+    target = out / f"{args.name}.gguf" if out.is_dir() else out
+    if not target.parent.is_dir():
+        raise BadInput(f"{target.parent} is not a folder: create it, or give OUT as an existing folder or a file in one")
+    path = export_gguf(info.path, base_config_of(settings), target)
+    size = path.stat().st_size
+    if args.json:
+        print(json.dumps({"name": args.name, "format": args.format, "path": str(path), "bytes": size}, indent=2))
+    else:
+        print(f"wrote {path} ({size / 1e6:.1f} MB): llama.cpp loads it with --lora, Ollama with ADAPTER "
+              "(docs/engines.md, 'Serving Duet's adapters')")
     return 0
 
 
@@ -318,8 +342,6 @@ def _eval_progress():
 
 
 def raise_bad(message: str):
-    from backends.core.errors import BadInput
-
     raise BadInput(message)
 
 
@@ -363,10 +385,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_options(p)
     p.set_defaults(func=cmd_train)
 
-    p = with_store(sub.add_parser("adapter", help="import a peft LoRA folder trained elsewhere on the same base model"))
-    p.add_argument("action", choices=["import"])
-    p.add_argument("folder", metavar="DIR", help="the folder with adapter_config.json and adapter_model.safetensors")
+    p = with_store(sub.add_parser("adapter", help="import a peft LoRA folder trained elsewhere on the same base model, "
+                                                  "or export one as a GGUF LoRA for llama.cpp or Ollama"))
+    p.add_argument("action", choices=["import", "export"])
+    p.add_argument("folder", metavar="DIR|OUT", help="import: the folder with adapter_config.json and "
+                   "adapter_model.safetensors; export: the .gguf file to write, or a folder (NAME.gguf in it)")
     p.add_argument("--name", required=True, help="adapter name in Duet's registry")
+    p.add_argument("--format", choices=["gguf"], default="gguf", help="export: the file format (GGUF LoRA)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing adapter of that name")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_adapter)

@@ -53,6 +53,12 @@ class Settings:
                                   "adapter is asked for by its own name, as vLLM's --lora-modules registers it.", "")
     llm_api_key: str = _help("engine 'openai': the server's API key, if it wants one (or llm_api_key in secrets).", "")
     llm_timeout_s: float = _help("engine 'openai': seconds to wait for the server before the column says it failed.", 60.0)
+    llm_server_in_flight: int = _help("engine 'openai': answers Duet asks the server for at once (the others wait their "
+                                      "turn). 1 suits llama.cpp's server, which by default answers one request and "
+                                      "cuts it when another arrives; vLLM can take 8 or more.", 1)
+    llm_server_constraint: str = _help("engine 'openai': how RAG holds its answer to a source sentence on the server: "
+                                       "'auto' (asked from /v1/models: llama.cpp's grammar, vLLM's structured "
+                                       "outputs), 'grammar', 'choice' (vLLM) or 'none' (RAG writes freely).", "auto")
     onnx_accuracy: str = _help("Arithmetic of the onnxruntime engine: 'int8' (inputs of the 4-bit layers rounded per "
                                "block to 8 bits, as llama.cpp does: fastest, answers may differ where two words nearly "
                                "tie) or 'float' (float32: the transformers engine's answers, ~40% slower).", "int8")
@@ -181,5 +187,9 @@ def _validate(settings: Settings) -> None:
         raise BadInput("onnx_accuracy must be 'int8' or 'float'")
     if settings.dataset_questions not in ("auto", "templates", "model"):
         raise BadInput("dataset_questions must be 'auto', 'templates' or 'model'")
+    if not 1 <= settings.llm_server_in_flight <= 256:
+        raise BadInput("llm_server_in_flight must be between 1 and 256")
+    if settings.llm_server_constraint not in ("auto", "grammar", "choice", "none"):
+        raise BadInput("llm_server_constraint must be 'auto', 'grammar', 'choice' or 'none'")
     if settings.device not in ("auto", "cpu", "cuda"):
         raise BadInput("device must be 'auto', 'cpu' or 'cuda'")

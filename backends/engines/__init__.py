@@ -63,9 +63,6 @@ def _load_llm_uncached(settings: Settings, progress: Progress = quiet) -> Loaded
             progress(notice)
     if kind == "onnxruntime":
         require_gguf(kind, gguf)
-    if kind == "openai":
-        notice = (f"Answers come from the model server at {settings.llm_server}. RAG writes freely from its numbered "
-                  "sources there: copy-constrained extraction needs the model's logits, which a server does not give.")
     path = prepare_llm(settings, progress)
     quiet_loading()
     local = Path(path).is_dir()
@@ -76,6 +73,8 @@ def _load_llm_uncached(settings: Settings, progress: Progress = quiet) -> Loaded
                                           lambda messages, text: _count(tokenizer, messages, text))
     except OSError as error:
         raise ModelUnavailable(f"cannot load LLM {path!r}: {error}") from error
+    if kind == "openai":
+        notice = engine.notice()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     name = llm_display_name(settings) + ("" if kind == "transformers" else f" via {kind}")
@@ -113,7 +112,7 @@ def _engine(kind: str, settings: Settings, path: str, local: bool, gguf: str | N
 def _count(tokenizer, messages: list[dict] | None, text: str | None) -> int:
     """Tokens of a chat prompt or of a text, by the local tokenizer (the remote engine's fallback count)."""
     if messages is not None:
-        return len(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+        return len(tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"])
     return len(tokenizer(text or "")["input_ids"])
 
 

@@ -75,6 +75,10 @@ class Engine:
         """
         raise NotImplementedError
 
+    def constrains_choice(self) -> bool:
+        """Whether an engine without logits can still hold an answer to one of given passages (a server's grammar)."""
+        return False
+
     def load_adapter(self, name: str, folder: Path, replacing: bool) -> None:
         """Hold the adapter's weights (called once per version, under the model's lock). By default an engine reads
         an adapter when a row first needs it."""

@@ -397,7 +397,8 @@ def stream_chat(
     Abandoning the stream (a closed page, a cancelled request) stops this row's generation.
     """
     if getattr(llm.engine, "streams_remotely", False):  # a model server generates (engines/remote.py)
-        for item in llm.engine.stream(messages, max_new_tokens, adapter):
+        penalty = 1.0 if copy_from else REPETITION_PENALTY  # the rules of `chat_request`, asked of the server
+        for item in llm.engine.stream(messages, max_new_tokens, adapter, choices=copy_from, repetition_penalty=penalty):
             yield item if isinstance(item, str) else GenerationStats(*item)
         return
     started = time.perf_counter()
