@@ -87,6 +87,9 @@ def test_the_served_adapter_answers_the_fine_tuned_column_as_the_local_llama_cpp
         for question in questions:
             ft = duet.ask("ft", question, "demo")
             assert ft.adapter == "demo" and ft.text and duet.llm.engine.registered["demo"] == "listed"
+            prompt = duet.llm.tokenizer.apply_chat_template(chat_messages(question), add_generation_prompt=True,
+                                                            return_dict=True)["input_ids"]
+            assert ft.tokens_in == len(prompt), "the whole prompt (this server's stream reports no usage)"
             *_, base = stream_chat(duet.llm, chat_messages(question), 64)
             *_, mine = stream_chat(local, chat_messages(question), 64, "demo")
             differs += ft.text != base.text.strip()
@@ -137,3 +140,18 @@ def test_an_eval_through_the_server_answers_every_row_or_marks_it_failed_never_e
         for row in failed:
             assert "--interrupt_requests False" in row.error and "--parallel" in row.error
         assert {s: m.failed for s, m in run.metrics.items()} == {s: sum(r.system == s for r in failed) for s in ("rag", "ft")}
+
+
+def test_rag_through_the_server_copies_one_of_its_evidence_sentences_held_by_the_grammar(served, settings, tmp_path):
+    from backends.engines.remote import gbnf_choice
+    from tests.helpers import PER_DIEM
+
+    assert gbnf_choice(['say "hi"', "a\\b", "two\nlines", 'say "hi"']) == 'root ::= "say \\"hi\\"" | "a\\\\b" | "two\\nlines"'
+    duet = remote_duet(settings, tmp_path, served)
+    try:
+        assert duet.llm.engine.constrains_choice() and "grammar" in duet.llm.notice
+        answer = duet.ask("rag", PER_DIEM)
+        assert "55 euros" in answer.text  # copied from the travel policy; written freely, the 135M model misses it
+        assert any(" ".join(answer.text.split()) in " ".join(s.text.split()).replace("**", "") for s in answer.sources)
+    finally:
+        duet.index.close()

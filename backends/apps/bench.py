@@ -38,7 +38,6 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 from backends.core.config import DATA_DIR, REPO_ROOT, Settings
