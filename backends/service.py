@@ -160,8 +160,9 @@ class Duet:
         done, left = object(), threading.Event()
 
         def run(name: str) -> None:
-            stream = self.stream(name, question, adapter)
+            stream = None
             try:
+                stream = self.stream(name, question, adapter)  # may raise at once (rag_ft's adapter, say)
                 for item in stream:
                     if left.is_set():
                         break
@@ -169,7 +170,8 @@ class Duet:
             except Exception as error:  # reported to the caller, per backend
                 events.put((name, error))
             finally:
-                stream.close()  # an abandoned generation leaves the decoder's passes (scheduler.stream_chat)
+                if stream is not None:
+                    stream.close()  # an abandoned generation leaves the decoder's passes (scheduler.stream_chat)
                 events.put((name, done))
 
         workers = [threading.Thread(target=run, args=(name,), daemon=True, name=f"duet-{name}") for name in backends]

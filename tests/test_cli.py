@@ -55,3 +55,19 @@ def test_eval_of_the_fine_tuned_side_without_its_adapter_exits_2_before_answerin
                      "--out", str(tmp_path / "run"), settings=settings, env={"DUET_ADAPTERS_DIR": str(tmp_path / "none")})
     assert result.returncode == 2 and "no adapter named 'demo'" in result.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "run").exists() and "[1/" not in result.stderr, "nothing was answered"
+
+
+def test_adapter_export_writes_a_gguf_lora_and_never_overwrites_unasked(settings, tiny_adapter, tmp_path):
+    store = ("--store", str(tmp_path / "store"))
+    done = run_cli("adapter", "export", str(tmp_path), "--name", "tiny", "--format", "gguf", "--json", *store,
+                   settings=settings)
+    assert done.returncode == 0, done.stderr
+    written = json.loads(done.stdout)
+    path = tmp_path / "tiny.gguf"
+    assert written == {"name": "tiny", "format": "gguf", "path": str(path), "bytes": path.stat().st_size}
+    assert path.read_bytes()[:4] == b"GGUF"
+    before = path.stat().st_mtime_ns
+    again = run_cli("adapter", "export", str(path), "--name", "tiny", *store, settings=settings)
+    assert again.returncode == 2 and "--overwrite" in again.stderr and path.stat().st_mtime_ns == before
+    missing = run_cli("adapter", "export", str(tmp_path), "--name", "nope", *store, settings=settings)
+    assert missing.returncode == 2 and "no adapter named 'nope'" in missing.stderr

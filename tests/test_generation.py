@@ -227,7 +227,7 @@ def test_models_compute_only_in_the_decoder_or_passing_threads(duet):
     threads = {thread for _, thread in seen}
     assert threading.current_thread().name not in threads
     assert {name for name, _ in seen} >= {"BertModel", "Embedding"}
-    assert threads <= {"duet-decoder", "duet-embed_query", "duet-embed_documents"}
+    assert threads <= {"duet-decoder", "duet-embed_batch"}
 
 
 def test_an_adapter_replaced_under_its_name_answers_with_its_new_weights(duet, settings, tiny_adapter):

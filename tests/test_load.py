@@ -66,12 +66,13 @@ async def asker(browser, url: str, questions: list[str], clock: "Clock", times: 
     await context.close()
 
 
-async def uploader(browser, url: str, folder, done: list) -> None:
+async def uploader(browser, url: str, folder, done: list, clock: "Clock") -> None:
     """The ninth user: adds documents on the Documents page while the others ask."""
     from playwright.async_api import expect
 
     page = await browser.new_page()
     await page.goto(f"{url}/documents", timeout=120_000)
+    await clock.all_open.wait()
     await page.locator('input[type="file"]').set_input_files([str(p) for p in sorted(folder.iterdir())])
     await page.get_by_role("button", name="Index these files").click()
     await expect(page.get_by_text(f"Done: {UPLOADS} files processed.")).to_be_visible(timeout=ANSWER_TIMEOUT_MS)
@@ -105,7 +106,7 @@ async def load(url: str, sessions: int, seconds: float, uploads=None, sample=lam
         clock = Clock(sessions, seconds)
         work = [asker(browser, url, QUESTIONS[n::sessions], clock, times, failures) for n in range(sessions)]
         if uploads is not None:
-            work.append(uploader(browser, url, uploads, uploaded))
+            work.append(uploader(browser, url, uploads, uploaded, clock))
 
         async def sampler():
             await clock.all_open.wait()

@@ -136,3 +136,19 @@ def test_a_page_that_stops_reading_its_answers_stops_their_generation(duet, tiny
     assert finished.wait(60), "the decoder ended the row"
     request = ended[-1]
     assert request.cancelled.is_set() and len(request.generated) < full
+
+
+def test_a_backend_that_fails_before_it_starts_ends_its_column_and_the_others_answer(duet):
+    """rag_ft with an adapter that does not exist raises before its first piece: its column gets the error, RAG its
+    answer, and the stream ends (it waited forever for the failed column's end)."""
+    from backends.core.errors import BadInput
+    from backends.core.types import Answer
+
+    got = {}
+    reader = threading.Thread(target=lambda: got.update(duet.stream_both("What is the per diem?", "no-such-adapter",
+                                                                         ("rag", "rag_ft"))), daemon=True)
+    reader.start()
+    reader.join(120)
+    assert not reader.is_alive(), "the stream ended"
+    assert isinstance(got["rag_ft"], BadInput) and "no-such-adapter" in str(got["rag_ft"])
+    assert isinstance(got["rag"], Answer)

@@ -242,9 +242,14 @@ def _export_adapter(args) -> int:
     info = AdapterRegistry(settings).get(args.name)  # unknown or foreign to this base model: exit 2, nothing written
     out = Path(args.folder)
     target = out / f"{args.name}.gguf" if out.is_dir() else out
-    if not target.parent.is_dir():
-        raise BadInput(f"{target.parent} is not a folder: create it, or give OUT as an existing folder or a file in one")
-    path = export_gguf(info.path, base_config_of(settings), target)
+    if target.suffix != ".gguf" or not target.parent.is_dir():
+        raise BadInput(f"OUT must be an existing folder or a .gguf file in one, not {out}")
+    if target.exists() and not args.overwrite:
+        raise BadInput(f"{target} exists: pass --overwrite to replace it")
+    try:
+        path = export_gguf(info.path, base_config_of(settings), target)
+    except OSError as error:
+        raise BadInput(f"cannot write {target}: {error.strerror or error}") from error
     size = path.stat().st_size
     if args.json:
         print(json.dumps({"name": args.name, "format": args.format, "path": str(path), "bytes": size}, indent=2))
@@ -392,7 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "adapter_model.safetensors; export: the .gguf file to write, or a folder (NAME.gguf in it)")
     p.add_argument("--name", required=True, help="adapter name in Duet's registry")
     p.add_argument("--format", choices=["gguf"], default="gguf", help="export: the file format (GGUF LoRA)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing adapter of that name")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing adapter of that name (import) or "
+                   "file (export)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_adapter)
 

@@ -61,7 +61,8 @@ class RemoteEngine(Engine):
         self.timeout = settings.llm_timeout_s
         self.count = tokenizer_counts  # the local tokenizer's count where the server gives no usage
         self.registered: dict[str, str] = {}  # adapter -> how the server has it ("loaded", "listed")
-        self.slots = threading.BoundedSemaphore(settings.llm_server_in_flight)
+        self.in_flight = settings.llm_server_in_flight
+        self.slots = threading.BoundedSemaphore(self.in_flight)
         self.constraint = None if settings.llm_server_constraint == "auto" else settings.llm_server_constraint
 
     def forward(self, feeds):
@@ -90,9 +91,12 @@ class RemoteEngine(Engine):
         import httpx
 
         try:
+            if replacing:  # vLLM keeps a name's first weights ("already loaded") until it is unloaded
+                httpx.post(f"{self.url}/unload_lora_adapter", headers=self._headers(), timeout=self.timeout,
+                           json={"lora_name": name})
             reply = httpx.post(f"{self.url}/load_lora_adapter", headers=self._headers(), timeout=self.timeout,
                                json={"lora_name": name, "lora_path": str(Path(folder).resolve())})
-            loaded = reply.status_code == 200 or (reply.status_code == 400 and "already" in reply.text)
+            loaded = reply.status_code == 200 or (not replacing and reply.status_code == 400 and "already" in reply.text)
         except httpx.HTTPError:
             loaded = False
         ids = [str(m.get("id")) for m in self.listed()]
@@ -145,8 +149,14 @@ class RemoteEngine(Engine):
                 body["grammar"] = gbnf_choice(choices)
             else:  # vLLM: structured outputs (newer) and guided choice (older); each ignores the other
                 body["structured_outputs"], body["guided_choice"] = {"choice": list(choices)}, list(choices)
-        with self.slots:  # the server's capacity (DUET_LLM_SERVER_IN_FLIGHT); the others wait here
+        # The server's capacity (DUET_LLM_SERVER_IN_FLIGHT): the others wait here, within the timeout.
+        if not self.slots.acquire(timeout=self.timeout):
+            raise self._failure(f"was busy with {self.in_flight} answer(s) of this Duet for {self.timeout:g} s "
+                                "(DUET_LLM_SERVER_IN_FLIGHT)")
+        try:
             yield from self._streamed(body, messages, adapter)
+        finally:
+            self.slots.release()
 
     def _streamed(self, body: dict, messages: list[dict], adapter: str | None) -> Iterator:
         import httpx

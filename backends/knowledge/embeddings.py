@@ -116,16 +116,18 @@ class FreshThreadEmbeddings(Embeddings):
     def _compute(self, batch: list[_Wanted]) -> None:
         try:
             with TURNS.torch_work():
-                vectors = run_in_fresh_thread(self._vectors, batch)
-        except Exception as error:  # each caller gets the failure
+                vectors = run_in_fresh_thread(self.embed_batch, batch)
+        except BaseException as error:  # each caller gets the failure (an interrupt too: none is left waiting)
             for w in batch:
                 w.error = error
+            if not isinstance(error, Exception):
+                raise
             return
         start = 0
         for w in batch:
             w.vectors, start = vectors[start:start + len(w.texts)], start + len(w.texts)
 
-    def _vectors(self, batch: list[_Wanted]) -> list[list[float]]:
+    def embed_batch(self, batch: list[_Wanted]) -> list[list[float]]:
         """The batch's vectors in its order; queries alone where the model embeds them differently (a prompt)."""
         if isinstance(self.inner, MeanPoolingEmbeddings) or not any(w.query for w in batch):
             return self.inner.embed_documents([t for w in batch for t in w.texts])
