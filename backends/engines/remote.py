@@ -23,6 +23,7 @@ from backends.engines.base import Engine
 
 # What /v1/models says owns the models -> how that server constrains output.
 CONSTRAINT_OF_OWNER = {"vllm": "choice", "me": "grammar", "llamacpp": "grammar"}  # "me": llama-cpp-python's server
+ASK_AGAIN_S = 30.0
 CUT_HINT = ("llama.cpp's server cuts a running answer when another request arrives: start llama-cpp-python's server "
             "with --interrupt_requests False, or llama-server with --parallel N (N answers at once), and keep "
             "DUET_LLM_SERVER_IN_FLIGHT at most N")
@@ -64,6 +65,7 @@ class RemoteEngine(Engine):
         self.in_flight = settings.llm_server_in_flight
         self.slots = threading.BoundedSemaphore(self.in_flight)
         self.constraint = None if settings.llm_server_constraint == "auto" else settings.llm_server_constraint
+        self.ask_again_at = 0.0  # when an unanswered /v1/models may be asked again
 
     def forward(self, feeds):
         raise ModelUnavailable("the openai engine answers through its server, not in forward passes")
@@ -112,19 +114,24 @@ class RemoteEngine(Engine):
     def constrains_choice(self) -> bool:
         """Whether this server can hold an answer to one of given passages (asked once from /v1/models)."""
         if self.constraint is None:
+            if time.monotonic() < self.ask_again_at:
+                return False
             try:
                 owners = {str(m.get("owned_by", "")) for m in self.listed()}
-            except ModelUnavailable:
-                return False  # asked again next time: the server may be starting
+            except ModelUnavailable:  # asked again a little later (the server may be starting), not at every answer
+                self.ask_again_at = time.monotonic() + ASK_AGAIN_S
+                return False
             self.constraint = next((CONSTRAINT_OF_OWNER[o] for o in owners if o in CONSTRAINT_OF_OWNER), "none")
         return self.constraint != "none"
 
     def notice(self) -> str:
-        held = ("RAG's answer is held to one of its source sentences by the server's "
-                + ("grammar" if self.constraint == "grammar" else "structured outputs") + ".") \
-            if self.constrains_choice() else ("RAG writes freely from its numbered sources there: copy-constrained "
-                                             "extraction needs the model's logits or a server that constrains output "
-                                             "(llama.cpp's grammar, vLLM's structured outputs).")
+        if self.constrains_choice():
+            held = ("RAG's answer is held to one of its source sentences by the server's "
+                    + ("grammar." if self.constraint == "grammar" else "structured outputs."))
+        else:
+            held = ("RAG writes freely from its numbered sources there: copy-constrained extraction needs the "
+                    "model's logits or a server that constrains output (llama.cpp's grammar, vLLM's structured "
+                    "outputs)" + (", and the server did not say what it is yet." if self.constraint is None else "."))
         return f"Answers come from the model server at {self.url}. {held}"
 
     def _base_model(self) -> str:
