@@ -179,9 +179,7 @@ class RAGBackend:
                          model=self.llm.name, adapter=combined_with, abstained=True)
             return
         copy_from = None
-        engine = self.llm.engine
-        extractive = self.settings.rag_mode == "extractive" and (getattr(engine, "uses_logits", True)
-                                                                 or engine.constrains_choice())
+        extractive = self.settings.rag_mode == "extractive" and self.llm.engine.constrains_choice()
         if extractive and combined_with is None:
             evidence = ranked[: self.settings.evidence_sentences]
             messages = build_messages(question, evidence)

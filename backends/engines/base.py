@@ -76,8 +76,9 @@ class Engine:
         raise NotImplementedError
 
     def constrains_choice(self) -> bool:
-        """Whether an engine without logits can still hold an answer to one of given passages (a server's grammar)."""
-        return False
+        """Whether the engine can hold an answer to one of given passages, whole (RAG's extraction): an engine with
+        logits always can (`scheduler.CopyFromSpans`); a model server only with a grammar (engines/remote.py)."""
+        return True
 
     def load_adapter(self, name: str, folder: Path, replacing: bool) -> None:
         """Hold the adapter's weights (called once per version, under the model's lock). By default an engine reads

@@ -50,7 +50,6 @@ def gbnf_choice(passages: list[str]) -> str:
 class RemoteEngine(Engine):
     name = "openai"
     streams_remotely = True  # the scheduler hands whole answers to `stream` (core of `scheduler.stream_chat`)
-    uses_logits = False
 
     def __init__(self, settings, tokenizer_counts):
         if not settings.llm_server:

@@ -379,8 +379,13 @@ def chat_request(llm: LoadedLLM, messages: list[dict], max_new_tokens: int, adap
         input_ids=input_ids, max_new_tokens=max_new_tokens, adapter=adapter,
         prefix_length=system_prefix_length(llm, messages, input_ids),
         constraint=constraint,
-        repetition_penalty=1.0 if copy_from else REPETITION_PENALTY, stop_at_eos=stop_at_eos,
+        repetition_penalty=repetition_penalty_for(copy_from), stop_at_eos=stop_at_eos,
     )
+
+
+def repetition_penalty_for(copy_from: list[str] | None) -> float:
+    """A copied answer is the source's words, repeated or not; a written one is kept from looping."""
+    return 1.0 if copy_from else REPETITION_PENALTY
 
 
 def stream_chat(
@@ -397,8 +402,8 @@ def stream_chat(
     Abandoning the stream (a closed page, a cancelled request) stops this row's generation.
     """
     if getattr(llm.engine, "streams_remotely", False):  # a model server generates (engines/remote.py)
-        penalty = 1.0 if copy_from else REPETITION_PENALTY  # the rules of `chat_request`, asked of the server
-        for item in llm.engine.stream(messages, max_new_tokens, adapter, choices=copy_from, repetition_penalty=penalty):
+        for item in llm.engine.stream(messages, max_new_tokens, adapter, choices=copy_from,
+                                      repetition_penalty=repetition_penalty_for(copy_from)):
             yield item if isinstance(item, str) else GenerationStats(*item)
         return
     started = time.perf_counter()
